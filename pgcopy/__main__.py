@@ -1,0 +1,3 @@
+from pgcopy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""The command line: build_parser() is the one place it is defined (the man page reads it)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import traceback
+from collections.abc import Sequence
+
+from pgcopy import __version__
+from pgcopy.errors import EXIT_CODES, PgcopyError, UsageError
+from pgcopy.log import Logger
+
+EPILOG = "exit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--include", action="append", metavar="PATTERNS", default=[],
+        help="only these tables: comma-separated globs (* and ?), 'name' in any schema or "
+        "'schema.name'; double-quote names with capitals or dots; repeatable",
+    )
+    p.add_argument(
+        "--exclude", action="append", metavar="PATTERNS", default=[],
+        help="leave these tables out (same syntax; wins over --include); repeatable",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgcopy",
+        description="Copy all the data of one PostgreSQL database into another with the same "
+        "schema: in parallel, from one snapshot, foreign-key safe. Destination tables that are "
+        "selected are TRUNCATED and overwritten.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug lines")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    cp = sub.add_parser(
+        "copy", help="replace the rows of the selected destination tables with the source's",
+        description="Replace the rows of every selected destination table with the source's "
+        "rows, read from one snapshot. Each table is loaded in its own transaction "
+        "(TRUNCATE ONLY + COPY FREEZE), so it ends fully old or fully new.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cp.add_argument("-s", "--source", required=True, metavar="DSN", help="source connection string (URI or key=value); only read")
+    cp.add_argument("-d", "--dest", required=True, metavar="DSN", help="destination connection string; its selected tables are overwritten")
+    cp.add_argument("-p", "--parallel", type=_positive, default=4, metavar="N", help="worker processes, each with one source and one destination connection (default 4)")
+    _add_selection(cp)
+    cp.add_argument("--dry-run", action="store_true", help="run the preflight checks and print the plan; change nothing")
+    cp.add_argument("--skip-backup", "--yes", "-y", dest="yes", action="store_true", help="do not ask for confirmation (required when stdin is not a terminal)")
+    cp.add_argument("--state-dir", metavar="DIR", help="where the foreign-key journal is kept (default $XDG_STATE_HOME/pgcopy or ~/.local/state/pgcopy)")
+    cp.add_argument("--lock-timeout", default="30s", metavar="DURATION", help="lock_timeout for destination DDL and TRUNCATE (default 30s)")
+    cp.add_argument("--no-snapshot", action="store_true", help="allow a source that cannot export snapshots; tables are then read at different moments")
+    cp.add_argument("--no-analyze", action="store_true", help="do not ANALYZE loaded tables")
+    cp.add_argument("--no-refresh-matviews", action="store_true", help="do not refresh populated materialized views on the destination")
+
+    rc = sub.add_parser(
+        "recover", help="restore foreign keys a crashed or killed copy left dropped",
+        description="Re-create every foreign key recorded in the journal of an interrupted copy "
+        "to this destination, then remove the journal.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    rc.add_argument("-d", "--dest", required=True, metavar="DSN", help="destination connection string")
+    rc.add_argument("-s", "--source", metavar="DSN", help="source to read definitions from when the journal lacks one")
+    rc.add_argument("--state-dir", metavar="DIR", help="where the journal is kept (as for copy)")
+    rc.add_argument("--lock-timeout", default="30s", metavar="DURATION", help="lock_timeout for the DDL (default 30s)")
+
+    ls = sub.add_parser(
+        "list", help="list the tables copy would consider, with row estimates and sizes",
+        description="One row per table: schema, name, kind, rows (pg_class.reltuples estimate, "
+        "or count(*) with --exact) and total size, then a totals line. Views, foreign tables, "
+        "temporary tables and sequences are not listed.",
+    )
+    ls.add_argument("-s", "--source", required=True, metavar="DSN", help="connection string")
+    ls.add_argument("--schema", metavar="NAME", help="only this schema")
+    _add_selection(ls)
+    ls.add_argument("--exact", action="store_true", help="count rows with count(*) instead of estimates")
+    ls.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+
+    sub.add_parser("version", help="print pgcopy, Python, psycopg2 and libpq versions")
+
+    dm = sub.add_parser(
+        "demo", help="copy a generated dataset between two throwaway local clusters",
+        description="Start a source and a destination throwaway PostgreSQL cluster, seed the "
+        "source, run a real copy, verify every table by checksum, then remove the clusters.",
+    )
+    dm.add_argument("--scale", type=_positive, default=1, metavar="N", help="dataset size factor (default 1: about 100k rows)")
+    dm.add_argument("--keep", action="store_true", help="leave the clusters running and print their connection strings")
+    dm.add_argument("-p", "--parallel", type=_positive, default=4, metavar="N", help="workers for the copy (default 4)")
+    return parser
+
+
+def version_text() -> str:
+    import psycopg2
+    import psycopg2.extensions
+
+    libpq = psycopg2.extensions.libpq_version()
+    return (
+        f"pgcopy {__version__}\n"
+        f"Python {platform.python_version()}\n"
+        f"psycopg2 {psycopg2.__version__.split()[0]}\n"
+        f"libpq {libpq // 10000}.{libpq % 10000}"
+    )
+
+
+def _dispatch(args: argparse.Namespace, log: Logger) -> int:
+    if args.command == "version":
+        print(version_text())
+        return 0
+    if args.command == "list":
+        from pgcopy.commands.list_tables import ListOptions, list_tables
+
+        opts = ListOptions(args.source, args.schema, args.include, args.exclude, args.exact, args.json)
+        return list_tables(opts, log)
+    if args.command == "copy":
+        from pgcopy.commands.copy import copy
+        from pgcopy.options import copy_options
+
+        return copy(copy_options(args), log)
+    if args.command == "recover":
+        from pgcopy.commands.recover import recover
+
+        return recover(args.dest, args.source, args.state_dir, args.lock_timeout, log)
+    if args.command == "demo":
+        from pgcopy.commands.demo import demo
+
+        return demo(args.scale, args.keep, args.parallel, log)
+    raise NotImplementedError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or bool(os.environ.get("PGCOPY_DEBUG"))
+    log = Logger(debug_enabled=debug)
+    try:
+        code = _dispatch(args, log)
+    except UsageError as exc:
+        parser.exit(exc.exit_code, f"pgcopy: error: {exc}\n")
+    except PgcopyError as exc:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"pgcopy: error: {exc}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("pgcopy: interrupted\n")
+        return 130
+    assert isinstance(code, int), f"command {args.command} returned {code!r}"
+    return code

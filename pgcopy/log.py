@@ -1,0 +1,43 @@
+"""Log lines in the reference tool's format: ``HH:MM:SS LEVEL message`` on stderr."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+LEVELS = ("DEBUG", "INFO", "DONE", "WARN", "ERROR")
+
+
+@dataclass
+class Logger:
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    debug_enabled: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    def emit(self, level: str, message: str) -> None:
+        if level == "DEBUG" and not self.debug_enabled:
+            return
+        if level == "WARN":
+            self.warnings.append(message)
+        stamp = time.strftime("%H:%M:%S")
+        for i, line in enumerate(message.splitlines() or [""]):
+            prefix = f"{stamp} {level:<5} " if i == 0 else " " * 15
+            self.stream.write(prefix + line + "\n")
+        self.stream.flush()
+
+    def debug(self, message: str) -> None:
+        self.emit("DEBUG", message)
+
+    def info(self, message: str) -> None:
+        self.emit("INFO", message)
+
+    def done(self, message: str) -> None:
+        self.emit("DONE", message)
+
+    def warn(self, message: str) -> None:
+        self.emit("WARN", message)
+
+    def error(self, message: str) -> None:
+        self.emit("ERROR", message)
