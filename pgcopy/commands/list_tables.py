@@ -90,7 +90,7 @@ def _print_table(tables, rows, exact: bool) -> None:
     head = ("SCHEMA", "TABLE", "KIND", "ROWS" if exact else "ROWS (est.)", "SIZE")
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(5)]
     for r in [head, *body]:
-        print("  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        print("  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())
     # partitioned parents show their partitions' sums: count leaves only in the totals
     leaves = [t for t in tables if t.kind != "partitioned parent"]
     total_rows = sum(rows[t.oid] or 0 for t in leaves)

@@ -1,0 +1,133 @@
+"""Runs the load phase: worker processes, a task queue, a result queue.
+
+    coordinator ──tasks (CopyTask…, then one None per worker)──▶ worker 1..N
+         ▲                                                         │
+         └──────── results ("start"/"done"/"failed"/"log"/"exit") ─┘
+
+Tasks are queued largest first.  The coordinator waits on the result queue and on the
+workers' sentinels: a worker that dies without saying "exit" loses only its table in
+flight (its destination transaction is rolled back by the server), and when every worker
+is gone the tables never started are reported as not copied.  On a stop request the
+workers are terminated: closing their connections rolls back every table in flight.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pgcopy.plan import CopyTask
+from pgcopy.stream import TableResult
+from pgcopy.worker import WorkerSpec, worker_main
+
+
+class Reporter:
+    """What the load phase tells the outside world; the progress UI will extend it."""
+
+    def table_started(self, key) -> None: ...
+    def table_done(self, result: TableResult) -> None: ...
+    def table_failed(self, result: TableResult) -> None: ...
+    def log(self, level: str, text: str) -> None: ...
+
+
+@dataclass
+class LoadOutcome:
+    done: list[TableResult] = field(default_factory=list)
+    failed: list[TableResult] = field(default_factory=list)
+    rolled_back: list[tuple[str, str]] = field(default_factory=list)  # in flight at a stop
+    not_started: list[tuple[str, str]] = field(default_factory=list)
+    stopped: bool = False
+
+
+def run_load(
+    spec: WorkerSpec,
+    tasks: list[CopyTask],
+    parallel: int,
+    reporter: Reporter,
+    stop_requested: Callable[[], bool],
+) -> LoadOutcome:
+    ctx = mp.get_context("spawn")  # why spawn: see pgcopy.worker
+    nworkers = max(1, min(parallel, len(tasks)))
+    task_q = ctx.Queue()
+    result_q = ctx.Queue()
+    for task in tasks:
+        task_q.put(task)
+    for _ in range(nworkers):
+        task_q.put(None)
+    procs = {
+        wid: ctx.Process(target=worker_main, args=(wid, spec, task_q, result_q), name=f"pgcopy-worker-{wid}", daemon=True)
+        for wid in range(nworkers)
+    }
+    for p in procs.values():
+        p.start()
+
+    out = LoadOutcome()
+    in_flight: dict[int, tuple[str, str]] = {}
+    finished: set[tuple[str, str]] = set()
+    alive = set(procs)
+    try:
+        while alive:
+            if stop_requested():
+                out.stopped = True
+                break
+            try:
+                kind, wid, payload = result_q.get(timeout=0.2)
+            except queue.Empty:
+                for wid in list(alive):
+                    if not procs[wid].is_alive():
+                        _drain(result_q, out, in_flight, finished, alive, reporter)
+                        if wid in alive:  # died without saying goodbye
+                            alive.discard(wid)
+                            key = in_flight.pop(wid, None)
+                            if key is not None:
+                                res = TableResult(key, error=f"worker died (exit code {procs[wid].exitcode})")
+                                out.failed.append(res)
+                                finished.add(key)
+                                reporter.table_failed(res)
+                continue
+            _handle(kind, wid, payload, out, in_flight, finished, alive, reporter)
+    finally:
+        if out.stopped or alive:
+            for p in procs.values():
+                if p.is_alive():
+                    p.terminate()
+        for p in procs.values():
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        _drain(result_q, out, in_flight, finished, set(), reporter)
+        out.rolled_back = sorted(in_flight.values())
+        finished |= set(out.rolled_back)
+        out.not_started = [t.key for t in tasks if t.key not in finished]
+        task_q.cancel_join_thread()
+        result_q.cancel_join_thread()
+    return out
+
+
+def _handle(kind, wid, payload, out: LoadOutcome, in_flight, finished, alive, reporter: Reporter) -> None:
+    if kind == "start":
+        in_flight[wid] = payload
+        reporter.table_started(payload)
+    elif kind in ("done", "failed"):
+        in_flight.pop(wid, None)
+        finished.add(payload.key)
+        (out.done if kind == "done" else out.failed).append(payload)
+        (reporter.table_done if kind == "done" else reporter.table_failed)(payload)
+    elif kind == "log":
+        reporter.log(*payload)
+    elif kind == "exit":
+        alive.discard(wid)
+    else:
+        reporter.log("WARN", f"unknown message {kind!r} from worker {wid}")
+
+
+def _drain(result_q, out, in_flight, finished, alive, reporter) -> None:
+    while True:
+        try:
+            kind, wid, payload = result_q.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            return
+        _handle(kind, wid, payload, out, in_flight, finished, alive, reporter)

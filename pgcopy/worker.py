@@ -1,0 +1,104 @@
+"""The worker process: one source and one destination connection for its whole life.
+
+The coordinator starts workers with the *spawn* method: a fresh interpreter inherits no
+open psycopg2 connections, sockets or locked mutexes from the coordinator (fork would copy
+the coordinator's live libpq sockets), and costs ~0.1 s per worker, once per run.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+
+import psycopg2
+
+from pgcopy.connections import connect, error_line
+from pgcopy.stream import TableResult, copy_table
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs; picklable."""
+
+    source: str
+    dest: str
+    snapshot: str | None
+    replica: bool
+    lock_timeout: str
+    analyze: bool
+
+
+# Messages on the result queue are plain tuples: (kind, worker_id, payload)
+#   ("start", wid, key) ("done", wid, TableResult) ("failed", wid, TableResult)
+#   ("log", wid, (level, text)) ("exit", wid, None)
+
+
+def _open(spec: WorkerSpec):
+    src = connect(spec.source, "source", readonly=True)
+    src.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    cur = src.cursor()
+    if spec.snapshot:
+        cur.execute("SET TRANSACTION SNAPSHOT %s", (spec.snapshot,))
+    dst = connect(spec.dest, "destination")
+    return src, dst
+
+
+def _close(*conns) -> None:
+    for conn in conns:
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+def _side(exc: BaseException, src, dst) -> str | None:
+    cursor = getattr(exc, "cursor", None)
+    conn = getattr(cursor, "connection", None)
+    return "source" if conn is src else "destination" if conn is dst else None
+
+
+def worker_main(wid: int, spec: WorkerSpec, tasks, results) -> None:
+    # The coordinator owns Ctrl-C: it decides to stop us and rolls back by terminating us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    src = dst = None
+    while True:
+        task = tasks.get()
+        if task is None:
+            break
+        results.put(("start", wid, task.key))
+        try:
+            if src is None:
+                src, dst = _open(spec)
+            res = copy_table(src, dst, task, replica=spec.replica, lock_timeout=spec.lock_timeout, analyze=spec.analyze)
+            results.put(("done", wid, res))
+        except Exception as exc:
+            msg = error_line(exc)
+            if isinstance(exc, psycopg2.errors.LockNotAvailable) and dst is not None:
+                msg += _lock_holders(spec, task.key)
+            results.put(("failed", wid, TableResult(task.key, error=msg, side=_side(exc, src, dst))))
+            # the connections may be mid-COPY: start clean for the next table
+            _close(*(c for c in (src, dst) if c is not None))
+            src = dst = None
+    _close(*(c for c in (src, dst) if c is not None))
+    results.put(("exit", wid, None))
+
+
+def _lock_holders(spec: WorkerSpec, key) -> str:
+    """Name the sessions that hold a lock on the table, for the lock_timeout message."""
+    try:
+        conn = connect(spec.dest, "destination")
+        try:
+            cur = conn.cursor()
+            cur.execute(
+                """SELECT DISTINCT a.pid, a.usename, a.application_name, a.state
+                     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                    WHERE l.relation = (quote_ident(%s) || '.' || quote_ident(%s))::regclass
+                      AND l.granted AND a.pid <> pg_backend_pid()""",
+                key,
+            )
+            holders = [f"pid {p} ({u}, {app or '-'}, {st})" for p, u, app, st in cur.fetchall()]
+        finally:
+            conn.close()
+    except Exception:
+        return ""
+    return f"; held by {', '.join(holders)}" if holders else ""
