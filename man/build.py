@@ -1,7 +1,7 @@
 """Regenerate man/pgcopy.1 from pgcopy.cli.build_parser() with argparse-manpage.
 
-    python man/build.py          # rewrite man/pgcopy.1
-    python man/build.py --check  # exit 1 when the committed page is stale
+python man/build.py          # rewrite man/pgcopy.1
+python man/build.py --check  # exit 1 when the committed page is stale
 """
 
 from __future__ import annotations

@@ -28,12 +28,18 @@ def _positive(text: str) -> int:
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--include", action="append", metavar="PATTERNS", default=[],
+        "--include",
+        action="append",
+        metavar="PATTERNS",
+        default=[],
         help="only these tables: comma-separated globs (* and ?), 'name' in any schema or "
         "'schema.name'; double-quote names with capitals or dots; repeatable",
     )
     p.add_argument(
-        "--exclude", action="append", metavar="PATTERNS", default=[],
+        "--exclude",
+        action="append",
+        metavar="PATTERNS",
+        default=[],
         help="leave these tables out (same syntax; wins over --include); repeatable",
     )
 
@@ -51,37 +57,91 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     cp = sub.add_parser(
-        "copy", help="replace the rows of the selected destination tables with the source's",
+        "copy",
+        help="replace the rows of the selected destination tables with the source's",
         description="Replace the rows of every selected destination table with the source's "
         "rows, read from one snapshot. Each table is loaded in its own transaction "
         "(TRUNCATE ONLY + COPY FREEZE), so it ends fully old or fully new.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cp.add_argument("-s", "--source", required=True, metavar="DSN", help="source connection string (URI or key=value); only read")
-    cp.add_argument("-d", "--dest", required=True, metavar="DSN", help="destination connection string; its selected tables are overwritten")
-    cp.add_argument("-p", "--parallel", type=_positive, default=4, metavar="N", help="worker processes, each with one source and one destination connection (default 4)")
+    cp.add_argument(
+        "-s",
+        "--source",
+        required=True,
+        metavar="DSN",
+        help="source connection string (URI or key=value); only read",
+    )
+    cp.add_argument(
+        "-d",
+        "--dest",
+        required=True,
+        metavar="DSN",
+        help="destination connection string; its selected tables are overwritten",
+    )
+    cp.add_argument(
+        "-p",
+        "--parallel",
+        type=_positive,
+        default=4,
+        metavar="N",
+        help="worker processes, each with one source and one destination connection (default 4)",
+    )
     _add_selection(cp)
-    cp.add_argument("--dry-run", action="store_true", help="run the preflight checks and print the plan; change nothing")
-    cp.add_argument("--skip-backup", "--yes", "-y", dest="yes", action="store_true", help="do not ask for confirmation (required when stdin is not a terminal)")
-    cp.add_argument("--state-dir", metavar="DIR", help="where the foreign-key journal is kept (default $XDG_STATE_HOME/pgcopy or ~/.local/state/pgcopy)")
-    cp.add_argument("--lock-timeout", default="30s", metavar="DURATION", help="lock_timeout for destination DDL and TRUNCATE (default 30s)")
-    cp.add_argument("--no-snapshot", action="store_true", help="allow a source that cannot export snapshots; tables are then read at different moments")
+    cp.add_argument(
+        "--dry-run", action="store_true", help="run the preflight checks and print the plan; change nothing"
+    )
+    cp.add_argument(
+        "--skip-backup",
+        "--yes",
+        "-y",
+        dest="yes",
+        action="store_true",
+        help="do not ask for confirmation (required when stdin is not a terminal)",
+    )
+    cp.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="where the foreign-key journal is kept (default $XDG_STATE_HOME/pgcopy or ~/.local/state/pgcopy)",
+    )
+    cp.add_argument(
+        "--lock-timeout",
+        default="30s",
+        metavar="DURATION",
+        help="lock_timeout for destination DDL and TRUNCATE (default 30s)",
+    )
+    cp.add_argument(
+        "--no-snapshot",
+        action="store_true",
+        help="allow a source that cannot export snapshots; tables are then read at different moments",
+    )
     cp.add_argument("--no-analyze", action="store_true", help="do not ANALYZE loaded tables")
-    cp.add_argument("--no-refresh-matviews", action="store_true", help="do not refresh populated materialized views on the destination")
+    cp.add_argument(
+        "--no-refresh-matviews",
+        action="store_true",
+        help="do not refresh populated materialized views on the destination",
+    )
 
     rc = sub.add_parser(
-        "recover", help="restore foreign keys a crashed or killed copy left dropped",
+        "recover",
+        help="restore foreign keys a crashed or killed copy left dropped",
         description="Re-create every foreign key recorded in the journal of an interrupted copy "
         "to this destination, then remove the journal.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rc.add_argument("-d", "--dest", required=True, metavar="DSN", help="destination connection string")
-    rc.add_argument("-s", "--source", metavar="DSN", help="source to read definitions from when the journal lacks one")
+    rc.add_argument(
+        "-s", "--source", metavar="DSN", help="source to read definitions from when the journal lacks one"
+    )
     rc.add_argument("--state-dir", metavar="DIR", help="where the journal is kept (as for copy)")
-    rc.add_argument("--lock-timeout", default="30s", metavar="DURATION", help="lock_timeout for the DDL (default 30s)")
+    rc.add_argument(
+        "--lock-timeout", default="30s", metavar="DURATION", help="lock_timeout for the DDL (default 30s)"
+    )
 
     ls = sub.add_parser(
-        "list", help="list the tables copy would consider, with row estimates and sizes",
+        "list",
+        help="list the tables copy would consider, with row estimates and sizes",
         description="One row per table: schema, name, kind, rows (pg_class.reltuples estimate, "
         "or count(*) with --exact) and total size, then a totals line. Views, foreign tables, "
         "temporary tables and sequences are not listed.",
@@ -95,13 +155,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("version", help="print pgcopy, Python, psycopg2 and libpq versions")
 
     dm = sub.add_parser(
-        "demo", help="copy a generated dataset between two throwaway local clusters",
+        "demo",
+        help="copy a generated dataset between two throwaway local clusters",
         description="Start a source and a destination throwaway PostgreSQL cluster, seed the "
         "source, run a real copy, verify every table by checksum, then remove the clusters.",
     )
-    dm.add_argument("--scale", type=_positive, default=1, metavar="N", help="dataset size factor (default 1: about 100k rows)")
-    dm.add_argument("--keep", action="store_true", help="leave the clusters running and print their connection strings")
-    dm.add_argument("-p", "--parallel", type=_positive, default=4, metavar="N", help="workers for the copy (default 4)")
+    dm.add_argument(
+        "--scale",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="dataset size factor (default 1: about 100k rows)",
+    )
+    dm.add_argument(
+        "--keep", action="store_true", help="leave the clusters running and print their connection strings"
+    )
+    dm.add_argument(
+        "-p", "--parallel", type=_positive, default=4, metavar="N", help="workers for the copy (default 4)"
+    )
     return parser
 
 

@@ -57,7 +57,9 @@ def run_load(
     for _ in range(nworkers):
         task_q.put(None)
     procs = {
-        wid: ctx.Process(target=worker_main, args=(wid, spec, task_q, result_q), name=f"pgcopy-worker-{wid}", daemon=True)
+        wid: ctx.Process(
+            target=worker_main, args=(wid, spec, task_q, result_q), name=f"pgcopy-worker-{wid}", daemon=True
+        )
         for wid in range(nworkers)
     }
     for p in procs.values():

@@ -125,7 +125,12 @@ def restore_all(dsn: str, fkeys: list[ForeignKey], parallel: int, lock_timeout: 
         if key in missing_keys:
             continue
         if now is None or now.definition != fk.definition:
-            out.missing.append((fk, "not found after re-creation" if now is None else f"definition differs: {now.definition}"))
+            out.missing.append(
+                (
+                    fk,
+                    "not found after re-creation" if now is None else f"definition differs: {now.definition}",
+                )
+            )
         elif now.validated == fk.validated:
             out.restored.append(fk)
         else:

@@ -62,7 +62,9 @@ def _compare_columns(key: Key, src: list[catalog.Column], dst: list[catalog.Colu
         diffs.append(f"column {name!r} ({d[name].type}) exists only on the destination")
     for name in s.keys() & d.keys():
         if s[name].type != d[name].type:
-            diffs.append(f"column {name!r} is {s[name].type} on the source but {d[name].type} on the destination")
+            diffs.append(
+                f"column {name!r} is {s[name].type} on the source but {d[name].type} on the destination"
+            )
         elif s[name].generated != d[name].generated:
             diffs.append(f"column {name!r} is generated on one side only")
     return [f"table {qualname(key)}: {d}" for d in sorted(diffs)]
@@ -120,7 +122,9 @@ def build_plan(src_cur, dst_cur, include, exclude, log: Logger) -> Plan:
     sel_keys = {t.key for t in selected}
     rel_set = sel_keys | {a for t in selected for a in t.ancestors}
     leaves = _leaves_of(dst_tables)
-    fkeys = [fk for fk in catalog.read_foreign_keys(dst_cur) if fk.table in rel_set or fk.ref_table in rel_set]
+    fkeys = [
+        fk for fk in catalog.read_foreign_keys(dst_cur) if fk.table in rel_set or fk.ref_table in rel_set
+    ]
     for fk in fkeys:
         if fk.ref_table not in rel_set:
             continue
@@ -140,7 +144,9 @@ def build_plan(src_cur, dst_cur, include, exclude, log: Logger) -> Plan:
     triggers = catalog.read_triggers(dst_cur, dst_oids)
     needs_owner = {fk.table for fk in fkeys} | {k for k in dst_by_key if dst_by_key[k].oid in triggers}
     fk_tables = [dst_by_key[k].oid for k in needs_owner if k in dst_by_key]
-    for s, n, can_truncate, can_insert, owner in _privileges(dst_cur, DST_PRIVS, sorted(set(dst_oids + fk_tables))):
+    for s, n, can_truncate, can_insert, owner in _privileges(
+        dst_cur, DST_PRIVS, sorted(set(dst_oids + fk_tables))
+    ):
         key = (s, n)
         lacks = []
         if key in sel_keys and not can_truncate:
@@ -148,7 +154,11 @@ def build_plan(src_cur, dst_cur, include, exclude, log: Logger) -> Plan:
         if key in sel_keys and not can_insert:
             lacks.append("INSERT")
         if key in needs_owner and not owner:
-            why = "to drop and re-add its foreign keys" if any(fk.table == key for fk in fkeys) else "to hold off its triggers"
+            why = (
+                "to drop and re-add its foreign keys"
+                if any(fk.table == key for fk in fkeys)
+                else "to hold off its triggers"
+            )
             lacks.append(f"ownership ({why})")
         if lacks:
             problems.append(f"destination table {qualname(key)}: missing {', '.join(lacks)}")

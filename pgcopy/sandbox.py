@@ -36,7 +36,10 @@ def bindir() -> Path:
         candidates.append(Path(out.stdout.strip()))
     except (OSError, subprocess.CalledProcessError):
         pass
-    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
     candidates += reversed(debian)
     for path in candidates:
         if (path / "initdb").exists() and (path / "pg_ctl").exists():
@@ -101,14 +104,21 @@ class Cluster:
         proc = subprocess.run(self._cmd(*args), capture_output=True, text=True)
         if proc.returncode != 0:
             log = self.logfile.read_text() if self.logfile.exists() else ""
-            raise PgcopyError(
-                f"{args[0]} failed ({proc.returncode}): {proc.stderr.strip()} {log[-2000:]}"
-            )
+            raise PgcopyError(f"{args[0]} failed ({proc.returncode}): {proc.stderr.strip()} {log[-2000:]}")
 
     def init(self) -> None:
         self._check(
-            "initdb", "-D", str(self.datadir), "-U", SUPERUSER, "-N", "-E", "UTF8",
-            "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256",
+            "initdb",
+            "-D",
+            str(self.datadir),
+            "-U",
+            SUPERUSER,
+            "-N",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
         )
         # The superuser connects over TCP without a password; every other role needs one,
         # so tests can exercise authentication failures.

@@ -21,7 +21,12 @@ CHUNK = 1 << 20  # read size for COPY FROM and write buffer for COPY TO
 PIPE_SIZE = 1 << 20  # a deeper pipe lets the source run ahead of a busy destination
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
-TRIGGER_STATE = {"O": "ENABLE TRIGGER", "D": "DISABLE TRIGGER", "R": "ENABLE REPLICA TRIGGER", "A": "ENABLE ALWAYS TRIGGER"}
+TRIGGER_STATE = {
+    "O": "ENABLE TRIGGER",
+    "D": "DISABLE TRIGGER",
+    "R": "ENABLE REPLICA TRIGGER",
+    "A": "ENABLE ALWAYS TRIGGER",
+}
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,9 @@ def _stream(scur, dcur, task: CopyTask) -> tuple[int, int, int]:
 
     def load() -> None:
         try:
-            dcur.copy_expert(_stmt("COPY {table} ({cols}) FROM STDIN (FORMAT binary, FREEZE)", task), reader, size=CHUNK)
+            dcur.copy_expert(
+                _stmt("COPY {table} ({cols}) FROM STDIN (FORMAT binary, FREEZE)", task), reader, size=CHUNK
+            )
         except BaseException as exc:  # kept and re-raised by the main side
             load_error.append(exc)
         finally:

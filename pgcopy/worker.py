@@ -69,7 +69,9 @@ def worker_main(wid: int, spec: WorkerSpec, tasks, results) -> None:
         try:
             if src is None:
                 src, dst = _open(spec)
-            res = copy_table(src, dst, task, replica=spec.replica, lock_timeout=spec.lock_timeout, analyze=spec.analyze)
+            res = copy_table(
+                src, dst, task, replica=spec.replica, lock_timeout=spec.lock_timeout, analyze=spec.analyze
+            )
             results.put(("done", wid, res))
         except Exception as exc:
             msg = error_line(exc)

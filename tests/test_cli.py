@@ -25,7 +25,10 @@ def test_usage_error_exit_2(capsys):
 
 
 def test_python_m_and_bin_script():
-    for cmd in ([sys.executable, "-m", "pgcopy", "version"], [sys.executable, str(ROOT / "bin/pgcopy"), "version"]):
+    for cmd in (
+        [sys.executable, "-m", "pgcopy", "version"],
+        [sys.executable, str(ROOT / "bin/pgcopy"), "version"],
+    ):
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=True).stdout
         assert out.startswith("pgcopy ")
 
@@ -75,5 +78,7 @@ def test_debug_shows_traceback(capsys, clusters):
 
 
 def test_man_page_is_fresh():
-    proc = subprocess.run([sys.executable, str(ROOT / "man/build.py"), "--check"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "man/build.py"), "--check"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr

@@ -82,7 +82,9 @@ def test_list_schema_and_patterns(db, capsys):
     assert names == ["MixedCase", "dotted.name"]
     names = [r["name"] for r in run_json(capsys, "--source", db.dsn, "--include", 'sales."MixedCase",events')]
     assert names == ["events", "events_2024", "events_2025", "MixedCase"]
-    names = [r["name"] for r in run_json(capsys, "--source", db.dsn, "--include", "events", "--exclude", "*2025")]
+    names = [
+        r["name"] for r in run_json(capsys, "--source", db.dsn, "--include", "events", "--exclude", "*2025")
+    ]
     assert names == ["events", "events_2024"]
 
 

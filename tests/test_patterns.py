@@ -58,7 +58,12 @@ def test_unquoted_is_folded_quoted_keeps_case_and_dots():
 def test_partition_answers_to_parent_name():
     assert names(select(TABLES, parse_patterns(["public.m"]), [])) == ["public.m_2024", "public.m"]
     assert names(select(TABLES, [], parse_patterns(["m"]))) == [
-        "public.users", "public.user_log", "sales.users", "sales.Orders", "public.My.Table"]
+        "public.users",
+        "public.user_log",
+        "sales.users",
+        "sales.Orders",
+        "public.My.Table",
+    ]
 
 
 def test_unmatched_patterns_are_reported():

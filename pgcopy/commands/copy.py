@@ -71,7 +71,9 @@ class LogReporter(Reporter):
         self.log_.info(f"Copying table {qualname(key)}")
 
     def table_done(self, r: TableResult) -> None:
-        self.log_.done(f"Completed {qualname(r.key)}: {r.rows:,} rows, {fmt.size(r.bytes)} in {r.seconds:.1f}s")
+        self.log_.done(
+            f"Completed {qualname(r.key)}: {r.rows:,} rows, {fmt.size(r.bytes)} in {r.seconds:.1f}s"
+        )
 
     def table_failed(self, r: TableResult) -> None:
         side = f" ({r.side})" if r.side else ""
@@ -81,9 +83,13 @@ class LogReporter(Reporter):
         self.log_.emit(level, text)
 
 
-def _restore_journal(journal: Journal, dest: str, parallel: int, lock_timeout: str, log: Logger) -> fkmod.RestoreOutcome:
+def _restore_journal(
+    journal: Journal, dest: str, parallel: int, lock_timeout: str, log: Logger
+) -> fkmod.RestoreOutcome:
     fks = journal.read()
-    log.warn(f"found the journal of an interrupted run ({journal.path}): restoring {len(fks)} foreign keys first")
+    log.warn(
+        f"found the journal of an interrupted run ({journal.path}): restoring {len(fks)} foreign keys first"
+    )
     outcome = fkmod.restore_all(dest, fks, parallel, lock_timeout)
     _log_restore(outcome, log)
     if outcome.complete:
@@ -115,7 +121,9 @@ def _print_plan(plan: Plan, snapshot: str | None, log: Logger) -> None:
     p(f"Materialized views to refresh: {len(plan.matviews)}")
     for m in plan.matviews:
         p(f"  {qualname(m)}")
-    p(f"session_replication_role = replica: {'available' if plan.replica else 'not available (not needed: FKs are dropped)'}")
+    p(
+        f"session_replication_role = replica: {'available' if plan.replica else 'not available (not needed: FKs are dropped)'}"
+    )
     p(f"Source snapshot: {'exportable' if snapshot else 'not used (--no-snapshot)'}")
 
 
@@ -125,7 +133,9 @@ def _confirm(plan: Plan, dest: str) -> None:
     err.write(f"  Destination: {describe(dest)}\n")
     err.write(f"  Tables to overwrite: {len(plan.tasks)} (row counts are planner estimates)\n")
     for t in plan.tasks[:40]:
-        err.write(f"    {t.qualname}: {fmt.estimate(t.dest_est_rows)} rows now, {fmt.estimate(t.est_rows)} from the source\n")
+        err.write(
+            f"    {t.qualname}: {fmt.estimate(t.dest_est_rows)} rows now, {fmt.estimate(t.est_rows)} from the source\n"
+        )
     if len(plan.tasks) > 40:
         err.write(f"    ... and {len(plan.tasks) - 40} more\n")
     err.write("Type 'yes' to proceed: ")
@@ -140,7 +150,11 @@ def _confirm(plan: Plan, dest: str) -> None:
 
 def copy(opts: CopyOptions, log: Logger) -> int:
     if not (opts.dry_run or opts.yes) and not sys.stdin.isatty():
-        raise PreflightError(["stdin is not a terminal, so the confirmation cannot be asked: pass --yes (or --skip-backup) to proceed, or --dry-run"])
+        raise PreflightError(
+            [
+                "stdin is not a terminal, so the confirmation cannot be asked: pass --yes (or --skip-backup) to proceed, or --dry-run"
+            ]
+        )
     log.info(f"STEP 1: connecting to source {describe(opts.source)} and destination {describe(opts.dest)}")
     src = connect(opts.source, "source", readonly=True)
     try:
@@ -166,20 +180,32 @@ def _copy(opts: CopyOptions, src, dst, log: Logger) -> int:
             scur.execute("SELECT pg_export_snapshot()")
             snapshot = scur.fetchone()[0]
         except Exception as exc:
-            raise PreflightError([f"the source cannot export a snapshot ({error_line(exc)}); a pooler in transaction mode cannot share one: connect directly, or pass --no-snapshot to read each table at a different moment"]) from None
+            raise PreflightError(
+                [
+                    f"the source cannot export a snapshot ({error_line(exc)}); a pooler in transaction mode cannot share one: connect directly, or pass --no-snapshot to read each table at a different moment"
+                ]
+            ) from None
     scur.execute("SET search_path = pg_catalog")
     src_id, dst_id = database_identity(scur), database_identity(dcur)
     dst.commit()
     if src_id[:2] == dst_id[:2]:
-        raise PreflightError([f"source and destination are the same database ({describe(opts.dest)}, system {dst_id[0]}, oid {dst_id[1]})"])
+        raise PreflightError(
+            [
+                f"source and destination are the same database ({describe(opts.dest)}, system {dst_id[0]}, oid {dst_id[1]})"
+            ]
+        )
 
     journal = Journal(opts.state_dir, dst_id)
     if journal.exists():
         log.info("STEP 2: finishing an interrupted run")
         if opts.dry_run:
-            log.warn(f"an interrupted run left dropped foreign keys ({journal.path}); a real run restores them first")
+            log.warn(
+                f"an interrupted run left dropped foreign keys ({journal.path}); a real run restores them first"
+            )
         elif not _restore_journal(journal, opts.dest, opts.parallel, opts.lock_timeout, log).complete:
-            raise PgcopyError(f"foreign keys from an interrupted run could not all be restored; fix the errors above and run pgcopy recover (journal {journal.path})")
+            raise PgcopyError(
+                f"foreign keys from an interrupted run could not all be restored; fix the errors above and run pgcopy recover (journal {journal.path})"
+            )
 
     log.info("STEP 3: reading catalogs and checking the destination")
     plan = build_plan(scur, dcur, opts.include, opts.exclude, log)
@@ -207,15 +233,28 @@ def _copy(opts: CopyOptions, src, dst, log: Logger) -> int:
         stop.uninstall()
 
 
-def _run(opts, plan: Plan, journal: Journal, snapshot, seq_values, dst, report: RunReport, stop: StopFlag, started: float, log: Logger) -> int:
+def _run(
+    opts,
+    plan: Plan,
+    journal: Journal,
+    snapshot,
+    seq_values,
+    dst,
+    report: RunReport,
+    stop: StopFlag,
+    started: float,
+    log: Logger,
+) -> int:
     log.info(f"STEP 4: recording {len(plan.fkeys)} foreign keys in {journal.path} and dropping them")
     journal.write(plan.fkeys, describe(opts.dest))
     fkmod.drop_all(dst, plan.fkeys, opts.lock_timeout)
     report.fkeys_dropped = len(plan.fkeys)
     report.triggers_held = sum(len(t.triggers) for t in plan.tasks)
 
-    log.info(f"STEP 5: loading {len(plan.tasks)} tables with {min(opts.parallel, len(plan.tasks))} workers"
-             + (" (session_replication_role = replica)" if plan.replica else ""))
+    log.info(
+        f"STEP 5: loading {len(plan.tasks)} tables with {min(opts.parallel, len(plan.tasks))} workers"
+        + (" (session_replication_role = replica)" if plan.replica else "")
+    )
     spec = WorkerSpec(opts.source, opts.dest, snapshot, plan.replica, opts.lock_timeout, opts.analyze)
     outcome = run_load(spec, plan.tasks, opts.parallel, LogReporter(log), stop)
     report.tables_done = len(outcome.done)
@@ -224,7 +263,9 @@ def _run(opts, plan: Plan, journal: Journal, snapshot, seq_values, dst, report: 
     report.tables_failed = [(qualname(r.key), r.error or "") for r in outcome.failed]
     report.tables_not_copied = [qualname(k) for k in outcome.rolled_back + outcome.not_started]
     if outcome.stopped:
-        log.warn(f"stopping: {len(outcome.rolled_back)} tables in flight rolled back, {len(outcome.not_started)} not started; restoring foreign keys (press Ctrl-C again to abandon)")
+        log.warn(
+            f"stopping: {len(outcome.rolled_back)} tables in flight rolled back, {len(outcome.not_started)} not started; restoring foreign keys (press Ctrl-C again to abandon)"
+        )
 
     try:
         log.info(f"STEP 6: restoring {len(plan.fkeys)} foreign keys")
@@ -239,7 +280,9 @@ def _run(opts, plan: Plan, journal: Journal, snapshot, seq_values, dst, report: 
     if restored.complete:
         journal.remove()
     else:
-        log.error(f"some foreign keys are still missing; the journal {journal.path} is kept: fix the cause and run pgcopy recover")
+        log.error(
+            f"some foreign keys are still missing; the journal {journal.path} is kept: fix the cause and run pgcopy recover"
+        )
 
     if not outcome.stopped:
         log.info("STEP 7: sequences and materialized views")
@@ -268,8 +311,10 @@ def _set_sequences(dst, plan: Plan, values, done_keys, log: Logger) -> int:
     n = 0
     for seq in plan.sequences:
         owner = seq.owner_table
-        if owner is not None and owner not in done_keys and not any(
-            owner in plan.ancestors.get(k, ()) for k in done_keys
+        if (
+            owner is not None
+            and owner not in done_keys
+            and not any(owner in plan.ancestors.get(k, ()) for k in done_keys)
         ):
             continue  # its table failed: keep the destination's sequence in step with its old rows
         last_value, is_called = values[seq.key]

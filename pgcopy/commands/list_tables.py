@@ -38,9 +38,7 @@ def list_tables(opts: ListOptions, log: Logger) -> int:
     conn = connect(opts.source, "source", readonly=True)
     try:
         cur = conn.cursor()
-        tables = [
-            t for t in catalog.read_tables(cur) if opts.schema is None or t.schema == opts.schema
-        ]
+        tables = [t for t in catalog.read_tables(cur) if opts.schema is None or t.schema == opts.schema]
         if not tables:
             raise PreflightError([f"no tables in schema {opts.schema!r}" if opts.schema else "no tables"])
         tables = select_tables(tables, opts.include, opts.exclude, log)
@@ -90,7 +88,11 @@ def _print_table(tables, rows, exact: bool) -> None:
     head = ("SCHEMA", "TABLE", "KIND", "ROWS" if exact else "ROWS (est.)", "SIZE")
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(5)]
     for r in [head, *body]:
-        print("  ".join(c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())
+        print(
+            "  ".join(
+                c.rjust(w) if i >= 3 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            ).rstrip()
+        )
     # partitioned parents show their partitions' sums: count leaves only in the totals
     leaves = [t for t in tables if t.kind != "partitioned parent"]
     total_rows = sum(rows[t.oid] or 0 for t in leaves)

@@ -49,6 +49,8 @@ def recover(dest: str, source: str | None, state_dir: str | None, lock_timeout: 
     for fk, err in outcome.missing:
         log.error(f"foreign key {fkmod.describe(fk)} could not be re-created: {err}")
     if not outcome.complete:
-        raise PgcopyError(f"{len(outcome.missing)} foreign keys could not be restored; the journal {journal.path} is kept")
+        raise PgcopyError(
+            f"{len(outcome.missing)} foreign keys could not be restored; the journal {journal.path} is kept"
+        )
     journal.remove()
     return EXIT_PARTIAL if outcome.not_valid else EXIT_OK
