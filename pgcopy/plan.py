@@ -23,6 +23,7 @@ class CopyTask:
     est_rows: float
     est_bytes: int
     dest_est_rows: float
+    dest_est_bytes: int
 
     @property
     def qualname(self) -> str:
@@ -199,6 +200,7 @@ def build_plan(src_cur, dst_cur, include, exclude, log: Logger) -> Plan:
             est_rows=t.reltuples,
             est_bytes=t.total_bytes,
             dest_est_rows=dst_by_key[t.key].reltuples,
+            dest_est_bytes=dst_by_key[t.key].total_bytes,
         )
         for t in selected
     ]

@@ -127,15 +127,27 @@ def _print_plan(plan: Plan, snapshot: str | None, log: Logger) -> None:
     p(f"Source snapshot: {'exportable' if snapshot else 'not used (--no-snapshot)'}")
 
 
-def _confirm(plan: Plan, dest: str) -> None:
+# Tables up to this size are counted exactly for the prompt; larger ones show the
+# planner's estimate, marked with "~", so the prompt never takes minutes.
+EXACT_COUNT_BYTES = 64 << 20
+
+
+def _rows_for_prompt(cur, key, size: int, estimate: float) -> str:
+    if size > EXACT_COUNT_BYTES:
+        return fmt.estimate(estimate)
+    cur.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(*key)))
+    return f"{cur.fetchone()[0]:,}"
+
+
+def _confirm(plan: Plan, dest: str, scur, dcur) -> None:
     err = sys.stderr
     err.write("\nWARNING: this will OVERWRITE data in the destination database\n")
     err.write(f"  Destination: {describe(dest)}\n")
-    err.write(f"  Tables to overwrite: {len(plan.tasks)} (row counts are planner estimates)\n")
+    err.write(f"  Tables to overwrite: {len(plan.tasks)} (~ marks a planner estimate)\n")
     for t in plan.tasks[:40]:
-        err.write(
-            f"    {t.qualname}: {fmt.estimate(t.dest_est_rows)} rows now, {fmt.estimate(t.est_rows)} from the source\n"
-        )
+        now = _rows_for_prompt(dcur, t.key, t.dest_est_bytes, t.dest_est_rows)
+        new = _rows_for_prompt(scur, t.key, t.est_bytes, t.est_rows)
+        err.write(f"    {t.qualname}: {now} rows now, {new} from the source\n")
     if len(plan.tasks) > 40:
         err.write(f"    ... and {len(plan.tasks) - 40} more\n")
     err.write("Type 'yes' to proceed: ")
@@ -222,7 +234,8 @@ def _copy(opts: CopyOptions, src, dst, log: Logger) -> int:
         seq_values[seq.key] = scur.fetchone()
 
     if not opts.yes:
-        _confirm(plan, opts.dest)
+        _confirm(plan, opts.dest, scur, dcur)
+        dst.commit()
     report = RunReport(tables_total=len(plan.tasks), replica_mode=plan.replica, warnings=log.warnings)
     started = time.monotonic()
     stop = StopFlag()

@@ -1,0 +1,89 @@
+"""Helpers for end-to-end copy tests: load the fidelity schema, run pgcopy, compare states."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SCHEMA = (HERE / "fidelity.sql").read_text()
+DATA = (HERE / "fidelity_data.sql").read_text()
+OWNER = "app_owner"
+OWNER_PW = "owner-secret"
+
+
+def load_fidelity(src, dst, owner: str | None = None) -> None:
+    """Schema on both sides (as ``owner`` if given), data on the source, stale rows on the destination."""
+    for db in (src, dst):
+        if owner:
+            db.execute(
+                f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{owner}') THEN "
+                f"CREATE ROLE {owner} LOGIN PASSWORD '{OWNER_PW}'; END IF; END $$"
+            )
+            db.execute(f'ALTER DATABASE "{db.dbname}" OWNER TO {owner}')
+        prefix = f"SET ROLE {owner};\n" if owner else ""
+        db.execute(prefix + SCHEMA)
+    src.execute(("SET ROLE %s;\n" % owner if owner else "") + DATA)
+    dst.execute(
+        "ALTER TABLE customers DISABLE TRIGGER customers_shout;"
+        "INSERT INTO empty_src VALUES (1, 'stale'); INSERT INTO customers (name) VALUES ('stale');"
+        "INSERT INTO animals VALUES (99, 'stale parent row');"
+        "ALTER TABLE customers ENABLE TRIGGER customers_shout;"
+    )
+
+
+def owner_dsn(db) -> str:
+    return db.cluster.dsn(db.dbname, user=OWNER, password=OWNER_PW)
+
+
+def checksums(db) -> dict[str, tuple[int, str]]:
+    """Per table (leaf or plain): row count and an md5 over the sorted row texts (ONLY the table)."""
+    tables = db.query(
+        """SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'r' AND n.nspname IN ('public', 'other') ORDER BY 1"""
+    )
+    out = {}
+    for (name,) in tables:
+        out[name] = tuple(
+            db.query(f"SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM ONLY {name} t")[0]
+        )
+    return out
+
+
+def fk_state(db) -> list[tuple]:
+    return db.query(
+        """SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated
+             FROM pg_constraint WHERE contype = 'f' ORDER BY 1, 2, 3"""
+    )
+
+
+def trigger_state(db) -> list[tuple]:
+    return db.query(
+        "SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2"
+    )
+
+
+def sequence_state(db) -> list[tuple]:
+    return db.query("SELECT schemaname, sequencename, last_value FROM pg_sequences ORDER BY 1, 2")
+
+
+def is_called(db, seq: str) -> bool:
+    return db.scalar(f"SELECT is_called FROM {seq}")
+
+
+def pgcopy(*args: str, state_dir, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pgcopy", *args, "--state-dir", str(state_dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=timeout,
+    )
+
+
+def copy(src_dsn: str, dst_dsn: str, *extra: str, state_dir, **kw) -> subprocess.CompletedProcess:
+    return pgcopy("copy", "-s", src_dsn, "-d", dst_dsn, *extra, state_dir=state_dir, **kw)
