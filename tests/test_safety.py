@@ -1,0 +1,246 @@
+"""Refusals, interruptions, crashes and recovery: the destination never loses anything."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psycopg2
+import pytest
+
+from tests.helpers import ROOT, checksums, copy, fk_state, load_fidelity, pgcopy, sequence_state, trigger_state
+
+
+@pytest.fixture
+def state(tmp_path):
+    return tmp_path / "state"
+
+
+def snapshot_of(db):
+    """Everything a refused or interrupted run must leave as it was."""
+    return (checksums(db), fk_state(db), trigger_state(db), sequence_state(db))
+
+
+class Running:
+    """pgcopy in the background, its stderr collected line by line."""
+
+    def __init__(self, args, state):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pgcopy", *args, "--state-dir", str(state)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._t = threading.Thread(target=self._read, daemon=True)
+        self._t.start()
+
+    def _read(self):
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text, timeout=60):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if any(text in line for line in self.lines):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"{text!r} never appeared:\n{''.join(self.lines)}")
+
+    def finish(self, timeout=60):
+        out = self.proc.stdout.read()
+        code = self.proc.wait(timeout)
+        self._t.join(5)
+        return code, out, "".join(self.lines)
+
+
+def hold_lock(db, table, mode="ACCESS SHARE"):
+    """An open transaction on the destination that blocks TRUNCATE of ``table``."""
+    conn = psycopg2.connect(db.dsn)
+    conn.cursor().execute(f"LOCK TABLE {table} IN {mode} MODE")
+    return conn
+
+
+def wait_blocked(db, timeout=30):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if db.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgcopy' AND wait_event_type = 'Lock'"):
+            return
+        time.sleep(0.05)
+    raise AssertionError("pgcopy never waited on the lock")
+
+
+# --- preflight refusals -------------------------------------------------------------
+
+
+def test_same_database_refused(src, state):
+    src.execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+    before = checksums(src)
+    # the same database reached through two different spellings
+    r = copy(src.dsn, src.uri, "--yes", state_dir=state)
+    assert r.returncode == 2
+    assert "source and destination are the same database" in r.stderr
+    assert checksums(src) == before
+
+
+def test_schema_differences_all_listed(src, dst, state):
+    load_fidelity(src, dst)
+    dst.execute('DROP TABLE tree; ALTER TABLE "Mixed Case" ALTER COLUMN "Col" TYPE numeric; ALTER TABLE loose ADD COLUMN extra int')
+    before = snapshot_of(dst)
+    r = copy(src.dsn, dst.dsn, "--yes", state_dir=state)
+    assert r.returncode == 2, r.stderr
+    assert "table public.tree does not exist on the destination" in r.stderr
+    assert "column 'Col' is integer on the source but numeric on the destination" in r.stderr
+    assert "column 'extra' (integer) exists only on the destination" in r.stderr
+    assert "3 problems" in r.stderr
+    assert snapshot_of(dst) == before
+
+
+def test_cascade_trap_refused(src, dst, state):
+    load_fidelity(src, dst)
+    dst.execute("INSERT INTO customers (id, name) VALUES (7000, 'kept'); INSERT INTO xschema VALUES (9, 7000)")
+    before = snapshot_of(dst)
+    r = copy(src.dsn, dst.dsn, "--yes", "--include", "customers", state_dir=state)
+    assert r.returncode == 2
+    assert "destination table public.xschema is not selected but its foreign key xschema_cust_fkey references selected table public.customers" in r.stderr
+    assert "add public.xschema to --include" in r.stderr
+    assert snapshot_of(dst) == before
+
+
+def test_missing_privileges_refused(src, dst, state):
+    load_fidelity(src, dst)
+    for db in (src, dst):
+        db.execute("DROP ROLE IF EXISTS weak; CREATE ROLE weak LOGIN PASSWORD 'weakpw'")
+    src.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO weak; REVOKE SELECT ON public.tree FROM weak")
+    dst.execute("GRANT INSERT ON ALL TABLES IN SCHEMA public, other TO weak; GRANT USAGE ON SCHEMA other TO weak")
+    before = snapshot_of(dst)
+    r = copy(src.cluster.dsn(src.dbname, "weak", "weakpw"), dst.cluster.dsn(dst.dbname, "weak", "weakpw"),
+             "--yes", "--exclude", "other.*", state_dir=state)
+    assert r.returncode == 2, r.stderr
+    assert "no SELECT privilege on source table public.tree" in r.stderr
+    assert "destination table public.orders: missing TRUNCATE, ownership (to drop and re-add its foreign keys)" in r.stderr
+    assert "weakpw" not in r.stderr
+    assert snapshot_of(dst) == before
+
+
+def test_no_terminal_refused_at_once(src, dst, state):
+    load_fidelity(src, dst)
+    before = snapshot_of(dst)
+    t = time.monotonic()
+    r = copy(src.dsn, dst.dsn, state_dir=state, input="yes\n")
+    assert r.returncode == 2 and time.monotonic() - t < 30
+    assert "stdin is not a terminal" in r.stderr and "--yes" in r.stderr
+    assert snapshot_of(dst) == before
+
+
+def test_unknown_pattern_is_error(src, dst, state):
+    load_fidelity(src, dst)
+    r = copy(src.dsn, dst.dsn, "--yes", "--include", "nosuch*", state_dir=state)
+    assert r.returncode == 2 and "no table matches the selection" in r.stderr
+
+
+# --- failures, interruptions, crashes ----------------------------------------------------
+
+
+def test_lock_timeout_fails_one_table_names_holder(src, dst, state):
+    load_fidelity(src, dst)
+    fks = fk_state(dst)
+    lock = hold_lock(dst, "empty_src")
+    try:
+        r = copy(src.dsn, dst.dsn, "--yes", "--lock-timeout", "1s", state_dir=state)
+    finally:
+        lock.close()
+    assert r.returncode == 4, r.stderr
+    assert "Failed public.empty_src" in r.stderr and "lock timeout" in r.stderr and "held by pid" in r.stderr
+    assert dst.query("SELECT * FROM empty_src") == [(1, "stale")]  # fully old
+    ours, theirs = checksums(dst), checksums(src)
+    assert all(ours[t] == theirs[t] for t in theirs if t != "public.empty_src")
+    assert fk_state(dst) == fks
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_mid_copy_rolls_back_and_restores(src, dst, state, sig, code):
+    load_fidelity(src, dst)
+    fks, trigs = fk_state(dst), trigger_state(dst)
+    lock = hold_lock(dst, "empty_src")
+    try:
+        run = Running(["copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "2"], state)
+        run.wait_for("Copying table public.empty_src")
+        wait_blocked(dst)
+        os.kill(run.proc.pid, sig)
+        rc, out, err = run.finish()
+    finally:
+        lock.close()
+    assert rc == code, err
+    assert "rolled back" in err and "public.empty_src" in err
+    assert dst.query("SELECT * FROM empty_src") == [(1, "stale")]
+    assert fk_state(dst) == fks and trigger_state(dst) == trigs
+    assert not list(state.glob("*.json"))
+    assert "COPY STATISTICS" in out
+
+
+@pytest.mark.parametrize("then", ["recover", "rerun"])
+def test_kill9_then_recover_or_rerun(src, dst, state, then):
+    load_fidelity(src, dst)
+    fks, trigs = fk_state(dst), trigger_state(dst)
+    lock = hold_lock(dst, "empty_src")
+    try:
+        run = Running(["copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "2"], state)
+        run.wait_for("Copying table public.empty_src")
+        wait_blocked(dst)
+        os.killpg(run.proc.pid, signal.SIGKILL)
+        run.proc.wait(30)
+    finally:
+        lock.close()
+    assert len(fk_state(dst)) < len(fks), "the kill left foreign keys dropped"
+    assert dst.query("SELECT * FROM empty_src") == [(1, "stale")]  # never half-loaded
+    assert trigger_state(dst) == trigs  # trigger changes die with their transaction
+    assert list(state.glob("*.json"))
+    if then == "recover":
+        r = pgcopy("recover", "-d", dst.uri, state_dir=state)
+        assert r.returncode == 0, r.stderr
+        assert fk_state(dst) == fks
+        r = pgcopy("recover", "-d", dst.uri, state_dir=state)
+        assert r.returncode == 0 and "nothing to recover" in r.stderr
+    else:
+        r = copy(src.dsn, dst.dsn, "--yes", state_dir=state)
+        assert r.returncode == 0, r.stderr
+        assert "found the journal of an interrupted run" in r.stderr
+        assert fk_state(dst) == fks and checksums(dst) == checksums(src)
+    assert not list(state.glob("*.json"))
+
+
+def test_validation_failure_keeps_fk_not_valid(src, dst, state):
+    """A selected table referencing an unselected one whose rows differ: reported, exit 4."""
+    load_fidelity(src, dst)
+    r = copy(src.dsn, dst.dsn, "--yes", "--include", "xschema", state_dir=state)
+    assert r.returncode == 4, r.stderr
+    assert "xschema_cust_fkey on public.xschema -> public.customers could not be validated" in r.stderr
+    assert dst.scalar("SELECT convalidated FROM pg_constraint WHERE conname = 'xschema_cust_fkey'") is False
+    assert not list(state.glob("*.json"))
+
+
+def test_source_writes_during_copy_read_from_one_snapshot(src, dst, state):
+    load_fidelity(src, dst)
+    # make the blocked table the largest so the single worker takes it first
+    src.execute("INSERT INTO empty_src SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g; ANALYZE empty_src")
+    expected = checksums(src)
+    lock = hold_lock(dst, "empty_src")
+    try:
+        run = Running(["copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "1"], state)
+        run.wait_for("Copying table public.empty_src")
+        wait_blocked(dst)
+        # the source moves on while the copy waits: new parents and children, a deleted child
+        src.execute(
+            "INSERT INTO customers (name) SELECT 'late' || g FROM generate_series(1, 50) g;"
+            "INSERT INTO orders (customer_id, amount) SELECT id, 1 FROM customers WHERE name LIKE 'late%';"
+            "DELETE FROM order_items WHERE line % 2 = 0;"
+        )
+    finally:
+        lock.close()
+    rc, out, err = run.finish()
+    assert rc == 0, err
+    assert checksums(dst) == expected
+    assert fk_state(dst) == fk_state(src)
