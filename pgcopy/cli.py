@@ -44,6 +44,13 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_debug(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a subcommand's --debug only overrides the top-level one when given
+    p.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug lines"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pgcopy",
@@ -173,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument(
         "-p", "--parallel", type=_positive, default=4, metavar="N", help="workers for the copy (default 4)"
     )
+    for sp in (cp, rc, ls, dm):
+        _add_debug(sp)
     return parser
 
 

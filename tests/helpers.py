@@ -25,7 +25,7 @@ def load_fidelity(src, dst, owner: str | None = None) -> None:
             db.execute(f'ALTER DATABASE "{db.dbname}" OWNER TO {owner}')
         prefix = f"SET ROLE {owner};\n" if owner else ""
         db.execute(prefix + SCHEMA)
-    src.execute(("SET ROLE %s;\n" % owner if owner else "") + DATA)
+    src.execute((f"SET ROLE {owner};\n" if owner else "") + DATA)
     dst.execute(
         "ALTER TABLE customers DISABLE TRIGGER customers_shout;"
         "INSERT INTO empty_src VALUES (1, 'stale'); INSERT INTO customers (name) VALUES ('stale');"
@@ -48,7 +48,9 @@ def checksums(db) -> dict[str, tuple[int, str]]:
     out = {}
     for (name,) in tables:
         out[name] = tuple(
-            db.query(f"SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM ONLY {name} t")[0]
+            db.query(
+                f"SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM ONLY {name} t"
+            )[0]
         )
     return out
 
@@ -74,7 +76,9 @@ def is_called(db, seq: str) -> bool:
     return db.scalar(f"SELECT is_called FROM {seq}")
 
 
-def pgcopy(*args: str, state_dir, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def pgcopy(
+    *args: str, state_dir, input: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "pgcopy", *args, "--state-dir", str(state_dir)],
         cwd=ROOT,

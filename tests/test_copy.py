@@ -56,7 +56,14 @@ def test_fidelity_copy(src, dst, state, role):
 
 def test_include_partitioned_parent_and_empty_source(src, dst, state):
     load_fidelity(src, dst)
-    r = copy(src.dsn, dst.dsn, "--yes", "--include", "events,empty_src,customers,event_notes,xschema,loose,orders,order_items", state_dir=state)
+    r = copy(
+        src.dsn,
+        dst.dsn,
+        "--yes",
+        "--include",
+        "events,empty_src,customers,event_notes,xschema,loose,orders,order_items",
+        state_dir=state,
+    )
     assert r.returncode == 0, r.stderr
     ours, theirs = checksums(dst), checksums(src)
     for t in ("public.events_2024", "public.events_2025", "public.empty_src", "public.customers"):
@@ -89,8 +96,22 @@ def test_confirmation_declined_and_accepted(src, dst, state, monkeypatch):
     def run(answer: str) -> tuple[int, str]:
         master, slave = pty.openpty()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pgcopy", "copy", "-s", src.uri, "-d", dst.dsn + " password=topsecret", "--state-dir", str(state)],
-            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pgcopy",
+                "copy",
+                "-s",
+                src.uri,
+                "-d",
+                dst.dsn + " password=topsecret",
+                "--state-dir",
+                str(state),
+            ],
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         os.close(slave)
         os.write(master, (answer + "\n").encode())

@@ -10,7 +10,16 @@ import time
 import psycopg2
 import pytest
 
-from tests.helpers import ROOT, checksums, copy, fk_state, load_fidelity, pgcopy, sequence_state, trigger_state
+from tests.helpers import (
+    ROOT,
+    checksums,
+    copy,
+    fk_state,
+    load_fidelity,
+    pgcopy,
+    sequence_state,
+    trigger_state,
+)
 
 
 @pytest.fixture
@@ -29,7 +38,11 @@ class Running:
     def __init__(self, args, state):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pgcopy", *args, "--state-dir", str(state)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
         self.lines: list[str] = []
         self._t = threading.Thread(target=self._read, daemon=True)
@@ -66,7 +79,9 @@ def hold_lock(db, table, mode="ACCESS SHARE"):
 def wait_blocked(db, timeout=30):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if db.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgcopy' AND wait_event_type = 'Lock'"):
+        if db.scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgcopy' AND wait_event_type = 'Lock'"
+        ):
             return
         time.sleep(0.05)
     raise AssertionError("pgcopy never waited on the lock")
@@ -87,7 +102,9 @@ def test_same_database_refused(src, state):
 
 def test_schema_differences_all_listed(src, dst, state):
     load_fidelity(src, dst)
-    dst.execute('DROP TABLE tree; ALTER TABLE "Mixed Case" ALTER COLUMN "Col" TYPE numeric; ALTER TABLE loose ADD COLUMN extra int')
+    dst.execute(
+        'DROP TABLE tree; ALTER TABLE "Mixed Case" ALTER COLUMN "Col" TYPE numeric; ALTER TABLE loose ADD COLUMN extra int'
+    )
     before = snapshot_of(dst)
     r = copy(src.dsn, dst.dsn, "--yes", state_dir=state)
     assert r.returncode == 2, r.stderr
@@ -100,11 +117,16 @@ def test_schema_differences_all_listed(src, dst, state):
 
 def test_cascade_trap_refused(src, dst, state):
     load_fidelity(src, dst)
-    dst.execute("INSERT INTO customers (id, name) VALUES (7000, 'kept'); INSERT INTO xschema VALUES (9, 7000)")
+    dst.execute(
+        "INSERT INTO customers (id, name) VALUES (7000, 'kept'); INSERT INTO xschema VALUES (9, 7000)"
+    )
     before = snapshot_of(dst)
     r = copy(src.dsn, dst.dsn, "--yes", "--include", "customers", state_dir=state)
     assert r.returncode == 2
-    assert "destination table public.xschema is not selected but its foreign key xschema_cust_fkey references selected table public.customers" in r.stderr
+    assert (
+        "destination table public.xschema is not selected but its foreign key xschema_cust_fkey references selected table public.customers"
+        in r.stderr
+    )
     assert "add public.xschema to --include" in r.stderr
     assert snapshot_of(dst) == before
 
@@ -114,13 +136,24 @@ def test_missing_privileges_refused(src, dst, state):
     for db in (src, dst):
         db.execute("DROP ROLE IF EXISTS weak; CREATE ROLE weak LOGIN PASSWORD 'weakpw'")
     src.execute("GRANT SELECT ON ALL TABLES IN SCHEMA public TO weak; REVOKE SELECT ON public.tree FROM weak")
-    dst.execute("GRANT INSERT ON ALL TABLES IN SCHEMA public, other TO weak; GRANT USAGE ON SCHEMA other TO weak")
+    dst.execute(
+        "GRANT INSERT ON ALL TABLES IN SCHEMA public, other TO weak; GRANT USAGE ON SCHEMA other TO weak"
+    )
     before = snapshot_of(dst)
-    r = copy(src.cluster.dsn(src.dbname, "weak", "weakpw"), dst.cluster.dsn(dst.dbname, "weak", "weakpw"),
-             "--yes", "--exclude", "other.*", state_dir=state)
+    r = copy(
+        src.cluster.dsn(src.dbname, "weak", "weakpw"),
+        dst.cluster.dsn(dst.dbname, "weak", "weakpw"),
+        "--yes",
+        "--exclude",
+        "other.*",
+        state_dir=state,
+    )
     assert r.returncode == 2, r.stderr
     assert "no SELECT privilege on source table public.tree" in r.stderr
-    assert "destination table public.orders: missing TRUNCATE, ownership (to drop and re-add its foreign keys)" in r.stderr
+    assert (
+        "destination table public.orders: missing TRUNCATE, ownership (to drop and re-add its foreign keys)"
+        in r.stderr
+    )
     assert "weakpw" not in r.stderr
     assert snapshot_of(dst) == before
 
@@ -225,7 +258,9 @@ def test_validation_failure_keeps_fk_not_valid(src, dst, state):
 def test_source_writes_during_copy_read_from_one_snapshot(src, dst, state):
     load_fidelity(src, dst)
     # make the blocked table the largest so the single worker takes it first
-    src.execute("INSERT INTO empty_src SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g; ANALYZE empty_src")
+    src.execute(
+        "INSERT INTO empty_src SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g; ANALYZE empty_src"
+    )
     expected = checksums(src)
     lock = hold_lock(dst, "empty_src")
     try:
@@ -244,3 +279,17 @@ def test_source_writes_during_copy_read_from_one_snapshot(src, dst, state):
     assert rc == 0, err
     assert checksums(dst) == expected
     assert fk_state(dst) == fk_state(src)
+
+
+def test_recover_from_source_when_journal_is_lost(src, dst, state):
+    load_fidelity(src, dst)
+    fks = fk_state(dst)
+    dst.execute(
+        "ALTER TABLE orders DROP CONSTRAINT orders_customer_id_fkey; ALTER TABLE other.pair_refs DROP CONSTRAINT same_name"
+    )
+    r = pgcopy("recover", "-d", dst.dsn, state_dir=state)
+    assert r.returncode == 0 and "nothing to recover" in r.stderr
+    r = pgcopy("recover", "-d", dst.dsn, "-s", src.dsn, state_dir=state)
+    assert r.returncode == 0, r.stderr
+    assert "2 foreign keys exist on the source but not on the destination" in r.stderr
+    assert fk_state(dst) == fks

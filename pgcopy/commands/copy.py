@@ -310,6 +310,8 @@ def _run(
     if report.tables_not_copied:
         log.warn(f"not copied (kept their old rows): {', '.join(report.tables_not_copied)}")
     print(report.box())
+    for w in report.warnings:
+        print(f"warning: {w}")
     if outcome.stopped:
         return EXIT_SIGTERM if stop.signum == signal.SIGTERM else EXIT_SIGINT
     if not restored.complete:

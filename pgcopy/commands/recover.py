@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pgcopy import fkeys as fkmod
-from pgcopy.catalog import database_identity
+from pgcopy.catalog import ForeignKey, database_identity, read_foreign_keys
 from pgcopy.connections import connect, describe
 from pgcopy.errors import EXIT_OK, EXIT_PARTIAL, PgcopyError
 from pgcopy.journal import Journal
@@ -11,15 +11,12 @@ from pgcopy.log import Logger
 from pgcopy.options import default_state_dir
 
 
-def _from_source(source: str, wanted) -> dict:
-    """Definitions as the source has them (the schemas are identical), keyed like the journal."""
-    from pgcopy.catalog import read_foreign_keys
-
-    conn = connect(source, "source", readonly=True)
+def _fkeys(dsn: str, role: str) -> list[ForeignKey]:
+    conn = connect(dsn, role, readonly=True)
     try:
         cur = conn.cursor()
-        cur.execute("SET search_path = pg_catalog")
-        return {(fk.table, fk.name): fk for fk in read_foreign_keys(cur) if (fk.table, fk.name) in wanted}
+        cur.execute("SET search_path = pg_catalog")  # the same spelling the journal uses
+        return read_foreign_keys(cur)
     finally:
         conn.close()
 
@@ -27,20 +24,28 @@ def _from_source(source: str, wanted) -> dict:
 def recover(dest: str, source: str | None, state_dir: str | None, lock_timeout: str, log: Logger) -> int:
     conn = connect(dest, "destination")
     try:
-        cur = conn.cursor()
-        identity = database_identity(cur)
+        identity = database_identity(conn.cursor())
     finally:
         conn.close()
     journal = Journal(state_dir or default_state_dir(), identity)
-    if not journal.exists():
+    fks = journal.read() if journal.exists() else []
+    if source:
+        # the schemas are identical: any FK the source has and the destination lacks was
+        # dropped by an interrupted run, even one whose journal is lost
+        present = {(fk.table, fk.name) for fk in _fkeys(dest, "destination")}
+        known = {(fk.table, fk.name) for fk in fks}
+        extra = [fk for fk in _fkeys(source, "source") if (fk.table, fk.name) not in present | known]
+        if extra:
+            log.warn(
+                f"{len(extra)} foreign keys exist on the source but not on the destination; re-creating them"
+            )
+        fks += extra
+    if not fks:
         log.done(f"nothing to recover for {describe(dest)} (no journal at {journal.path})")
         return EXIT_OK
-    fks = journal.read()
-    if source:
-        # prefer the journal; the source fills in only definitions the journal cannot give
-        src_defs = _from_source(source, {(fk.table, fk.name) for fk in fks if not fk.definition})
-        fks = [src_defs.get((fk.table, fk.name), fk) for fk in fks]
-    log.info(f"restoring {len(fks)} foreign keys recorded in {journal.path}")
+    log.info(
+        f"restoring {len(fks)} foreign keys" + (f" recorded in {journal.path}" if journal.exists() else "")
+    )
     outcome = fkmod.restore_all(dest, fks, 2, lock_timeout)
     for fk in outcome.restored:
         log.done(f"foreign key {fkmod.describe(fk)} is in place")
