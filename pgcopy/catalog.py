@@ -56,6 +56,7 @@ class Column:
     type: str  # format_type()
     generated: bool
     identity: str  # '', 'a' (ALWAYS) or 'd' (BY DEFAULT)
+    typid: int = 0
 
 
 @dataclass(frozen=True)
@@ -154,15 +155,15 @@ def read_tables(cur) -> list[Table]:
 def read_columns(cur, oids: Iterable[int]) -> dict[int, list[Column]]:
     cur.execute(
         """SELECT a.attrelid, a.attname, format_type(a.atttypid, a.atttypmod),
-                  a.attgenerated <> '', a.attidentity
+                  a.attgenerated <> '', a.attidentity, a.atttypid
              FROM pg_attribute a
             WHERE a.attrelid = ANY(%s) AND a.attnum > 0 AND NOT a.attisdropped
             ORDER BY a.attrelid, a.attnum""",
         (list(oids),),
     )
     out: dict[int, list[Column]] = {}
-    for relid, name, typ, gen, ident in cur.fetchall():
-        out.setdefault(relid, []).append(Column(name, typ, gen, ident))
+    for relid, name, typ, gen, ident, typid in cur.fetchall():
+        out.setdefault(relid, []).append(Column(name, typ, gen, ident, typid))
     return out
 
 

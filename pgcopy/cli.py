@@ -10,6 +10,7 @@ import traceback
 from collections.abc import Sequence
 
 from pgcopy import __version__
+from pgcopy.codec import CODECS
 from pgcopy.errors import EXIT_CODES, PgcopyError, UsageError
 from pgcopy.log import Logger
 
@@ -122,6 +123,44 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow a source that cannot export snapshots; tables are then read at different moments",
     )
+    stream = cp.add_argument_group("stream options")
+    pipe = stream.add_mutually_exclusive_group()
+    pipe.add_argument(
+        "--copy-pipe",
+        dest="copy_pipe",
+        action="store_true",
+        default=True,
+        help="stream each table with COPY TO | COPY FROM (the default; accepted for compatibility)",
+    )
+    pipe.add_argument(
+        "--no-copy-pipe",
+        dest="copy_pipe",
+        action="store_false",
+        help="row mode: a server-side cursor on the source and batched INSERTs on the destination, "
+        "for proxies or poolers that do not pass COPY through; slower",
+    )
+    stream.add_argument(
+        "--batch-size", type=_positive, metavar="N", help="rows per batch in row mode (default 1000)"
+    )
+    stream.add_argument(
+        "--compress",
+        nargs="?",
+        const="gzip",
+        choices=CODECS,
+        metavar="{gzip,zstd}",
+        help="compress the COPY stream inside each worker (bare --compress means gzip). Both database "
+        "connections still carry uncompressed data, so this costs CPU and saves no network bytes; "
+        "see README, Performance, for the measured cost",
+    )
+    stream.add_argument(
+        "--compress-level", type=int, metavar="N", help="codec level (gzip 1-9, zstd 1-22; default 1)"
+    )
+    stream.add_argument(
+        "--format",
+        choices=("auto", "text"),
+        default="auto",
+        help="COPY format: auto (binary unless unsafe for a table, see README) or text for every table",
+    )
     cp.add_argument("--no-analyze", action="store_true", help="do not ANALYZE loaded tables")
     cp.add_argument(
         "--no-refresh-matviews",
@@ -211,7 +250,10 @@ def _dispatch(args: argparse.Namespace, log: Logger) -> int:
         from pgcopy.commands.copy import copy
         from pgcopy.options import copy_options
 
-        return copy(copy_options(args), log)
+        opts = copy_options(args)
+        if args.batch_size and args.copy_pipe:
+            log.warn("--batch-size applies only to row mode (--no-copy-pipe); ignored")
+        return copy(opts, log)
     if args.command == "recover":
         from pgcopy.commands.recover import recover
 

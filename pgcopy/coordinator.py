@@ -39,6 +39,7 @@ class LoadOutcome:
     rolled_back: list[tuple[str, str]] = field(default_factory=list)  # in flight at a stop
     not_started: list[tuple[str, str]] = field(default_factory=list)
     stopped: bool = False
+    worker_usage: list[dict] = field(default_factory=list)  # per worker that exited cleanly
 
 
 def run_load(
@@ -122,6 +123,8 @@ def _handle(kind, wid, payload, out: LoadOutcome, in_flight, finished, alive, re
         reporter.log(*payload)
     elif kind == "exit":
         alive.discard(wid)
+        if payload:
+            out.worker_usage.append(payload)
     else:
         reporter.log("WARN", f"unknown message {kind!r} from worker {wid}")
 

@@ -7,7 +7,26 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgcopy.codec import DEFAULT_LEVEL, Codec
 from pgcopy.connections import parse
+from pgcopy.errors import UsageError
+
+LEVELS = {"gzip": range(1, 10), "zstd": range(1, 23)}
+DEFAULT_BATCH_SIZE = 1000
+
+
+def _codec(args: argparse.Namespace) -> Codec | None:
+    if args.compress is None:
+        if args.compress_level is not None:
+            raise UsageError("--compress-level needs --compress")
+        return None
+    if not args.copy_pipe:
+        raise UsageError("--compress needs the COPY pipe; it cannot be combined with --no-copy-pipe")
+    level = DEFAULT_LEVEL[args.compress] if args.compress_level is None else args.compress_level
+    if level not in LEVELS[args.compress]:
+        r = LEVELS[args.compress]
+        raise UsageError(f"--compress-level for {args.compress} must be {r.start}-{r.stop - 1}, got {level}")
+    return Codec(args.compress, level)
 
 
 @dataclass(frozen=True)
@@ -24,6 +43,9 @@ class CopyOptions:
     snapshot: bool = True
     analyze: bool = True
     refresh_matviews: bool = True
+    codec: Codec | None = None
+    batch_size: int | None = None  # row mode when set
+    format: str = "auto"
 
 
 def default_state_dir() -> Path:
@@ -34,6 +56,9 @@ def default_state_dir() -> Path:
 def copy_options(args: argparse.Namespace) -> CopyOptions:
     parse(args.source)  # a malformed string is a usage error before anything else
     parse(args.dest)
+    codec = _codec(args)
+    if not args.copy_pipe and args.format != "auto":
+        raise UsageError("--format applies to the COPY pipe; row mode always moves values as text")
     return CopyOptions(
         source=args.source,
         dest=args.dest,
@@ -47,4 +72,7 @@ def copy_options(args: argparse.Namespace) -> CopyOptions:
         snapshot=not args.no_snapshot,
         analyze=not args.no_analyze,
         refresh_matviews=not args.no_refresh_matviews,
+        codec=codec,
+        batch_size=None if args.copy_pipe else (args.batch_size or DEFAULT_BATCH_SIZE),
+        format=args.format,
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pgcopy import catalog, patterns
+from pgcopy import catalog, formats, patterns
 from pgcopy.catalog import ForeignKey, Key, Sequence, Table, Trigger, qualname
 from pgcopy.errors import PreflightError
 from pgcopy.log import Logger
@@ -24,6 +24,9 @@ class CopyTask:
     est_bytes: int
     dest_est_rows: float
     dest_est_bytes: int
+    column_types: tuple[str, ...] = ()  # format_type of each column, for row mode's casts
+    format: str = "binary"  # COPY format: 'binary' or 'text'
+    format_reason: str = "default"
 
     @property
     def qualname(self) -> str:
@@ -98,7 +101,7 @@ def replica_allowed(cur) -> bool:
     return False
 
 
-def build_plan(src_cur, dst_cur, include, exclude, log: Logger) -> Plan:
+def build_plan(src_cur, dst_cur, include, exclude, log: Logger, requested_format: str = "auto") -> Plan:
     problems: list[str] = []
     src_tables = catalog.read_tables(src_cur)
     dst_tables = catalog.read_tables(dst_cur)
@@ -192,6 +195,18 @@ def build_plan(src_cur, dst_cur, include, exclude, log: Logger) -> Plan:
     if problems:
         raise PreflightError(problems)
 
+    src_types, dst_types = formats.read_types(src_cur), formats.read_types(dst_cur)
+    src_major = src_cur.connection.server_version // 10000
+    dst_major = dst_cur.connection.server_version // 10000
+
+    def decide(t: Table) -> tuple[str, str]:
+        cols = [c for c in src_cols.get(t.oid, []) if not c.generated]
+        dcols = {c.name: c for c in dst_cols.get(dst_by_key[t.key].oid, [])}
+        sflags = [formats.type_flags(c.typid, src_types) for c in cols]
+        dflags = [formats.type_flags(dcols[c.name].typid, dst_types) for c in cols if c.name in dcols]
+        return formats.choose_format(requested_format, sflags, dflags, src_major, dst_major)
+
+    decisions = {t.key: decide(t) for t in selected}
     tasks = [
         CopyTask(
             key=t.key,
@@ -201,6 +216,9 @@ def build_plan(src_cur, dst_cur, include, exclude, log: Logger) -> Plan:
             est_bytes=t.total_bytes,
             dest_est_rows=dst_by_key[t.key].reltuples,
             dest_est_bytes=dst_by_key[t.key].total_bytes,
+            column_types=tuple(c.type for c in src_cols.get(t.oid, []) if not c.generated),
+            format=decisions[t.key][0],
+            format_reason=decisions[t.key][1],
         )
         for t in selected
     ]

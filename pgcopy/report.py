@@ -14,7 +14,11 @@ class RunReport:
     tables_failed: list[tuple[str, str]] = field(default_factory=list)  # (table, error)
     tables_not_copied: list[str] = field(default_factory=list)
     rows: int = 0  # COPY's own counts
-    bytes: int = 0  # counted in the pipe
+    bytes: int = 0  # COPY data before the codec, counted per chunk
+    wire_bytes: int = 0  # after the codec (equal to bytes without --compress)
+    formats: dict[str, int] = field(default_factory=dict)  # tables per format
+    worker_peak_rss_kb: int = 0  # the largest worker's peak RSS (getrusage)
+    worker_cpu_seconds: float = 0.0  # all workers' user + system CPU
     seconds: float = 0.0  # from after the confirmation to the end
     fkeys_dropped: int = 0
     fkeys_restored: int = 0
@@ -33,8 +37,12 @@ class RunReport:
             ("Tables processed", f"{self.tables_done}/{self.tables_total}"),
             ("Rows copied", f"{self.rows:,}"),
             ("Data streamed", fmt.size(self.bytes)),
+            *([("After codec", fmt.size(self.wire_bytes))] if self.wire_bytes != self.bytes else []),
+            ("Formats", ", ".join(f"{n} {f}" for f, n in sorted(self.formats.items())) or "-"),
             ("Duration", f"{self.seconds:.1f}s"),
             ("Average speed", f"{rate:,.0f} rows/s, {mbps:.1f} MB/s"),
+            ("Worker peak RSS", f"{self.worker_peak_rss_kb / 1024:.1f} MB"),
+            ("Worker CPU", f"{self.worker_cpu_seconds:.1f}s"),
             ("Foreign keys", f"{self.fkeys_restored}/{self.fkeys_dropped} restored valid as before"),
             ("Triggers held off", str(self.triggers_held)),
             ("Sequences set", str(self.sequences_set)),

@@ -1,4 +1,4 @@
-"""One table through one pipe: source COPY TO -> OS pipe -> destination COPY FROM.
+"""One table through one pipe: source COPY TO -> [codec] -> OS pipe -> destination COPY FROM.
 
 psycopg2 calls ``write()`` once per row on COPY TO, so the writing end is a C-level
 buffered file; the destination reads the pipe in 1 MiB chunks in a thread (psycopg2
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from psycopg2 import sql
 
+from pgcopy.codec import Codec, DecompressingReader, open_writer
 from pgcopy.plan import CopyTask
 
 CHUNK = 1 << 20  # read size for COPY FROM and write buffer for COPY TO
@@ -30,11 +31,24 @@ TRIGGER_STATE = {
 
 
 @dataclass(frozen=True)
+class StreamSpec:
+    """How every table of the run is moved."""
+
+    codec: Codec | None = None
+    batch_size: int | None = None  # row mode when set
+    replica: bool = False
+    lock_timeout: str = "30s"
+    analyze: bool = True
+
+
+@dataclass(frozen=True)
 class TableResult:
     key: tuple[str, str]
     rows: int = 0
-    bytes: int = 0
+    bytes: int = 0  # COPY data (or text values in row mode) as produced by the source
+    wire_bytes: int = 0  # what went through the pipe, after the codec
     seconds: float = 0.0
+    format: str = ""
     error: str | None = None
     side: str | None = None  # 'source' or 'destination' when it failed
 
@@ -46,13 +60,20 @@ class SourceFailed(Exception):
 class CountingReader:
     """The pipe's reading end; counts bytes per chunk and fails if the source failed."""
 
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, codec: Codec | None):
         self._file = os.fdopen(fd, "rb", buffering=0)
-        self.nbytes = 0
+        self._decode = DecompressingReader(self._file.read, codec) if codec else None
+        self.nbytes = 0  # decompressed
+        self.wire_bytes = 0  # as read from the pipe
         self.source_failed = False
 
     def read(self, size: int = CHUNK) -> bytes:
-        data = self._file.read(size)
+        if self._decode is None:
+            data = self._file.read(size)
+            self.wire_bytes += len(data)
+        else:
+            data, consumed = self._decode(size)
+            self.wire_bytes += consumed
         if not data and self.source_failed:
             raise SourceFailed("the source side of the COPY failed")
         self.nbytes += len(data)
@@ -62,32 +83,44 @@ class CountingReader:
         self._file.close()
 
 
-def _stmt(template: str, task: CopyTask) -> sql.Composed:
+def copy_statements(task: CopyTask) -> tuple[sql.Composed, sql.Composed]:
+    """(COPY TO, COPY FROM) with the same explicit column list on both ends."""
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in task.columns)
-    return sql.SQL(template).format(table=sql.Identifier(*task.key), cols=cols)
+    table = sql.Identifier(*task.key)
+    fmt = sql.SQL(task.format)
+    return (
+        sql.SQL("COPY {} ({}) TO STDOUT (FORMAT {})").format(table, cols, fmt),
+        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {}, FREEZE)").format(table, cols, fmt),
+    )
 
 
-def copy_table(src, dst, task: CopyTask, *, replica: bool, lock_timeout: str, analyze: bool) -> TableResult:
+def copy_table(src, dst, task: CopyTask, spec: StreamSpec) -> TableResult:
     """Load one table in one destination transaction; raises on any failure (nothing committed)."""
     started = time.monotonic()
     table = sql.Identifier(*task.key)
     dcur = dst.cursor()
     scur = src.cursor()
-    dcur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
-    if replica:
+    dcur.execute("SET LOCAL lock_timeout = %s", (spec.lock_timeout,))
+    if spec.replica:
         dcur.execute("SET LOCAL session_replication_role = replica")
     if task.triggers:
         # inside the load transaction, so no failure can leave them disabled
         dcur.execute(sql.SQL("ALTER TABLE ONLY {} DISABLE TRIGGER USER").format(table))
     dcur.execute(sql.SQL("TRUNCATE ONLY {}").format(table))
 
-    if not task.columns:  # a table without columns: nothing to stream
+    fmt = task.format
+    if not task.columns:  # a table without columns: nothing to stream, only a row count
         scur.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(table))
         src_rows = scur.fetchone()[0]
         dcur.execute(sql.SQL("INSERT INTO {} SELECT FROM generate_series(1, %s)").format(table), (src_rows,))
-        dst_rows, nbytes = dcur.rowcount, 0
+        dst_rows, nbytes, wire = dcur.rowcount, 0, 0
+    elif spec.batch_size:
+        from pgcopy.rowmode import copy_rows
+
+        src_rows, dst_rows, nbytes = copy_rows(src, dcur, task, spec.batch_size)
+        wire, fmt = nbytes, "rows"
     else:
-        src_rows, dst_rows, nbytes = _stream(scur, dcur, task)
+        src_rows, dst_rows, nbytes, wire = _stream(scur, dcur, task, spec.codec)
     if src_rows != dst_rows:
         raise RuntimeError(f"row count mismatch: source sent {src_rows}, destination loaded {dst_rows}")
     for trig in task.triggers:
@@ -97,26 +130,25 @@ def copy_table(src, dst, task: CopyTask, *, replica: bool, lock_timeout: str, an
             )
         )
     dst.commit()
-    if analyze:
+    if spec.analyze:
         dcur.execute(sql.SQL("ANALYZE {}").format(table))
         dst.commit()
-    return TableResult(task.key, dst_rows, nbytes, time.monotonic() - started)
+    return TableResult(task.key, dst_rows, nbytes, wire, time.monotonic() - started, fmt)
 
 
-def _stream(scur, dcur, task: CopyTask) -> tuple[int, int, int]:
+def _stream(scur, dcur, task: CopyTask, codec: Codec | None) -> tuple[int, int, int, int]:
     rfd, wfd = os.pipe()
     try:
         fcntl.fcntl(wfd, F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:
         pass  # keep the default size
-    reader = CountingReader(rfd)
+    reader = CountingReader(rfd, codec)
     load_error: list[BaseException] = []
+    copy_to, copy_from = copy_statements(task)
 
     def load() -> None:
         try:
-            dcur.copy_expert(
-                _stmt("COPY {table} ({cols}) FROM STDIN (FORMAT binary, FREEZE)", task), reader, size=CHUNK
-            )
+            dcur.copy_expert(copy_from, reader, size=CHUNK)
         except BaseException as exc:  # kept and re-raised by the main side
             load_error.append(exc)
         finally:
@@ -124,9 +156,9 @@ def _stream(scur, dcur, task: CopyTask) -> tuple[int, int, int]:
 
     thread = threading.Thread(target=load, name="copy-from", daemon=True)
     thread.start()
-    writer = os.fdopen(wfd, "wb", buffering=CHUNK)
+    writer = open_writer(wfd, codec, CHUNK)
     try:
-        scur.copy_expert(_stmt("COPY {table} ({cols}) TO STDOUT (FORMAT binary)", task), writer)
+        scur.copy_expert(copy_to, writer)
         writer.close()
     except BaseException as exc:
         reader.source_failed = True
@@ -135,12 +167,10 @@ def _stream(scur, dcur, task: CopyTask) -> tuple[int, int, int]:
         except OSError:
             pass
         thread.join()
-        if load_error and not isinstance(exc, BrokenPipeError | OSError):
-            raise exc
-        if load_error:  # the destination failed first: that is the root cause
-            raise load_error[0] from None
+        if load_error and isinstance(exc, OSError):
+            raise load_error[0] from None  # the destination failed first: the root cause
         raise
     thread.join()
     if load_error:
         raise load_error[0]
-    return scur.rowcount, dcur.rowcount, reader.nbytes
+    return scur.rowcount, dcur.rowcount, reader.nbytes, reader.wire_bytes

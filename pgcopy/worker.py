@@ -7,13 +7,14 @@ the coordinator's live libpq sockets), and costs ~0.1 s per worker, once per run
 
 from __future__ import annotations
 
+import resource
 import signal
 from dataclasses import dataclass
 
 import psycopg2
 
 from pgcopy.connections import connect, error_line
-from pgcopy.stream import TableResult, copy_table
+from pgcopy.stream import StreamSpec, TableResult, copy_table
 
 
 @dataclass(frozen=True)
@@ -23,14 +24,12 @@ class WorkerSpec:
     source: str
     dest: str
     snapshot: str | None
-    replica: bool
-    lock_timeout: str
-    analyze: bool
+    stream: StreamSpec
 
 
 # Messages on the result queue are plain tuples: (kind, worker_id, payload)
 #   ("start", wid, key) ("done", wid, TableResult) ("failed", wid, TableResult)
-#   ("log", wid, (level, text)) ("exit", wid, None)
+#   ("log", wid, (level, text)) ("exit", wid, usage dict)
 
 
 def _open(spec: WorkerSpec):
@@ -69,9 +68,7 @@ def worker_main(wid: int, spec: WorkerSpec, tasks, results) -> None:
         try:
             if src is None:
                 src, dst = _open(spec)
-            res = copy_table(
-                src, dst, task, replica=spec.replica, lock_timeout=spec.lock_timeout, analyze=spec.analyze
-            )
+            res = copy_table(src, dst, task, spec.stream)
             results.put(("done", wid, res))
         except Exception as exc:
             msg = error_line(exc)
@@ -82,7 +79,13 @@ def worker_main(wid: int, spec: WorkerSpec, tasks, results) -> None:
             _close(*(c for c in (src, dst) if c is not None))
             src = dst = None
     _close(*(c for c in (src, dst) if c is not None))
-    results.put(("exit", wid, None))
+    results.put(("exit", wid, usage()))
+
+
+def usage() -> dict:
+    """This process's measured peak RSS and CPU seconds."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"maxrss_kb": ru.ru_maxrss, "cpu_seconds": ru.ru_utime + ru.ru_stime}
 
 
 def _lock_holders(spec: WorkerSpec, key) -> str:

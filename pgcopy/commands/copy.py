@@ -33,7 +33,7 @@ from pgcopy.log import Logger
 from pgcopy.options import CopyOptions
 from pgcopy.plan import Plan, build_plan
 from pgcopy.report import RunReport
-from pgcopy.stream import TableResult
+from pgcopy.stream import StreamSpec, TableResult
 from pgcopy.worker import WorkerSpec
 
 
@@ -71,8 +71,9 @@ class LogReporter(Reporter):
         self.log_.info(f"Copying table {qualname(key)}")
 
     def table_done(self, r: TableResult) -> None:
+        wire = f" ({fmt.size(r.wire_bytes)} compressed)" if r.wire_bytes != r.bytes else ""
         self.log_.done(
-            f"Completed {qualname(r.key)}: {r.rows:,} rows, {fmt.size(r.bytes)} in {r.seconds:.1f}s"
+            f"Completed {qualname(r.key)}: {r.rows:,} rows, {fmt.size(r.bytes)}{wire} in {r.seconds:.1f}s [{r.format}]"
         )
 
     def table_failed(self, r: TableResult) -> None:
@@ -106,12 +107,19 @@ def _log_restore(outcome: fkmod.RestoreOutcome, log: Logger) -> None:
         log.error(f"foreign key {fkmod.describe(fk)} could not be re-created: {err}")
 
 
-def _print_plan(plan: Plan, snapshot: str | None, log: Logger) -> None:
+def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions) -> None:
     p = print
-    p(f"Plan: {len(plan.tasks)} tables, loaded largest first by up to the chosen number of workers")
+    if opts.batch_size:
+        how = f"row mode, batches of {opts.batch_size} rows"
+    else:
+        how = "COPY pipe" + (f", {opts.codec.name} level {opts.codec.level}" if opts.codec else "")
+    p(f"Plan: {len(plan.tasks)} tables, largest first, {min(opts.parallel, len(plan.tasks))} workers, {how}")
     for t in plan.tasks:
         trig = f", {len(t.triggers)} triggers held off" if t.triggers else ""
-        p(f"  {t.qualname:<40} {fmt.estimate(t.est_rows):>10} rows  {fmt.size(t.est_bytes):>10}{trig}")
+        form = "rows as text" if opts.batch_size else f"{t.format} ({t.format_reason})"
+        p(
+            f"  {t.qualname:<40} {fmt.estimate(t.est_rows):>10} rows  {fmt.size(t.est_bytes):>10}  {form}{trig}"
+        )
     p(f"Foreign keys to drop and restore: {len(plan.fkeys)}")
     for fk in plan.fkeys:
         p(f"  {fkmod.describe(fk)}{'' if fk.validated else ' (NOT VALID, stays so)'}")
@@ -220,10 +228,10 @@ def _copy(opts: CopyOptions, src, dst, log: Logger) -> int:
             )
 
     log.info("STEP 3: reading catalogs and checking the destination")
-    plan = build_plan(scur, dcur, opts.include, opts.exclude, log)
+    plan = build_plan(scur, dcur, opts.include, opts.exclude, log, opts.format)
     dst.commit()
     if opts.dry_run:
-        _print_plan(plan, snapshot if opts.snapshot else None, log)
+        _print_plan(plan, snapshot if opts.snapshot else None, opts)
         log.done("dry run: nothing was changed")
         return EXIT_OK
 
@@ -268,11 +276,18 @@ def _run(
         f"STEP 5: loading {len(plan.tasks)} tables with {min(opts.parallel, len(plan.tasks))} workers"
         + (" (session_replication_role = replica)" if plan.replica else "")
     )
-    spec = WorkerSpec(opts.source, opts.dest, snapshot, plan.replica, opts.lock_timeout, opts.analyze)
+    stream = StreamSpec(opts.codec, opts.batch_size, plan.replica, opts.lock_timeout, opts.analyze)
+    spec = WorkerSpec(opts.source, opts.dest, snapshot, stream)
     outcome = run_load(spec, plan.tasks, opts.parallel, LogReporter(log), stop)
     report.tables_done = len(outcome.done)
     report.rows = sum(r.rows for r in outcome.done)
     report.bytes = sum(r.bytes for r in outcome.done)
+    report.wire_bytes = sum(r.wire_bytes for r in outcome.done)
+    report.worker_peak_rss_kb = max((u["maxrss_kb"] for u in outcome.worker_usage), default=0)
+    report.worker_cpu_seconds = sum(u["cpu_seconds"] for u in outcome.worker_usage)
+    report.formats = {
+        f: sum(1 for r in outcome.done if r.format == f) for f in {r.format for r in outcome.done}
+    }
     report.tables_failed = [(qualname(r.key), r.error or "") for r in outcome.failed]
     report.tables_not_copied = [qualname(k) for k in outcome.rolled_back + outcome.not_started]
     if outcome.stopped:
