@@ -26,6 +26,7 @@ class Table:
     reltuples: float  # -1 when never analyzed
     total_bytes: int
     ancestors: tuple[Key, ...] = ()
+    data_bytes: int = 0  # heap + TOAST, without indexes (pg_table_size)
 
     @property
     def key(self) -> Key:
@@ -112,6 +113,7 @@ SELECT c.oid, n.nspname, c.relname, c.relkind, c.relispartition,
             (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)
                FROM pg_partition_tree(c.oid) t WHERE t.isleaf)
             ELSE pg_total_relation_size(c.oid) END,
+       pg_table_size(c.oid),
        CASE WHEN c.relispartition THEN
             ARRAY(SELECT an.nspname || '.' || ac.relname
                     FROM pg_partition_ancestors(c.oid) WITH ORDINALITY a(relid, i)
@@ -145,10 +147,12 @@ def read_tables(cur) -> list[Table]:
     # ancestors come back as "schema.name" strings; rebuild keys from oids to survive dots
     names = {r[0]: (r[1], r[2]) for r in rows}
     out = []
-    for oid, schema, name, relkind, ispart, unlogged, reltuples, size, _anc, anc_oids in rows:
+    for oid, schema, name, relkind, ispart, unlogged, reltuples, size, data_size, _anc, anc_oids in rows:
         kind = "partition" if ispart and relkind == "r" else KIND_NAMES[relkind]
         ancestors = tuple(names[a] for a in anc_oids if a in names)
-        out.append(Table(oid, schema, name, kind, unlogged, float(reltuples), int(size), ancestors))
+        out.append(
+            Table(oid, schema, name, kind, unlogged, float(reltuples), int(size), ancestors, int(data_size))
+        )
     return out
 
 

@@ -13,6 +13,7 @@ from pgcopy import __version__
 from pgcopy.codec import CODECS
 from pgcopy.errors import EXIT_CODES, PgcopyError, UsageError
 from pgcopy.log import Logger
+from pgcopy.ui import OUTPUTS
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES)
 
@@ -24,6 +25,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
     return value
 
 
@@ -161,6 +172,28 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="COPY format: auto (binary unless unsafe for a table, see README) or text for every table",
     )
+    out = cp.add_argument_group("output")
+    out.add_argument(
+        "--output",
+        choices=OUTPUTS,
+        default="auto",
+        help="auto (default): progress when stdin and stdout are terminals, plain otherwise; plain: "
+        "timestamped log lines on stderr plus a progress line every --progress-interval seconds; "
+        "progress: a bar pinned at the top above scrolling logs; interactive: a full-screen live view (q cancels)",
+    )
+    out.add_argument(
+        "--progress-interval",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="plain output: seconds between progress lines (default 10)",
+    )
+    out.add_argument("--log-file", metavar="FILE", help="also write every log line, in plain format, to FILE")
+    out.add_argument(
+        "--report",
+        metavar="FILE",
+        help="write a JSON report (options without passwords, per-table results, totals, exit code) to FILE",
+    )
     cp.add_argument("--no-analyze", action="store_true", help="do not ANALYZE loaded tables")
     cp.add_argument(
         "--no-refresh-matviews",
@@ -249,7 +282,11 @@ def _dispatch(args: argparse.Namespace, log: Logger) -> int:
     if args.command == "copy":
         from pgcopy.commands.copy import copy
         from pgcopy.options import copy_options
+        from pgcopy.ui import resolve_output
 
+        if args.log_file:
+            log.logfile = open(args.log_file, "a")  # noqa: SIM115 -- closed at exit by main()
+        args.output = resolve_output(args.output, log)
         opts = copy_options(args)
         if args.batch_size and args.copy_pipe:
             log.warn("--batch-size applies only to row mode (--no-copy-pipe); ignored")
@@ -273,14 +310,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code = _dispatch(args, log)
     except UsageError as exc:
+        _to_logfile(log, f"pgcopy: error: {exc}")
         parser.exit(exc.exit_code, f"pgcopy: error: {exc}\n")
     except PgcopyError as exc:
         if debug:
             traceback.print_exc()
         sys.stderr.write(f"pgcopy: error: {exc}\n")
+        _to_logfile(log, f"pgcopy: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("pgcopy: interrupted\n")
         return 130
+    finally:
+        if log.logfile is not None:
+            log.logfile.close()
+            log.logfile = None
     assert isinstance(code, int), f"command {args.command} returned {code!r}"
     return code
+
+
+def _to_logfile(log: Logger, line: str) -> None:
+    if log.logfile is not None:
+        log.logfile.write(line + "\n")

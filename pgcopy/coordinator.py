@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pgcopy.plan import CopyTask
+from pgcopy.progress import ProgressBus
 from pgcopy.stream import TableResult
 from pgcopy.worker import WorkerSpec, worker_main
 
@@ -42,24 +43,36 @@ class LoadOutcome:
     worker_usage: list[dict] = field(default_factory=list)  # per worker that exited cleanly
 
 
+def spawn_context():
+    return mp.get_context("spawn")  # why spawn: see pgcopy.worker
+
+
+def workers_for(parallel: int, tasks: list) -> int:
+    return max(1, min(parallel, len(tasks)))
+
+
 def run_load(
     spec: WorkerSpec,
     tasks: list[CopyTask],
     parallel: int,
     reporter: Reporter,
     stop_requested: Callable[[], bool],
+    bus: ProgressBus | None = None,
 ) -> LoadOutcome:
-    ctx = mp.get_context("spawn")  # why spawn: see pgcopy.worker
-    nworkers = max(1, min(parallel, len(tasks)))
+    ctx = spawn_context()
+    nworkers = workers_for(parallel, tasks)
     task_q = ctx.Queue()
     result_q = ctx.Queue()
-    for task in tasks:
-        task_q.put(task)
+    for item in enumerate(tasks):
+        task_q.put(item)
     for _ in range(nworkers):
         task_q.put(None)
     procs = {
         wid: ctx.Process(
-            target=worker_main, args=(wid, spec, task_q, result_q), name=f"pgcopy-worker-{wid}", daemon=True
+            target=worker_main,
+            args=(wid, spec, task_q, result_q, bus.array if bus else None),
+            name=f"pgcopy-worker-{wid}",
+            daemon=True,
         )
         for wid in range(nworkers)
     }

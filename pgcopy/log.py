@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -15,6 +16,9 @@ class Logger:
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     debug_enabled: bool = False
     warnings: list[str] = field(default_factory=list)
+    # a live display takes the lines over while it runs (see pgcopy.ui)
+    sink: Callable[[str], None] | None = None
+    logfile: TextIO | None = None  # --log-file: every line, plain format
 
     def emit(self, level: str, message: str) -> None:
         if level == "DEBUG" and not self.debug_enabled:
@@ -24,8 +28,16 @@ class Logger:
         stamp = time.strftime("%H:%M:%S")
         for i, line in enumerate(message.splitlines() or [""]):
             prefix = f"{stamp} {level:<5} " if i == 0 else " " * 15
-            self.stream.write(prefix + line + "\n")
-        self.stream.flush()
+            text = prefix + line
+            if self.logfile is not None:
+                self.logfile.write(text + "\n")
+                self.logfile.flush()
+            if self.sink is not None:
+                self.sink(text)
+            else:
+                self.stream.write(text + "\n")
+        if self.sink is None:
+            self.stream.flush()
 
     def debug(self, message: str) -> None:
         self.emit("DEBUG", message)

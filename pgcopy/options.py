@@ -46,6 +46,9 @@ class CopyOptions:
     codec: Codec | None = None
     batch_size: int | None = None  # row mode when set
     format: str = "auto"
+    output: str = "plain"  # resolved: plain, progress or interactive
+    progress_interval: float = 10.0
+    report_file: str | None = None
 
 
 def default_state_dir() -> Path:
@@ -75,4 +78,7 @@ def copy_options(args: argparse.Namespace) -> CopyOptions:
         codec=codec,
         batch_size=None if args.copy_pipe else (args.batch_size or DEFAULT_BATCH_SIZE),
         format=args.format,
+        output=args.output,
+        progress_interval=args.progress_interval,
+        report_file=args.report,
     )

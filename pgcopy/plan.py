@@ -27,6 +27,7 @@ class CopyTask:
     column_types: tuple[str, ...] = ()  # format_type of each column, for row mode's casts
     format: str = "binary"  # COPY format: 'binary' or 'text'
     format_reason: str = "default"
+    data_bytes: int = 0  # heap + TOAST on the source: what the stream is estimated from
 
     @property
     def qualname(self) -> str:
@@ -219,6 +220,7 @@ def build_plan(src_cur, dst_cur, include, exclude, log: Logger, requested_format
             column_types=tuple(c.type for c in src_cols.get(t.oid, []) if not c.generated),
             format=decisions[t.key][0],
             format_reason=decisions[t.key][1],
+            data_bytes=t.data_bytes,
         )
         for t in selected
     ]

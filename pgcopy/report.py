@@ -1,34 +1,110 @@
-"""The run's outcome, from measured numbers only, and the statistics box."""
+"""The run's outcome, from measured numbers only: the statistics box and the JSON report."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import os
+from dataclasses import asdict, dataclass, field
 
 from pgcopy import fmt
+from pgcopy.catalog import qualname
+
+REPORT_VERSION = 1
 
 
 @dataclass
 class RunReport:
+    options: dict = field(default_factory=dict)  # with connections described, never passwords
     tables_total: int = 0
-    tables_done: int = 0
-    tables_failed: list[tuple[str, str]] = field(default_factory=list)  # (table, error)
-    tables_not_copied: list[str] = field(default_factory=list)
+    tables: list[dict] = field(default_factory=list)  # one entry per selected table
     rows: int = 0  # COPY's own counts
     bytes: int = 0  # COPY data before the codec, counted per chunk
     wire_bytes: int = 0  # after the codec (equal to bytes without --compress)
+    seconds: float = 0.0  # from after the confirmation to the end
     formats: dict[str, int] = field(default_factory=dict)  # tables per format
     worker_peak_rss_kb: int = 0  # the largest worker's peak RSS (getrusage)
     worker_cpu_seconds: float = 0.0  # all workers' user + system CPU
-    seconds: float = 0.0  # from after the confirmation to the end
-    fkeys_dropped: int = 0
-    fkeys_restored: int = 0
+    fkeys_dropped: list[str] = field(default_factory=list)
+    fkeys_restored: list[str] = field(default_factory=list)
     fkeys_not_valid: list[str] = field(default_factory=list)
     fkeys_missing: list[str] = field(default_factory=list)
     triggers_held: int = 0
-    sequences_set: int = 0
-    matviews_refreshed: int = 0
+    sequences_set: list[str] = field(default_factory=list)
+    matviews_refreshed: list[str] = field(default_factory=list)
     replica_mode: bool = False
     warnings: list[str] = field(default_factory=list)
+    exit_code: int | None = None
+    error: str | None = None
+
+    @property
+    def tables_done(self) -> int:
+        return sum(1 for t in self.tables if t["status"] == "copied")
+
+    @property
+    def tables_failed(self) -> list[tuple[str, str]]:
+        return [(t["table"], t["error"] or "") for t in self.tables if t["status"] == "failed"]
+
+    @property
+    def tables_not_copied(self) -> list[str]:
+        return [t["table"] for t in self.tables if t["status"] in ("rolled back", "not started")]
+
+    def add_load(self, outcome, tasks, codec) -> None:
+        """Fill the per-table entries and totals from the load phase's outcome."""
+        by_key = {r.key: r for r in outcome.done + outcome.failed}
+        for task in tasks:
+            r = by_key.get(task.key)
+            if r is not None and r.error is None:
+                status = "copied"
+            elif r is not None:
+                status = "failed"
+            elif task.key in outcome.rolled_back:
+                status = "rolled back"
+            else:
+                status = "not started"
+            self.tables.append(
+                {
+                    "table": qualname(task.key),
+                    "status": status,
+                    "rows": r.rows if r else 0,
+                    "bytes": r.bytes if r else 0,
+                    "wire_bytes": r.wire_bytes if r else 0,
+                    "seconds": round(r.seconds, 3) if r else 0.0,
+                    "format": (r.format if r and r.format else task.format),
+                    "format_reason": task.format_reason,
+                    "codec": f"{codec.name}:{codec.level}" if codec else None,
+                    "error": r.error if r else None,
+                    "side": r.side if r else None,
+                }
+            )
+        done = outcome.done
+        self.rows = sum(r.rows for r in done)
+        self.bytes = sum(r.bytes for r in done)
+        self.wire_bytes = sum(r.wire_bytes for r in done)
+        self.formats = {f: sum(1 for r in done if r.format == f) for f in {r.format for r in done}}
+        self.worker_peak_rss_kb = max((u["maxrss_kb"] for u in outcome.worker_usage), default=0)
+        self.worker_cpu_seconds = sum(u["cpu_seconds"] for u in outcome.worker_usage)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["report_version"] = REPORT_VERSION
+        d["totals"] = {
+            "tables": self.tables_total,
+            "tables_copied": self.tables_done,
+            "tables_failed": len(self.tables_failed),
+            "tables_not_copied": len(self.tables_not_copied),
+            "rows": self.rows,
+            "bytes": self.bytes,
+            "wire_bytes": self.wire_bytes,
+            "seconds": round(self.seconds, 3),
+        }
+        return d
+
+    def write(self, path: str) -> None:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(self.to_dict(), fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
 
     def box(self) -> str:
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
@@ -43,10 +119,13 @@ class RunReport:
             ("Average speed", f"{rate:,.0f} rows/s, {mbps:.1f} MB/s"),
             ("Worker peak RSS", f"{self.worker_peak_rss_kb / 1024:.1f} MB"),
             ("Worker CPU", f"{self.worker_cpu_seconds:.1f}s"),
-            ("Foreign keys", f"{self.fkeys_restored}/{self.fkeys_dropped} restored valid as before"),
+            (
+                "Foreign keys",
+                f"{len(self.fkeys_restored)}/{len(self.fkeys_dropped)} restored valid as before",
+            ),
             ("Triggers held off", str(self.triggers_held)),
-            ("Sequences set", str(self.sequences_set)),
-            ("Matviews refreshed", str(self.matviews_refreshed)),
+            ("Sequences set", str(len(self.sequences_set))),
+            ("Matviews refreshed", str(len(self.matviews_refreshed))),
         ]
         if self.tables_failed:
             lines.append(("Tables failed", str(len(self.tables_failed))))
@@ -59,7 +138,6 @@ class RunReport:
         width = 62
         out = ["╔" + "═" * width + "╗", "║" + "COPY STATISTICS".center(width) + "║", "╠" + "═" * width + "╣"]
         for label, value in lines:
-            text = f"  {label + ':':<22}{value:>{width - 26}}  "
-            out.append("║" + text + "║")
+            out.append("║" + f"  {label + ':':<22}{value:>{width - 26}}  " + "║")
         out.append("╚" + "═" * width + "╝")
         return "\n".join(out)

@@ -14,7 +14,7 @@ from psycopg2.extras import execute_values
 from pgcopy.plan import CopyTask
 
 
-def copy_rows(src, dcur, task: CopyTask, batch_size: int) -> tuple[int, int, int]:
+def copy_rows(src, dcur, task: CopyTask, batch_size: int, slot) -> tuple[int, int, int]:
     """Returns (rows read, rows inserted, bytes of text values)."""
     table = sql.Identifier(*task.key)
     select = sql.SQL("SELECT {} FROM ONLY {}").format(
@@ -39,9 +39,11 @@ def copy_rows(src, dcur, task: CopyTask, batch_size: int) -> tuple[int, int, int
             if not batch:
                 break
             read += len(batch)
-            nbytes += sum(len(v) for row in batch for v in row if v is not None)
+            size = sum(len(v) for row in batch for v in row if v is not None)
+            nbytes += size
             execute_values(dcur, insert_text, batch, template=template_text, page_size=batch_size)
             inserted += dcur.rowcount  # one statement per batch: the server's own count
+            slot.add(size, size, dcur.rowcount)
             del batch
     finally:
         cur.close()

@@ -17,6 +17,7 @@ from psycopg2 import sql
 
 from pgcopy.codec import Codec, DecompressingReader, open_writer
 from pgcopy.plan import CopyTask
+from pgcopy.progress import NullSlot
 
 CHUNK = 1 << 20  # read size for COPY FROM and write buffer for COPY TO
 PIPE_SIZE = 1 << 20  # a deeper pipe lets the source run ahead of a busy destination
@@ -60,8 +61,9 @@ class SourceFailed(Exception):
 class CountingReader:
     """The pipe's reading end; counts bytes per chunk and fails if the source failed."""
 
-    def __init__(self, fd: int, codec: Codec | None):
+    def __init__(self, fd: int, codec: Codec | None, slot):
         self._file = os.fdopen(fd, "rb", buffering=0)
+        self._slot = slot
         self._decode = DecompressingReader(self._file.read, codec) if codec else None
         self.nbytes = 0  # decompressed
         self.wire_bytes = 0  # as read from the pipe
@@ -70,10 +72,11 @@ class CountingReader:
     def read(self, size: int = CHUNK) -> bytes:
         if self._decode is None:
             data = self._file.read(size)
-            self.wire_bytes += len(data)
+            consumed = len(data)
         else:
             data, consumed = self._decode(size)
-            self.wire_bytes += consumed
+        self.wire_bytes += consumed
+        self._slot.add(len(data), consumed)  # per chunk: the progress bus
         if not data and self.source_failed:
             raise SourceFailed("the source side of the COPY failed")
         self.nbytes += len(data)
@@ -94,7 +97,7 @@ def copy_statements(task: CopyTask) -> tuple[sql.Composed, sql.Composed]:
     )
 
 
-def copy_table(src, dst, task: CopyTask, spec: StreamSpec) -> TableResult:
+def copy_table(src, dst, task: CopyTask, spec: StreamSpec, slot=None) -> TableResult:
     """Load one table in one destination transaction; raises on any failure (nothing committed)."""
     started = time.monotonic()
     table = sql.Identifier(*task.key)
@@ -109,6 +112,7 @@ def copy_table(src, dst, task: CopyTask, spec: StreamSpec) -> TableResult:
     dcur.execute(sql.SQL("TRUNCATE ONLY {}").format(table))
 
     fmt = task.format
+    slot = slot or NullSlot()
     if not task.columns:  # a table without columns: nothing to stream, only a row count
         scur.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(table))
         src_rows = scur.fetchone()[0]
@@ -117,10 +121,10 @@ def copy_table(src, dst, task: CopyTask, spec: StreamSpec) -> TableResult:
     elif spec.batch_size:
         from pgcopy.rowmode import copy_rows
 
-        src_rows, dst_rows, nbytes = copy_rows(src, dcur, task, spec.batch_size)
+        src_rows, dst_rows, nbytes = copy_rows(src, dcur, task, spec.batch_size, slot)
         wire, fmt = nbytes, "rows"
     else:
-        src_rows, dst_rows, nbytes, wire = _stream(scur, dcur, task, spec.codec)
+        src_rows, dst_rows, nbytes, wire = _stream(scur, dcur, task, spec.codec, slot)
     if src_rows != dst_rows:
         raise RuntimeError(f"row count mismatch: source sent {src_rows}, destination loaded {dst_rows}")
     for trig in task.triggers:
@@ -136,13 +140,13 @@ def copy_table(src, dst, task: CopyTask, spec: StreamSpec) -> TableResult:
     return TableResult(task.key, dst_rows, nbytes, wire, time.monotonic() - started, fmt)
 
 
-def _stream(scur, dcur, task: CopyTask, codec: Codec | None) -> tuple[int, int, int, int]:
+def _stream(scur, dcur, task: CopyTask, codec: Codec | None, slot) -> tuple[int, int, int, int]:
     rfd, wfd = os.pipe()
     try:
         fcntl.fcntl(wfd, F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:
         pass  # keep the default size
-    reader = CountingReader(rfd, codec)
+    reader = CountingReader(rfd, codec, slot)
     load_error: list[BaseException] = []
     copy_to, copy_from = copy_statements(task)
 

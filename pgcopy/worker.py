@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import psycopg2
 
 from pgcopy.connections import connect, error_line
+from pgcopy.progress import NullSlot, Slot
 from pgcopy.stream import StreamSpec, TableResult, copy_table
 
 
@@ -56,29 +57,35 @@ def _side(exc: BaseException, src, dst) -> str | None:
     return "source" if conn is src else "destination" if conn is dst else None
 
 
-def worker_main(wid: int, spec: WorkerSpec, tasks, results) -> None:
+def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array=None) -> None:
     # The coordinator owns Ctrl-C: it decides to stop us and rolls back by terminating us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    slot = Slot(bus_array, wid) if bus_array is not None else NullSlot()
     src = dst = None
     while True:
-        task = tasks.get()
-        if task is None:
+        item = tasks.get()
+        if item is None:
             break
+        index, task = item
+        slot.begin(index)
         results.put(("start", wid, task.key))
         try:
             if src is None:
                 src, dst = _open(spec)
-            res = copy_table(src, dst, task, spec.stream)
+            res = copy_table(src, dst, task, spec.stream, slot)
+            slot.end(True, res.rows)
             results.put(("done", wid, res))
         except Exception as exc:
             msg = error_line(exc)
             if isinstance(exc, psycopg2.errors.LockNotAvailable) and dst is not None:
                 msg += _lock_holders(spec, task.key)
+            slot.end(False)
             results.put(("failed", wid, TableResult(task.key, error=msg, side=_side(exc, src, dst))))
             # the connections may be mid-COPY: start clean for the next table
             _close(*(c for c in (src, dst) if c is not None))
             src = dst = None
     _close(*(c for c in (src, dst) if c is not None))
+    slot.exited()
     results.put(("exit", wid, usage()))
 
 

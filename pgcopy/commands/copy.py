@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from dataclasses import fields
 
 from psycopg2 import sql
 
@@ -18,7 +19,7 @@ from pgcopy import fkeys as fkmod
 from pgcopy import fmt
 from pgcopy.catalog import database_identity, qualname
 from pgcopy.connections import connect, describe, error_line
-from pgcopy.coordinator import Reporter, run_load
+from pgcopy.coordinator import run_load, spawn_context, workers_for
 from pgcopy.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -32,8 +33,10 @@ from pgcopy.journal import Journal
 from pgcopy.log import Logger
 from pgcopy.options import CopyOptions
 from pgcopy.plan import Plan, build_plan
+from pgcopy.progress import ProgressBus
 from pgcopy.report import RunReport
-from pgcopy.stream import StreamSpec, TableResult
+from pgcopy.stream import StreamSpec
+from pgcopy.ui import make_view
 from pgcopy.worker import WorkerSpec
 
 
@@ -59,29 +62,13 @@ class StopFlag:
         for sig, old in self._old.items():
             signal.signal(sig, old)
 
+    def request(self, signum: int) -> None:
+        """A stop asked for from inside (the interactive view's q)."""
+        if self.signum is None:
+            self.signum = signum
+
     def __call__(self) -> bool:
         return self.signum is not None
-
-
-class LogReporter(Reporter):
-    def __init__(self, log: Logger):
-        self.log_ = log
-
-    def table_started(self, key) -> None:
-        self.log_.info(f"Copying table {qualname(key)}")
-
-    def table_done(self, r: TableResult) -> None:
-        wire = f" ({fmt.size(r.wire_bytes)} compressed)" if r.wire_bytes != r.bytes else ""
-        self.log_.done(
-            f"Completed {qualname(r.key)}: {r.rows:,} rows, {fmt.size(r.bytes)}{wire} in {r.seconds:.1f}s [{r.format}]"
-        )
-
-    def table_failed(self, r: TableResult) -> None:
-        side = f" ({r.side})" if r.side else ""
-        self.log_.error(f"Failed {qualname(r.key)}{side}: {r.error}; the table keeps its old rows")
-
-    def log(self, level: str, text: str) -> None:
-        self.log_.emit(level, text)
 
 
 def _restore_journal(
@@ -175,6 +162,29 @@ def copy(opts: CopyOptions, log: Logger) -> int:
                 "stdin is not a terminal, so the confirmation cannot be asked: pass --yes (or --skip-backup) to proceed, or --dry-run"
             ]
         )
+    report = RunReport(options=public_options(opts), warnings=log.warnings)
+    try:
+        report.exit_code = _connect_and_copy(opts, report, log)
+        return report.exit_code
+    except PgcopyError as exc:
+        report.exit_code, report.error = exc.exit_code, str(exc)
+        raise
+    finally:
+        if opts.report_file:
+            report.write(opts.report_file)
+
+
+def public_options(opts: CopyOptions) -> dict:
+    """The options for the report: connections described, passwords never included."""
+    d = {f.name: getattr(opts, f.name) for f in fields(opts)}
+    d["source"], d["dest"] = describe(opts.source), describe(opts.dest)
+    d["state_dir"] = str(opts.state_dir) if opts.state_dir else None
+    d["codec"] = f"{opts.codec.name}:{opts.codec.level}" if opts.codec else None
+    d["include"], d["exclude"] = list(opts.include), list(opts.exclude)
+    return d
+
+
+def _connect_and_copy(opts: CopyOptions, report: RunReport, log: Logger) -> int:
     log.info(f"STEP 1: connecting to source {describe(opts.source)} and destination {describe(opts.dest)}")
     src = connect(opts.source, "source", readonly=True)
     try:
@@ -183,13 +193,13 @@ def copy(opts: CopyOptions, log: Logger) -> int:
         src.close()
         raise
     try:
-        return _copy(opts, src, dst, log)
+        return _copy(opts, src, dst, report, log)
     finally:
         src.close()
         dst.close()
 
 
-def _copy(opts: CopyOptions, src, dst, log: Logger) -> int:
+def _copy(opts: CopyOptions, src, dst, report: RunReport, log: Logger) -> int:
     src.set_session(isolation_level="REPEATABLE READ", readonly=True)
     scur, dcur = src.cursor(), dst.cursor()
     fkmod.session_setup(dcur, opts.lock_timeout)
@@ -244,7 +254,7 @@ def _copy(opts: CopyOptions, src, dst, log: Logger) -> int:
     if not opts.yes:
         _confirm(plan, opts.dest, scur, dcur)
         dst.commit()
-    report = RunReport(tables_total=len(plan.tasks), replica_mode=plan.replica, warnings=log.warnings)
+    report.tables_total, report.replica_mode = len(plan.tasks), plan.replica
     started = time.monotonic()
     stop = StopFlag()
     stop.install()
@@ -255,7 +265,7 @@ def _copy(opts: CopyOptions, src, dst, log: Logger) -> int:
 
 
 def _run(
-    opts,
+    opts: CopyOptions,
     plan: Plan,
     journal: Journal,
     snapshot,
@@ -266,35 +276,45 @@ def _run(
     started: float,
     log: Logger,
 ) -> int:
+    bus = ProgressBus(spawn_context(), workers_for(opts.parallel, plan.tasks))
+    view = make_view(
+        opts.output, log, plan.tasks, bus, lambda: stop.request(signal.SIGINT), opts.progress_interval
+    )
+    view.start()
+    try:
+        code = _phases(opts, plan, journal, snapshot, seq_values, dst, report, stop, started, log, view, bus)
+    finally:
+        view.stop()
+    print(report.box())
+    for w in report.warnings:
+        print(f"warning: {w}")
+    return code
+
+
+def _phases(opts, plan, journal, snapshot, seq_values, dst, report, stop, started, log, view, bus) -> int:
+    view.phase("dropping foreign keys")
     log.info(f"STEP 4: recording {len(plan.fkeys)} foreign keys in {journal.path} and dropping them")
     journal.write(plan.fkeys, describe(opts.dest))
     fkmod.drop_all(dst, plan.fkeys, opts.lock_timeout)
-    report.fkeys_dropped = len(plan.fkeys)
+    report.fkeys_dropped = [fkmod.describe(fk) for fk in plan.fkeys]
     report.triggers_held = sum(len(t.triggers) for t in plan.tasks)
 
+    view.phase(None)
     log.info(
-        f"STEP 5: loading {len(plan.tasks)} tables with {min(opts.parallel, len(plan.tasks))} workers"
+        f"STEP 5: loading {len(plan.tasks)} tables with {bus.nworkers} workers"
         + (" (session_replication_role = replica)" if plan.replica else "")
     )
     stream = StreamSpec(opts.codec, opts.batch_size, plan.replica, opts.lock_timeout, opts.analyze)
     spec = WorkerSpec(opts.source, opts.dest, snapshot, stream)
-    outcome = run_load(spec, plan.tasks, opts.parallel, LogReporter(log), stop)
-    report.tables_done = len(outcome.done)
-    report.rows = sum(r.rows for r in outcome.done)
-    report.bytes = sum(r.bytes for r in outcome.done)
-    report.wire_bytes = sum(r.wire_bytes for r in outcome.done)
-    report.worker_peak_rss_kb = max((u["maxrss_kb"] for u in outcome.worker_usage), default=0)
-    report.worker_cpu_seconds = sum(u["cpu_seconds"] for u in outcome.worker_usage)
-    report.formats = {
-        f: sum(1 for r in outcome.done if r.format == f) for f in {r.format for r in outcome.done}
-    }
-    report.tables_failed = [(qualname(r.key), r.error or "") for r in outcome.failed]
-    report.tables_not_copied = [qualname(k) for k in outcome.rolled_back + outcome.not_started]
+    outcome = run_load(spec, plan.tasks, opts.parallel, view, stop, bus)
+    report.add_load(outcome, plan.tasks, opts.codec)
     if outcome.stopped:
         log.warn(
-            f"stopping: {len(outcome.rolled_back)} tables in flight rolled back, {len(outcome.not_started)} not started; restoring foreign keys (press Ctrl-C again to abandon)"
+            f"stopping: {len(outcome.rolled_back)} tables in flight rolled back, {len(outcome.not_started)} "
+            "not started; restoring foreign keys (press Ctrl-C again to abandon)"
         )
 
+    view.phase("restoring and validating foreign keys")
     try:
         log.info(f"STEP 6: restoring {len(plan.fkeys)} foreign keys")
         restored = fkmod.restore_all(opts.dest, plan.fkeys, opts.parallel, opts.lock_timeout)
@@ -302,7 +322,7 @@ def _run(
         log.error(f"foreign key restore abandoned: run `pgcopy recover --dest ...` (journal {journal.path})")
         return EXIT_SIGINT
     _log_restore(restored, log)
-    report.fkeys_restored = len(restored.restored)
+    report.fkeys_restored = [fkmod.describe(fk) for fk in restored.restored]
     report.fkeys_not_valid = [fkmod.describe(fk) for fk, _ in restored.not_valid]
     report.fkeys_missing = [fkmod.describe(fk) for fk, _ in restored.missing]
     if restored.complete:
@@ -313,6 +333,7 @@ def _run(
         )
 
     if not outcome.stopped:
+        view.phase("setting sequences, refreshing materialized views")
         log.info("STEP 7: sequences and materialized views")
         done_keys = {r.key for r in outcome.done}
         report.sequences_set = _set_sequences(dst, plan, seq_values, done_keys, log)
@@ -324,9 +345,6 @@ def _run(
         log.error(f"table {name} was not copied: {err}")
     if report.tables_not_copied:
         log.warn(f"not copied (kept their old rows): {', '.join(report.tables_not_copied)}")
-    print(report.box())
-    for w in report.warnings:
-        print(f"warning: {w}")
     if outcome.stopped:
         return EXIT_SIGTERM if stop.signum == signal.SIGTERM else EXIT_SIGINT
     if not restored.complete:
@@ -336,9 +354,9 @@ def _run(
     return EXIT_OK
 
 
-def _set_sequences(dst, plan: Plan, values, done_keys, log: Logger) -> int:
+def _set_sequences(dst, plan: Plan, values, done_keys, log: Logger) -> list[str]:
     cur = dst.cursor()
-    n = 0
+    done = []
     for seq in plan.sequences:
         owner = seq.owner_table
         if (
@@ -351,22 +369,22 @@ def _set_sequences(dst, plan: Plan, values, done_keys, log: Logger) -> int:
         try:
             cur.execute("SELECT setval(%s::regclass, %s, %s)", (qualname(seq.key), last_value, is_called))
             dst.commit()
-            n += 1
+            done.append(qualname(seq.key))
         except Exception as exc:
             dst.rollback()
             log.warn(f"sequence {qualname(seq.key)} not set: {error_line(exc)}")
-    return n
+    return done
 
 
-def _refresh_matviews(dst, plan: Plan, log: Logger) -> int:
+def _refresh_matviews(dst, plan: Plan, log: Logger) -> list[str]:
     cur = dst.cursor()
-    n = 0
+    done = []
     for mv in plan.matviews:
         try:
             cur.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(*mv)))
             dst.commit()
-            n += 1
+            done.append(qualname(mv))
         except Exception as exc:
             dst.rollback()
             log.warn(f"materialized view {qualname(mv)} not refreshed: {error_line(exc)}")
-    return n
+    return done

@@ -1,0 +1,130 @@
+"""Reporters: what the copy tells the user while it runs.
+
+``LogReporter`` turns events into log lines.  ``LiveView`` adds a renderer thread that
+polls the progress bus; the coordinator only hands it events, so a slow or stalled
+terminal blocks this thread, never the coordinator or a worker.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+
+from pgcopy import fmt
+from pgcopy.catalog import qualname
+from pgcopy.coordinator import Reporter
+from pgcopy.log import Logger
+from pgcopy.plan import CopyTask
+from pgcopy.progress import STREAM_PER_TABLE_BYTE, Expected, ProgressBus, ProgressModel, Snapshot, duration
+from pgcopy.stream import TableResult
+
+
+class LogReporter(Reporter):
+    def __init__(self, log: Logger):
+        self.log_ = log
+
+    def table_started(self, key) -> None:
+        self.log_.info(f"Copying table {qualname(key)}")
+
+    def table_done(self, r: TableResult) -> None:
+        wire = f" ({fmt.size(r.wire_bytes)} compressed)" if r.wire_bytes != r.bytes else ""
+        self.log_.done(
+            f"Completed {qualname(r.key)}: {r.rows:,} rows, {fmt.size(r.bytes)}{wire} in {r.seconds:.1f}s [{r.format}]"
+        )
+
+    def table_failed(self, r: TableResult) -> None:
+        side = f" ({r.side})" if r.side else ""
+        self.log_.error(f"Failed {qualname(r.key)}{side}: {r.error}; the table keeps its old rows")
+
+    def log(self, level: str, text: str) -> None:
+        self.log_.emit(level, text)
+
+    # a plain reporter has no display to run
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def phase(self, text: str) -> None: ...
+
+
+def expected_of(task: CopyTask) -> Expected:
+    return Expected(task.data_bytes * STREAM_PER_TABLE_BYTE, task.est_rows)
+
+
+class LiveView(LogReporter):
+    """A LogReporter with a renderer thread reading the bus ``TICK`` times a second."""
+
+    TICK = 0.2
+
+    def __init__(
+        self, log: Logger, tasks: list[CopyTask], bus: ProgressBus, request_stop: Callable[[], None]
+    ):
+        super().__init__(log)
+        self.tasks = tasks
+        self.bus = bus
+        self.request_stop = request_stop
+        self.index = {t.key: i for i, t in enumerate(tasks)}
+        self.model = ProgressModel([expected_of(t) for t in tasks])
+        self.lock = threading.Lock()
+        self.phase_text: str | None = None
+        self.recent: deque[str] = deque(maxlen=200)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # events from the coordinator thread
+    def table_done(self, r: TableResult) -> None:
+        with self.lock:
+            self.model.finished(self.index[r.key], r.bytes, r.rows)
+        super().table_done(r)
+
+    def table_failed(self, r: TableResult) -> None:
+        with self.lock:
+            self.model.finished(self.index[r.key], 0, 0, ok=False)
+        super().table_failed(r)
+
+    def phase(self, text: str) -> None:
+        self.phase_text = text
+
+    def snapshot(self) -> Snapshot:
+        with self.lock:
+            return self.model.snapshot(self.bus.read())
+
+    # the thread
+    def start(self) -> None:
+        self.setup()
+        self._thread = threading.Thread(target=self._run, name="pgcopy-ui", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.teardown()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # a display problem must never stop the copy
+                self.recent.append(f"display error: {exc}")
+            self.wait(self.TICK)
+        self.tick()
+
+    def wait(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    # for subclasses
+    def setup(self) -> None: ...
+    def tick(self) -> None: ...
+    def teardown(self) -> None: ...
+
+
+def progress_line(s: Snapshot, names: list[str], phase: str | None) -> str:
+    """One line: percent, tables, rows, MB/s, ETA, tables in flight."""
+    if phase:
+        return f"{phase} | {s.tables_done}/{s.tables_total} tables copied, {s.rows:,.0f} rows"
+    flying = ", ".join(names[f.task] for f in s.in_flight) or "-"
+    return (
+        f"{s.fraction * 100:5.1f}% | {s.tables_done}/{s.tables_total} tables"
+        + (f" ({s.tables_failed} failed)" if s.tables_failed else "")
+        + f" | {s.rows:,.0f} rows | {s.rate / 1e6:.1f} MB/s | ETA {duration(s.eta)} | in flight: {flying}"
+    )

@@ -1,0 +1,23 @@
+"""--output plain: log lines as they come, plus one progress line every interval."""
+
+from __future__ import annotations
+
+import time
+
+from pgcopy.ui.base import LiveView, progress_line
+
+
+class PlainView(LiveView):
+    def __init__(self, *args, interval: float = 10.0, **kw):
+        super().__init__(*args, **kw)
+        self.interval = interval
+        self._next = time.monotonic() + interval
+        self.names = [t.qualname for t in self.tasks]
+
+    def tick(self) -> None:
+        if time.monotonic() >= self._next:
+            self._next += self.interval
+            self.log_.info(progress_line(self.snapshot(), self.names, self.phase_text))
+
+    def teardown(self) -> None:
+        pass
