@@ -17,8 +17,6 @@ import os
 import zlib
 from dataclasses import dataclass
 
-import zstandard
-
 CODECS = ("gzip", "zstd")
 DEFAULT_LEVEL = {"gzip": 1, "zstd": 1}  # speed first: the pipe never leaves the process
 
@@ -32,6 +30,8 @@ class Codec:
         if self.name == "gzip":
             c = zlib.compressobj(self.level, zlib.DEFLATED, 31)  # 31: gzip container
             return c.compress, lambda: c.flush(zlib.Z_SYNC_FLUSH), lambda: c.flush(zlib.Z_FINISH)
+        import zstandard  # only workers that compress pay for the import
+
         c = zstandard.ZstdCompressor(level=self.level).compressobj()
         return (
             c.compress,
@@ -42,6 +42,8 @@ class Codec:
     def decompressor(self):
         if self.name == "gzip":
             return zlib.decompressobj(31).decompress
+        import zstandard
+
         return zstandard.ZstdDecompressor().decompressobj().decompress
 
 

@@ -79,22 +79,22 @@ class Dataset:
             cur.execute(self.schema_sql)
         conn.commit()
 
-    def seed(self, conn, scale: int) -> None:
+    def seed(self, conn, scale: float) -> None:
         with conn.cursor() as cur:
             cur.execute(self.seed_sql.format(**sizes(self.name, scale)))
         conn.commit()
 
 
-def sizes(name: str, scale: int) -> dict[str, int]:
+def sizes(name: str, scale: float) -> dict[str, int]:
+    """Row counts at a scale; fractional scales give smaller datasets (at least one row each)."""
+
+    def n(base: int) -> int:
+        return max(1, int(base * scale))
+
     if name == "shop":  # scale 1 ~ 100k rows in all
-        return {
-            "customers": 10_000 * scale,
-            "orders": 25_000 * scale,
-            "items": 50_000 * scale,
-            "views": 15_000 * scale,
-        }
+        return {"customers": n(10_000), "orders": n(25_000), "items": n(50_000), "views": n(15_000)}
     if name == "wide":
-        return {"rows": 200 * scale}
+        return {"rows": n(200)}
     return {}
 
 
@@ -102,11 +102,11 @@ SHOP = Dataset("shop", SHOP_SCHEMA, SHOP_SEED)
 WIDE = Dataset("wide", WIDE_SCHEMA, WIDE_SEED)
 
 
-def pgbench(bindir, dsn_args: list[str], scale: int, schema_only: bool = False) -> None:
-    """pgbench's tables with --foreign-keys; schema_only builds them empty (with keys)."""
+def pgbench(bindir, dsn: str, scale: int, schema_only: bool = False) -> None:
+    """pgbench's tables with foreign keys (init step f); schema_only builds them empty."""
     steps = "dtpf" if schema_only else "dtgvpf"
     subprocess.run(
-        [str(bindir / "pgbench"), "-i", "-q", "-I", steps, "-s", str(scale), *dsn_args],
+        [str(bindir / "pgbench"), "-i", "-q", "-I", steps, "-s", str(scale), dsn],
         check=True,
         capture_output=True,
     )

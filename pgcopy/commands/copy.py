@@ -8,6 +8,7 @@ STEP 4 confirm, journal and drop the FKs        STEP 8 report
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -37,6 +38,7 @@ from pgcopy.progress import ProgressBus
 from pgcopy.report import RunReport
 from pgcopy.stream import StreamSpec
 from pgcopy.ui import make_view
+from pgcopy.ui.base import LogReporter
 from pgcopy.worker import WorkerSpec
 
 
@@ -280,6 +282,9 @@ def _run(
     view = make_view(
         opts.output, log, plan.tasks, bus, lambda: stop.request(signal.SIGINT), opts.progress_interval
     )
+    if os.environ.get("PGCOPY_BENCH_NO_BUS"):
+        # measurement switch for benchmarks/run.py: the same run without bus and display
+        bus, view = None, LogReporter(log)
     view.start()
     try:
         code = _phases(opts, plan, journal, snapshot, seq_values, dst, report, stop, started, log, view, bus)
@@ -301,7 +306,7 @@ def _phases(opts, plan, journal, snapshot, seq_values, dst, report, stop, starte
 
     view.phase(None)
     log.info(
-        f"STEP 5: loading {len(plan.tasks)} tables with {bus.nworkers} workers"
+        f"STEP 5: loading {len(plan.tasks)} tables with {workers_for(opts.parallel, plan.tasks)} workers"
         + (" (session_replication_role = replica)" if plan.replica else "")
     )
     stream = StreamSpec(opts.codec, opts.batch_size, plan.replica, opts.lock_timeout, opts.analyze)
