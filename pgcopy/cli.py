@@ -151,7 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
         "for proxies or poolers that do not pass COPY through; slower",
     )
     stream.add_argument(
-        "--batch-size", type=_positive, metavar="N", help="rows per batch in row mode (default 1000)"
+        "--batch-size",
+        type=_positive,
+        metavar="N",
+        help="rows per batch in row mode (default 1000; a batch is also cut at 8 MiB of values)",
     )
     stream.add_argument(
         "--compress",

@@ -1,7 +1,7 @@
 """The progress bus and the arithmetic on top of it.
 
 Each worker owns one fixed slot of a shared array of doubles and updates it per chunk
-(1 MiB of COPY data, or one batch in row mode), never per row.  Renderers only read it.
+(one pipe read of at most 256 KiB, or one batch in row mode), never per row.  Renderers only read it.
 Events (table started/finished/failed) and log records travel separately on the
 coordinator's result queue.  ``ProgressModel`` turns slots plus finished tables into
 totals, a moving-window rate and an ETA; it does no I/O, so it is tested on its own.

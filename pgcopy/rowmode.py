@@ -3,7 +3,8 @@ destination, for proxies and poolers that do not pass COPY through.
 
 Values travel as text (``col::text`` on the source, ``%s::type`` on the destination), the
 same text I/O that COPY's text format uses, so every type COPY handles works here too.
-Memory is bounded by the batch size whatever the table size.
+Memory is bounded by the batch (at most --batch-size rows or 8 MiB of values) whatever
+the table size.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from psycopg2 import sql
 from psycopg2.extras import execute_values
 
 from pgcopy.plan import CopyTask
+
+FETCH_ROWS = 100  # rows per round trip from the server-side cursor
+BATCH_BYTES = 8 << 20  # a batch is also cut at this many bytes of text values
 
 
 def copy_rows(src, dcur, task: CopyTask, batch_size: int, slot) -> tuple[int, int, int]:
@@ -30,21 +34,32 @@ def copy_rows(src, dcur, task: CopyTask, batch_size: int, slot) -> tuple[int, in
     insert_text = insert.as_string(dcur.connection)
     template_text = template.as_string(dcur.connection)
     cur = src.cursor(name="pgcopy_rows")  # server-side: rows stay on the server until fetched
-    cur.itersize = batch_size
+    cur.itersize = min(batch_size, FETCH_ROWS)
     read = inserted = nbytes = 0
+    batch: list[tuple] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal inserted, nbytes
+        execute_values(dcur, insert_text, batch, template=template_text, page_size=len(batch))
+        inserted += dcur.rowcount  # one statement per batch: the server's own count
+        nbytes += size
+        slot.add(size, size, dcur.rowcount)
+        batch.clear()
+
     try:
         cur.execute(select)
-        while True:
-            batch = cur.fetchmany(batch_size)
-            if not batch:
-                break
-            read += len(batch)
-            size = sum(len(v) for row in batch for v in row if v is not None)
-            nbytes += size
-            execute_values(dcur, insert_text, batch, template=template_text, page_size=batch_size)
-            inserted += dcur.rowcount  # one statement per batch: the server's own count
-            slot.add(size, size, dcur.rowcount)
-            del batch
+        for row in cur:
+            batch.append(row)
+            read += 1
+            size += sum(len(v) for v in row if v is not None)
+            # a batch ends at --batch-size rows or BATCH_BYTES of values, whichever comes
+            # first, so wide rows cannot make a batch huge
+            if len(batch) >= batch_size or size >= BATCH_BYTES:
+                flush()
+                size = 0
+        if batch:
+            flush()
     finally:
         cur.close()
     return read, inserted, nbytes

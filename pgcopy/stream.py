@@ -1,7 +1,7 @@
 """One table through one pipe: source COPY TO -> [codec] -> OS pipe -> destination COPY FROM.
 
 psycopg2 calls ``write()`` once per row on COPY TO, so the writing end is a C-level
-buffered file; the destination reads the pipe in 1 MiB chunks in a thread (psycopg2
+buffered file; the destination reads the pipe in chunks of up to 256 KiB in a thread (psycopg2
 releases the GIL inside libpq), and bytes are counted per chunk there, never per row.
 """
 
@@ -19,7 +19,7 @@ from pgcopy.codec import Codec, DecompressingReader, open_writer
 from pgcopy.plan import CopyTask
 from pgcopy.progress import NullSlot
 
-CHUNK = 1 << 20  # read size for COPY FROM and write buffer for COPY TO
+CHUNK = 1 << 18  # read size for COPY FROM and write buffer for COPY TO
 PIPE_SIZE = 1 << 20  # a deeper pipe lets the source run ahead of a busy destination
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
