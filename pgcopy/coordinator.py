@@ -62,7 +62,9 @@ def run_load(
     ctx = spawn_context()
     nworkers = workers_for(parallel, tasks)
     task_q = ctx.Queue()
-    result_q = ctx.Queue()
+    # Bounded, yet a put can never block: a run sends at most one start and one result per
+    # table and one exit per worker, so a slow coordinator or terminal never stalls a worker.
+    result_q = ctx.Queue(maxsize=2 * len(tasks) + nworkers + 16)
     for item in enumerate(tasks):
         task_q.put(item)
     for _ in range(nworkers):

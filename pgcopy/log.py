@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,12 +20,18 @@ class Logger:
     # a live display takes the lines over while it runs (see pgcopy.ui)
     sink: Callable[[str], None] | None = None
     logfile: TextIO | None = None  # --log-file: every line, plain format
+    # the coordinator and a display thread both log: one line at a time
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def emit(self, level: str, message: str) -> None:
         if level == "DEBUG" and not self.debug_enabled:
             return
         if level == "WARN":
             self.warnings.append(message)
+        with self._lock:
+            self._emit(level, message)
+
+    def _emit(self, level: str, message: str) -> None:
         stamp = time.strftime("%H:%M:%S")
         for i, line in enumerate(message.splitlines() or [""]):
             prefix = f"{stamp} {level:<5} " if i == 0 else " " * 15

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, field
 
 from pgcopy import fmt
@@ -35,6 +36,16 @@ class RunReport:
     warnings: list[str] = field(default_factory=list)
     exit_code: int | None = None
     error: str | None = None
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase, in run order
+    _current: tuple[str, float] | None = field(default=None, repr=False)
+
+    def mark(self, phase: str | None) -> None:
+        """Close the running phase's timer and start ``phase`` (None: just close)."""
+        now = time.monotonic()
+        if self._current is not None:
+            name, t0 = self._current
+            self.phases[name] = round(self.phases.get(name, 0.0) + now - t0, 3)
+        self._current = (phase, now) if phase else None
 
     @property
     def tables_done(self) -> int:
@@ -86,6 +97,7 @@ class RunReport:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("_current")
         d["report_version"] = REPORT_VERSION
         d["totals"] = {
             "tables": self.tables_total,

@@ -76,14 +76,14 @@ def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array=None) -> N
             slot.end(True, res.rows)
             results.put(("done", wid, res))
         except Exception as exc:
-            msg = error_line(exc)
-            if isinstance(exc, psycopg2.errors.LockNotAvailable) and dst is not None:
-                msg += _lock_holders(spec, task.key)
-            slot.end(False)
-            results.put(("failed", wid, TableResult(task.key, error=msg, side=_side(exc, src, dst))))
+            msg, side = error_line(exc), _side(exc, src, dst)
             # the connections may be mid-COPY: start clean for the next table
             _close(*(c for c in (src, dst) if c is not None))
             src = dst = None
+            if isinstance(exc, psycopg2.errors.LockNotAvailable):
+                msg += _lock_holders(spec, task.key)  # after closing: still one connection per side
+            slot.end(False)
+            results.put(("failed", wid, TableResult(task.key, error=msg, side=side)))
     _close(*(c for c in (src, dst) if c is not None))
     slot.exited()
     results.put(("exit", wid, usage()))

@@ -288,6 +288,13 @@ def _run(
     view.start()
     try:
         code = _phases(opts, plan, journal, snapshot, seq_values, dst, report, stop, started, log, view, bus)
+    except KeyboardInterrupt:  # a second Ctrl-C: stop trying to put things back
+        view.stop()
+        log.error(
+            f"abandoned: foreign keys may still be dropped; run pgcopy recover --dest ... (journal {journal.path})"
+        )
+        report.seconds = time.monotonic() - started
+        code = EXIT_SIGINT
     finally:
         view.stop()
     print(report.box())
@@ -298,6 +305,7 @@ def _run(
 
 def _phases(opts, plan, journal, snapshot, seq_values, dst, report, stop, started, log, view, bus) -> int:
     view.phase("dropping foreign keys")
+    report.mark("drop foreign keys")
     log.info(f"STEP 4: recording {len(plan.fkeys)} foreign keys in {journal.path} and dropping them")
     journal.write(plan.fkeys, describe(opts.dest))
     fkmod.drop_all(dst, plan.fkeys, opts.lock_timeout)
@@ -305,6 +313,7 @@ def _phases(opts, plan, journal, snapshot, seq_values, dst, report, stop, starte
     report.triggers_held = sum(len(t.triggers) for t in plan.tasks)
 
     view.phase(None)
+    report.mark("load")
     log.info(
         f"STEP 5: loading {len(plan.tasks)} tables with {workers_for(opts.parallel, plan.tasks)} workers"
         + (" (session_replication_role = replica)" if plan.replica else "")
@@ -320,6 +329,7 @@ def _phases(opts, plan, journal, snapshot, seq_values, dst, report, stop, starte
         )
 
     view.phase("restoring and validating foreign keys")
+    report.mark("restore foreign keys")
     try:
         log.info(f"STEP 6: restoring {len(plan.fkeys)} foreign keys")
         restored = fkmod.restore_all(opts.dest, plan.fkeys, opts.parallel, opts.lock_timeout)
@@ -339,12 +349,16 @@ def _phases(opts, plan, journal, snapshot, seq_values, dst, report, stop, starte
 
     if not outcome.stopped:
         view.phase("setting sequences, refreshing materialized views")
+        report.mark("sequences and matviews")
         log.info("STEP 7: sequences and materialized views")
         done_keys = {r.key for r in outcome.done}
         report.sequences_set = _set_sequences(dst, plan, seq_values, done_keys, log)
         if opts.refresh_matviews and outcome.done:
             report.matviews_refreshed = _refresh_matviews(dst, plan, log)
+    report.mark(None)
     report.seconds = time.monotonic() - started
+    if report.phases:
+        log.info("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items()))
 
     for name, err in report.tables_failed:
         log.error(f"table {name} was not copied: {err}")

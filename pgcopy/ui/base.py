@@ -95,6 +95,8 @@ class LiveView(LogReporter):
         self._thread.start()
 
     def stop(self) -> None:
+        if self._stop.is_set():
+            return  # already stopped (an interrupted run stops the view early)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
