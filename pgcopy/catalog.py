@@ -245,3 +245,49 @@ def database_identity(cur) -> tuple[str, int, str]:
 
 def server_version(conn) -> int:
     return conn.server_version
+
+
+@dataclass(frozen=True)
+class Index:
+    """One index of a destination table, as needed to drop and rebuild it exactly."""
+
+    name: str
+    indexdef: str  # pg_get_indexdef, for indexes that belong to no constraint
+    constraint: str | None  # PK/unique/exclusion constraint owning the index
+    condef: str | None  # pg_get_constraintdef of that constraint
+    clustered: bool
+    replident: bool
+    comment: str | None
+    con_comment: str | None
+
+
+INDEXES_SQL = """
+SELECT i.indrelid, ic.relname, pg_get_indexdef(i.indexrelid), con.conname, pg_get_constraintdef(con.oid),
+       i.indisclustered, i.indisreplident,
+       obj_description(i.indexrelid, 'pg_class'), obj_description(con.oid, 'pg_constraint'),
+       -- what we do not rebuild: invalid indexes, other tablespaces, partitioned-index
+       -- children, per-column statistics targets
+       NOT i.indisvalid OR ic.reltablespace <> 0
+         OR EXISTS (SELECT 1 FROM pg_inherits h WHERE h.inhrelid = i.indexrelid)
+         OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indexrelid
+                     AND coalesce(a.attstattarget::int, -1) >= 0)
+  FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+  LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid
+       AND con.contype IN ('p', 'u', 'x')
+ WHERE i.indrelid = ANY(%s)
+ ORDER BY i.indrelid, i.indexrelid
+"""
+
+
+def read_rebuildable_indexes(cur, oids: Iterable[int]) -> dict[int, tuple[Index, ...]]:
+    """Per table, its indexes when every one of them can be dropped and rebuilt exactly."""
+    cur.execute(INDEXES_SQL, (list(oids),))
+    out: dict[int, list[Index]] = {}
+    skip: set[int] = set()
+    for relid, name, idef, con, condef, clustered, replident, comment, con_comment, odd in cur.fetchall():
+        if odd:
+            skip.add(relid)
+        out.setdefault(relid, []).append(
+            Index(name, idef, con, condef, clustered, replident, comment, con_comment)
+        )
+    return {relid: tuple(idx) for relid, idx in out.items() if relid not in skip}

@@ -38,6 +38,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--include",
@@ -168,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stream.add_argument(
         "--compress-level", type=int, metavar="N", help="codec level (gzip 1-9, zstd 1-22; default 1)"
+    )
+    stream.add_argument(
+        "--index-rebuild-threshold",
+        type=_nonnegative_float,
+        default=64.0,
+        metavar="MB",
+        help="for tables of at least MB megabytes (heap+TOAST on the source) whose destination the role owns, "
+        "drop the indexes after the TRUNCATE and rebuild them after the COPY, in the same transaction "
+        "(default 64; 0 = every table)",
+    )
+    stream.add_argument(
+        "--no-index-rebuild", action="store_true", help="keep indexes in place during every load"
     )
     stream.add_argument(
         "--format",

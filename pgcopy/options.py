@@ -49,6 +49,7 @@ class CopyOptions:
     output: str = "plain"  # resolved: plain, progress or interactive
     progress_interval: float = 10.0
     report_file: str | None = None
+    index_rebuild_bytes: int | None = 64 << 20  # None: never rebuild indexes
 
 
 def default_state_dir() -> Path:
@@ -81,4 +82,5 @@ def copy_options(args: argparse.Namespace) -> CopyOptions:
         output=args.output,
         progress_interval=args.progress_interval,
         report_file=args.report,
+        index_rebuild_bytes=None if args.no_index_rebuild else int(args.index_rebuild_threshold * (1 << 20)),
     )

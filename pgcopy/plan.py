@@ -28,6 +28,8 @@ class CopyTask:
     format: str = "binary"  # COPY format: 'binary' or 'text'
     format_reason: str = "default"
     data_bytes: int = 0  # heap + TOAST on the source: what the stream is estimated from
+    # indexes dropped after the TRUNCATE and rebuilt after the COPY, in the same transaction
+    indexes: tuple[catalog.Index, ...] = ()
 
     @property
     def qualname(self) -> str:
@@ -102,7 +104,15 @@ def replica_allowed(cur) -> bool:
     return False
 
 
-def build_plan(src_cur, dst_cur, include, exclude, log: Logger, requested_format: str = "auto") -> Plan:
+def build_plan(
+    src_cur,
+    dst_cur,
+    include,
+    exclude,
+    log: Logger,
+    requested_format: str = "auto",
+    index_rebuild_bytes: int | None = None,
+) -> Plan:
     problems: list[str] = []
     src_tables = catalog.read_tables(src_cur)
     dst_tables = catalog.read_tables(dst_cur)
@@ -149,10 +159,13 @@ def build_plan(src_cur, dst_cur, include, exclude, log: Logger, requested_format
     triggers = catalog.read_triggers(dst_cur, dst_oids)
     needs_owner = {fk.table for fk in fkeys} | {k for k in dst_by_key if dst_by_key[k].oid in triggers}
     fk_tables = [dst_by_key[k].oid for k in needs_owner if k in dst_by_key]
+    owned: set[Key] = set()
     for s, n, can_truncate, can_insert, owner in _privileges(
         dst_cur, DST_PRIVS, sorted(set(dst_oids + fk_tables))
     ):
         key = (s, n)
+        if owner:
+            owned.add(key)
         lacks = []
         if key in sel_keys and not can_truncate:
             lacks.append("TRUNCATE")
@@ -208,6 +221,14 @@ def build_plan(src_cur, dst_cur, include, exclude, log: Logger, requested_format
         return formats.choose_format(requested_format, sflags, dflags, src_major, dst_major)
 
     decisions = {t.key: decide(t) for t in selected}
+
+    # Rebuilding a big table's indexes after the COPY (in the same transaction) is much
+    # cheaper than maintaining them row by row; it needs ownership, which is optional.
+    rebuild: dict[Key, tuple[catalog.Index, ...]] = {}
+    if index_rebuild_bytes is not None:
+        big = [t for t in selected if t.data_bytes >= index_rebuild_bytes and t.key in owned]
+        found = catalog.read_rebuildable_indexes(dst_cur, [dst_by_key[t.key].oid for t in big])
+        rebuild = {t.key: found[dst_by_key[t.key].oid] for t in big if dst_by_key[t.key].oid in found}
     tasks = [
         CopyTask(
             key=t.key,
@@ -221,6 +242,7 @@ def build_plan(src_cur, dst_cur, include, exclude, log: Logger, requested_format
             format=decisions[t.key][0],
             format_reason=decisions[t.key][1],
             data_bytes=t.data_bytes,
+            indexes=rebuild.get(t.key, ()),
         )
         for t in selected
     ]

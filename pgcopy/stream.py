@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+import psycopg2
 from psycopg2 import sql
 
 from pgcopy.codec import Codec, DecompressingReader, open_writer
@@ -110,6 +111,7 @@ def copy_table(src, dst, task: CopyTask, spec: StreamSpec, slot=None) -> TableRe
         # inside the load transaction, so no failure can leave them disabled
         dcur.execute(sql.SQL("ALTER TABLE ONLY {} DISABLE TRIGGER USER").format(table))
     dcur.execute(sql.SQL("TRUNCATE ONLY {}").format(table))
+    rebuilt = _drop_indexes(dcur, task) if task.indexes else False
 
     fmt = task.format
     slot = slot or NullSlot()
@@ -127,6 +129,8 @@ def copy_table(src, dst, task: CopyTask, spec: StreamSpec, slot=None) -> TableRe
         src_rows, dst_rows, nbytes, wire = _stream(scur, dcur, task, spec.codec, slot)
     if src_rows != dst_rows:
         raise RuntimeError(f"row count mismatch: source sent {src_rows}, destination loaded {dst_rows}")
+    if rebuilt:
+        _create_indexes(dcur, task)
     for trig in task.triggers:
         dcur.execute(
             sql.SQL("ALTER TABLE ONLY {} " + TRIGGER_STATE[trig.enabled] + " {}").format(
@@ -138,6 +142,61 @@ def copy_table(src, dst, task: CopyTask, spec: StreamSpec, slot=None) -> TableRe
         dcur.execute(sql.SQL("ANALYZE {}").format(table))
         dst.commit()
     return TableResult(task.key, dst_rows, nbytes, wire, time.monotonic() - started, fmt)
+
+
+def _drop_indexes(dcur, task: CopyTask) -> bool:
+    """Drop the table's indexes inside the load transaction; False leaves them in place.
+
+    A savepoint makes a failed drop (something unexpected depends on an index) harmless;
+    releasing it returns to the transaction that truncated, which COPY FREEZE requires."""
+    table = sql.Identifier(*task.key)
+    dcur.execute("SAVEPOINT pgcopy_indexes")
+    try:
+        for idx in task.indexes:
+            if idx.constraint:
+                dcur.execute(
+                    sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, sql.Identifier(idx.constraint))
+                )
+            else:
+                dcur.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(task.key[0], idx.name)))
+    except psycopg2.Error:
+        dcur.execute("ROLLBACK TO SAVEPOINT pgcopy_indexes")
+        dcur.execute("RELEASE SAVEPOINT pgcopy_indexes")
+        return False
+    dcur.execute("RELEASE SAVEPOINT pgcopy_indexes")
+    return True
+
+
+def _create_indexes(dcur, task: CopyTask) -> None:
+    """Re-create every index exactly as it was: definition, constraint, comment, CLUSTER
+    and REPLICA IDENTITY marks.  A failure fails the table, which keeps its old rows."""
+    table = sql.Identifier(*task.key)
+    for idx in task.indexes:
+        index = sql.Identifier(task.key[0], idx.name)
+        if idx.constraint:
+            dcur.execute(
+                sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(table, sql.Identifier(idx.constraint))
+                + sql.SQL(idx.condef)
+            )
+            if idx.con_comment is not None:
+                dcur.execute(
+                    sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS %s").format(
+                        sql.Identifier(idx.constraint), table
+                    ),
+                    (idx.con_comment,),
+                )
+        else:
+            dcur.execute(sql.SQL(idx.indexdef))
+        if idx.comment is not None:
+            dcur.execute(sql.SQL("COMMENT ON INDEX {} IS %s").format(index), (idx.comment,))
+        if idx.clustered:
+            dcur.execute(sql.SQL("ALTER TABLE {} CLUSTER ON {}").format(table, sql.Identifier(idx.name)))
+        if idx.replident:
+            dcur.execute(
+                sql.SQL("ALTER TABLE {} REPLICA IDENTITY USING INDEX {}").format(
+                    table, sql.Identifier(idx.name)
+                )
+            )
 
 
 def _stream(scur, dcur, task: CopyTask, codec: Codec | None, slot) -> tuple[int, int, int, int]:

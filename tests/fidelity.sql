@@ -41,3 +41,14 @@ ALTER TABLE customers DISABLE TRIGGER customers_off;
 CREATE TABLE empty_src (id int, note text);
 CREATE TABLE "Mixed Case" ("Col" int, "order" text);
 CREATE MATERIALIZED VIEW customer_counts AS SELECT count(*) AS n FROM customers;
+-- every kind of index, to be rebuilt exactly (with --index-rebuild-threshold 0)
+CREATE TABLE bookings (id int PRIMARY KEY, code text NOT NULL, room int, during tsrange,
+    CONSTRAINT bookings_code_key UNIQUE (code) DEFERRABLE INITIALLY DEFERRED,
+    CONSTRAINT bookings_no_overlap EXCLUDE USING gist (during WITH &&));
+CREATE UNIQUE INDEX bookings_room_uq ON bookings (room, id);
+CREATE INDEX bookings_lower_code ON bookings (lower(code)) WHERE room IS NOT NULL;
+COMMENT ON INDEX bookings_lower_code IS 'lookup by code';
+COMMENT ON CONSTRAINT bookings_code_key ON bookings IS 'codes are unique';
+ALTER TABLE bookings CLUSTER ON bookings_pkey;
+ALTER TABLE bookings ALTER COLUMN room SET NOT NULL;
+ALTER TABLE bookings REPLICA IDENTITY USING INDEX bookings_room_uq;

@@ -26,3 +26,5 @@ SELECT setval('standalone_seq', 42);
 INSERT INTO "Mixed Case" VALUES (1, 'first'), (2, NULL);
 REFRESH MATERIALIZED VIEW customer_counts;
 ANALYZE;
+INSERT INTO bookings SELECT g, 'B' || g, g % 7, tsrange(timestamp '2025-01-01' + g * interval '1 hour', timestamp '2025-01-01' + g * interval '1 hour' + interval '30 minutes') FROM generate_series(1, 300) g;
+ANALYZE bookings;

@@ -62,6 +62,19 @@ def fk_state(db) -> list[tuple]:
     )
 
 
+def index_state(db) -> list[tuple]:
+    """Every index: definition, constraint, CLUSTER/REPLICA IDENTITY marks and comments."""
+    return db.query(
+        """SELECT i.indrelid::regclass::text, pg_get_indexdef(i.indexrelid), c.conname,
+                  pg_get_constraintdef(c.oid), i.indisclustered, i.indisreplident, i.indisvalid,
+                  obj_description(i.indexrelid, 'pg_class'), obj_description(c.oid, 'pg_constraint'),
+                  (SELECT relreplident FROM pg_class WHERE oid = i.indrelid)
+             FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = i.indrelid
+                  AND c.contype IN ('p', 'u', 'x')
+            WHERE i.indrelid::regclass::text NOT LIKE 'pg_%' ORDER BY 1, 2"""
+    )
+
+
 def trigger_state(db) -> list[tuple]:
     return db.query(
         "SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2"

@@ -1,11 +1,14 @@
 """End-to-end copies between two real clusters."""
 
+import re
+
 import pytest
 
 from tests.helpers import (
     checksums,
     copy,
     fk_state,
+    index_state,
     is_called,
     load_fidelity,
     owner_dsn,
@@ -19,23 +22,25 @@ def state(tmp_path):
     return tmp_path / "state"
 
 
-def assert_faithful(src, dst, fks_before, triggers_before):
+def assert_faithful(src, dst, fks_before, triggers_before, indexes_before=None):
     assert checksums(dst) == checksums(src)
     assert fk_state(dst) == fks_before
     assert trigger_state(dst) == triggers_before
     assert sequence_state(dst) == sequence_state(src)
     assert is_called(dst, "standalone_seq") == is_called(src, "standalone_seq")
+    if indexes_before is not None:
+        assert index_state(dst) == indexes_before
 
 
 @pytest.mark.parametrize("role", ["superuser", "owner"])
 def test_fidelity_copy(src, dst, state, role):
     load_fidelity(src, dst, owner=None if role == "superuser" else "app_owner")
-    fks, trigs = fk_state(dst), trigger_state(dst)
+    fks, trigs, idx = fk_state(dst), trigger_state(dst), index_state(dst)
     assert checksums(dst) != checksums(src)
     s, d = (src.dsn, dst.dsn) if role == "superuser" else (owner_dsn(src), owner_dsn(dst))
     r = copy(s, d, "--yes", "-p", "3", state_dir=state)
     assert r.returncode == 0, r.stderr
-    assert_faithful(src, dst, fks, trigs)
+    assert_faithful(src, dst, fks, trigs, idx)
     # the user trigger did not fire during the load: names are not shouted
     assert dst.scalar("SELECT count(*) FROM customers WHERE name LIKE '%!'") == 0
     # the NOT VALID FK stays NOT VALID, its violating row copied
@@ -50,7 +55,7 @@ def test_fidelity_copy(src, dst, state, role):
     assert dst.scalar("SELECT n FROM customer_counts") == 500
     assert dst.scalar("SELECT reltuples FROM pg_class WHERE oid = 'orders'::regclass") == 1200
     assert "replica" in r.stderr if role == "superuser" else "replica" not in r.stderr
-    assert "Rows copied:" in r.stdout and "5,266" in r.stdout
+    assert "Rows copied:" in r.stdout and "5,566" in r.stdout
     assert not list(state.glob("*.json")), "journal removed after a complete restore"
 
 
@@ -127,3 +132,36 @@ def test_confirmation_declined_and_accepted(src, dst, state, monkeypatch):
     code, err = run("yes")
     assert code == 0, err
     assert checksums(dst) == checksums(src)
+
+
+def test_index_rebuild_keeps_every_index_exact(src, dst, state):
+    load_fidelity(src, dst, owner="app_owner")
+    before = index_state(dst)
+    oids = dict(
+        dst.query(
+            "SELECT indexrelid::regclass::text, indexrelid::int FROM pg_index WHERE indrelid = 'bookings'::regclass"
+        )
+    )
+    r = copy(owner_dsn(src), owner_dsn(dst), "--dry-run", "--index-rebuild-threshold", "0", state_dir=state)
+    assert re.search(r"public\.bookings .* 5 indexes rebuilt after the load", r.stdout), r.stdout
+    r = copy(owner_dsn(src), owner_dsn(dst), "--yes", "--index-rebuild-threshold", "0", state_dir=state)
+    assert r.returncode == 0, r.stderr
+    assert checksums(dst) == checksums(src)
+    assert index_state(dst) == before
+    after = dict(
+        dst.query(
+            "SELECT indexrelid::regclass::text, indexrelid::int FROM pg_index WHERE indrelid = 'bookings'::regclass"
+        )
+    )
+    assert after.keys() == oids.keys() and all(after[k] != oids[k] for k in oids)  # really rebuilt
+    # the default threshold (64 MB) leaves small tables' indexes alone
+    r = copy(owner_dsn(src), owner_dsn(dst), "--yes", state_dir=state)
+    assert (
+        r.returncode == 0
+        and dict(
+            dst.query(
+                "SELECT indexrelid::regclass::text, indexrelid::int FROM pg_index WHERE indrelid = 'bookings'::regclass"
+            )
+        )
+        == after
+    )

@@ -72,7 +72,7 @@ def test_progress_bar_pinned_above_scrolling_logs(src, dst, state):
         wait_blocked(dst)
         time.sleep(0.5)
         screen = t.screen()
-        assert re.match(r"^\s*\d+\.\d% [█░]+ \d+/17 tables .* MB/s\s+ETA ", screen[0]), screen[0]
+        assert re.match(r"^\s*\d+\.\d% [█░]+ \d+/18 tables .* MB/s\s+ETA ", screen[0]), screen[0]
         logs = [line for line in screen[1:] if LINE.match(line)]
         # more log lines than the screen holds have scrolled under the bar, which stayed put
         assert len(logs) == 29 and any("Copying table public.empty_src" in line for line in logs)
@@ -171,7 +171,7 @@ def test_plain_output_lines_and_progress_lines(src, dst, state, tmp_path):
     assert all(LINE.match(line) or line.startswith(" " * 15) for line in lines), err
     progress = [line for line in lines if "tables |" in line]
     assert progress and re.search(
-        r"\d+\.\d% \| \d+/17 tables \| [\d,]+ rows \| [\d.]+ MB/s \| ETA [\d:-]+ \| in flight: ", progress[0]
+        r"\d+\.\d% \| \d+/18 tables \| [\d,]+ rows \| [\d.]+ MB/s \| ETA [\d:-]+ \| in flight: ", progress[0]
     )
     logged = (tmp_path / "run.log").read_text().splitlines()
     assert logged == lines  # the log file holds every line, in the same plain format
@@ -189,13 +189,13 @@ def test_json_report(src, dst, state, tmp_path):
     assert rep["report_version"] == 1 and rep["exit_code"] == 0 and rep["error"] is None
     assert rep["options"]["dest"] == f"postgres@127.0.0.1:{dst.cluster.port}/{dst.dbname}"
     assert rep["options"]["codec"] == "zstd:1" and rep["options"]["parallel"] == 4
-    assert len(rep["tables"]) == 17
+    assert len(rep["tables"]) == 18
     t = next(t for t in rep["tables"] if t["table"] == "public.order_items")
     assert (
         t["status"] == "copied" and t["rows"] == 3000 and t["format"] == "binary" and t["codec"] == "zstd:1"
     )
     assert t["bytes"] > t["wire_bytes"] > 0 and t["seconds"] >= 0 and t["error"] is None
-    assert rep["totals"]["rows"] == 5266 and rep["totals"]["tables_copied"] == 17
+    assert rep["totals"]["rows"] == 5566 and rep["totals"]["tables_copied"] == 18
     assert len(rep["fkeys_dropped"]) == len(rep["fkeys_restored"]) == 10
     assert "public.standalone_seq" in rep["sequences_set"] and rep["matviews_refreshed"] == [
         "public.customer_counts"

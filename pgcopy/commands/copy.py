@@ -105,6 +105,7 @@ def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions) -> None:
     p(f"Plan: {len(plan.tasks)} tables, largest first, {min(opts.parallel, len(plan.tasks))} workers, {how}")
     for t in plan.tasks:
         trig = f", {len(t.triggers)} triggers held off" if t.triggers else ""
+        trig += f", {len(t.indexes)} indexes rebuilt after the load" if t.indexes else ""
         form = "rows as text" if opts.batch_size else f"{t.format} ({t.format_reason})"
         p(
             f"  {t.qualname:<40} {fmt.estimate(t.est_rows):>10} rows  {fmt.size(t.est_bytes):>10}  {form}{trig}"
@@ -240,7 +241,7 @@ def _copy(opts: CopyOptions, src, dst, report: RunReport, log: Logger) -> int:
             )
 
     log.info("STEP 3: reading catalogs and checking the destination")
-    plan = build_plan(scur, dcur, opts.include, opts.exclude, log, opts.format)
+    plan = build_plan(scur, dcur, opts.include, opts.exclude, log, opts.format, opts.index_rebuild_bytes)
     dst.commit()
     if opts.dry_run:
         _print_plan(plan, snapshot if opts.snapshot else None, opts)
