@@ -12,6 +12,7 @@ from pgcopy.commands.copy import copy
 from pgcopy.errors import EXIT_OK, PgcopyError
 from pgcopy.log import Logger
 from pgcopy.options import CopyOptions
+from pgcopy.ui import resolve_output
 
 
 def demo(scale: int, keep: bool, parallel: int, log: Logger) -> int:
@@ -29,7 +30,12 @@ def demo(scale: int, keep: bool, parallel: int, log: Logger) -> int:
             datasets.SHOP.seed(src_conn, scale)
             with tempfile.TemporaryDirectory(prefix="pgcopy-demo-state-") as state:
                 opts = CopyOptions(
-                    source.dsn(), dest.dsn(), parallel=parallel, yes=True, state_dir=Path(state)
+                    source.dsn(),
+                    dest.dsn(),
+                    parallel=parallel,
+                    yes=True,
+                    state_dir=Path(state),
+                    output=resolve_output("auto", log),  # the bar on a terminal, plain otherwise
                 )
                 code = copy(opts, log)
             if code != EXIT_OK:
