@@ -78,12 +78,19 @@ def test_progress_bar_pinned_above_scrolling_logs(src, dst, state):
         assert len(logs) == 29 and any("Copying table public.empty_src" in line for line in logs)
         assert not any("Completed public.order_items" in line for line in logs)
         assert t.fmt("#{scroll_region_upper}") == "1"
+        # a smaller window: the scroll region and the bar follow it
+        subprocess.run(["tmux", "resize-window", "-t", t.name, "-x", "80", "-y", "20"], check=True)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and t.fmt("#{scroll_region_upper} #{scroll_region_lower}") != "1 19":
+            time.sleep(0.1)
+        assert t.fmt("#{scroll_region_upper} #{scroll_region_lower}") == "1 19"
+        assert re.match(r"^\s*\d+\.\d% [█░]+ ", t.screen()[0]) and len(t.screen()[0]) <= 80
         lock.close()
         screen = t.wait_for("EXITED 0")
         assert any("COPY STATISTICS" in line for line in screen)
         assert (
             t.fmt("#{scroll_region_upper} #{scroll_region_lower} #{alternate_on} #{cursor_flag}")
-            == "0 29 0 1"
+            == "0 19 0 1"
         )
     finally:
         lock.close()
