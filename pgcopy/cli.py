@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="{gzip,zstd}",
         help="compress the COPY stream inside each worker (bare --compress means gzip). Both database "
         "connections still carry uncompressed data, so this costs CPU and saves no network bytes; "
-        "see README, Performance, for the measured cost",
+        "measured on 5M rows (README, Performance): zstd level 1 cost ~1 s CPU and no wall time, "
+        "gzip level 1 cost 4.4 s CPU and 19%% more wall time",
     )
     stream.add_argument(
         "--compress-level", type=int, metavar="N", help="codec level (gzip 1-9, zstd 1-22; default 1)"
