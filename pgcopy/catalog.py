@@ -7,7 +7,7 @@ information_schema (which hides objects and loses FK column pairing).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from psycopg2 import sql
 
@@ -98,12 +98,6 @@ class Sequence:
     @property
     def key(self) -> Key:
         return (self.schema, self.name)
-
-
-@dataclass
-class Catalog:
-    tables: list[Table]
-    columns: dict[Key, list[Column]] = field(default_factory=dict)
 
 
 TABLES_SQL = """
@@ -241,10 +235,6 @@ def database_identity(cur) -> tuple[str, int, str]:
     )
     sysid, dboid, name = cur.fetchone()
     return sysid, int(dboid), name
-
-
-def server_version(conn) -> int:
-    return conn.server_version
 
 
 @dataclass(frozen=True)

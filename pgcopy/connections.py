@@ -44,12 +44,6 @@ def describe(dsn: str) -> str:
     return f"{user}@{host}:{port}/{dbname}"
 
 
-def describe_connection(conn: psycopg2.extensions.connection) -> str:
-    """Like describe() but from the parameters libpq actually used."""
-    p = conn.info.dsn_parameters
-    return f"{p.get('user')}@{p.get('host') or p.get('hostaddr')}:{p.get('port')}/{p.get('dbname')}"
-
-
 def _one_line(exc: Exception) -> str:
     text = str(exc).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]

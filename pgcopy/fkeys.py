@@ -148,3 +148,13 @@ def restore_all(dsn: str, fkeys: list[ForeignKey], parallel: int, lock_timeout: 
 
 def describe(fk: ForeignKey) -> str:
     return f"{fk.name} on {qualname(fk.table)} -> {qualname(fk.ref_table)}"
+
+
+def log_outcome(outcome: RestoreOutcome, log) -> None:
+    """The log lines for a restore, shared by copy and recover."""
+    if outcome.restored:
+        log.done(f"{len(outcome.restored)} foreign keys present with their original definition and validity")
+    for fk, err in outcome.not_valid:
+        log.error(f"foreign key {describe(fk)} could not be validated and is left NOT VALID: {err}")
+    for fk, err in outcome.missing:
+        log.error(f"foreign key {describe(fk)} could not be re-created: {err}")

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from pgcopy.errors import UsageError
+from pgcopy.errors import PreflightError, UsageError
 
 
 @dataclass(frozen=True)
@@ -133,3 +133,14 @@ def select(tables: Sequence[Named], include: list[Pattern], exclude: list[Patter
             selected.append(table)
     unmatched = [p.text for p in include + exclude if p.text not in used]
     return Selection(selected, unmatched)
+
+
+def select_or_refuse(tables: Sequence[Named], include, exclude, warn) -> list:
+    """Shared by list and copy: apply the option values, ``warn`` about unmatched patterns,
+    refuse an empty selection."""
+    sel = select(tables, parse_patterns(include), parse_patterns(exclude))
+    for text in sel.unmatched:
+        warn(f"pattern {text!r} matches no table")
+    if not sel.selected:
+        raise PreflightError(["no table matches the selection"])
+    return sel.selected

@@ -116,10 +116,8 @@ def build_plan(
     problems: list[str] = []
     src_tables = catalog.read_tables(src_cur)
     dst_tables = catalog.read_tables(dst_cur)
-    sel = patterns.select(src_tables, patterns.parse_patterns(include), patterns.parse_patterns(exclude))
-    for text in sel.unmatched:
-        log.warn(f"pattern {text!r} matches no table")
-    selected = [t for t in sel.selected if t.kind != "partitioned parent"]
+    matched = patterns.select_or_refuse(src_tables, include, exclude, log.warn)
+    selected = [t for t in matched if t.kind != "partitioned parent"]
     if not selected:
         raise PreflightError(["no table matches the selection"])
 

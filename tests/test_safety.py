@@ -6,6 +6,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 
 import psycopg2
 import pytest
@@ -87,7 +88,31 @@ def wait_blocked(db, timeout=30):
     raise AssertionError("pgcopy never waited on the lock")
 
 
+@contextmanager
+def copy_blocked_on_empty_src(src, dst, state, *extra):
+    """A running copy whose worker waits for a lock on empty_src until the block ends."""
+    lock = hold_lock(dst, "empty_src")
+    try:
+        run = Running(["copy", "-s", src.dsn, "-d", dst.dsn, "--yes", *extra], state)
+        run.wait_for("Copying table public.empty_src")
+        wait_blocked(dst)
+        yield run
+    finally:
+        lock.close()
+
+
 # --- preflight refusals -------------------------------------------------------------
+
+
+def assert_refused(dst, run, *messages) -> str:
+    """``run()`` must exit 2 naming every message and leave the destination as it was."""
+    before = snapshot_of(dst)
+    r = run()
+    assert r.returncode == 2, r.stderr
+    for message in messages:
+        assert message in r.stderr
+    assert snapshot_of(dst) == before
+    return r.stderr
 
 
 def test_same_database_refused(src, state):
@@ -105,14 +130,14 @@ def test_schema_differences_all_listed(src, dst, state):
     dst.execute(
         'DROP TABLE tree; ALTER TABLE "Mixed Case" ALTER COLUMN "Col" TYPE numeric; ALTER TABLE loose ADD COLUMN extra int'
     )
-    before = snapshot_of(dst)
-    r = copy(src.dsn, dst.dsn, "--yes", state_dir=state)
-    assert r.returncode == 2, r.stderr
-    assert "table public.tree does not exist on the destination" in r.stderr
-    assert "column 'Col' is integer on the source but numeric on the destination" in r.stderr
-    assert "column 'extra' (integer) exists only on the destination" in r.stderr
-    assert "3 problems" in r.stderr
-    assert snapshot_of(dst) == before
+    assert_refused(
+        dst,
+        lambda: copy(src.dsn, dst.dsn, "--yes", state_dir=state),
+        "table public.tree does not exist on the destination",
+        "column 'Col' is integer on the source but numeric on the destination",
+        "column 'extra' (integer) exists only on the destination",
+        "3 problems",
+    )
 
 
 def test_cascade_trap_refused(src, dst, state):
@@ -120,15 +145,13 @@ def test_cascade_trap_refused(src, dst, state):
     dst.execute(
         "INSERT INTO customers (id, name) VALUES (7000, 'kept'); INSERT INTO xschema VALUES (9, 7000)"
     )
-    before = snapshot_of(dst)
-    r = copy(src.dsn, dst.dsn, "--yes", "--include", "customers", state_dir=state)
-    assert r.returncode == 2
-    assert (
-        "destination table public.xschema is not selected but its foreign key xschema_cust_fkey references selected table public.customers"
-        in r.stderr
+    assert_refused(
+        dst,
+        lambda: copy(src.dsn, dst.dsn, "--yes", "--include", "customers", state_dir=state),
+        "destination table public.xschema is not selected but its foreign key xschema_cust_fkey "
+        "references selected table public.customers",
+        "add public.xschema to --include",
     )
-    assert "add public.xschema to --include" in r.stderr
-    assert snapshot_of(dst) == before
 
 
 def test_missing_privileges_refused(src, dst, state):
@@ -139,33 +162,32 @@ def test_missing_privileges_refused(src, dst, state):
     dst.execute(
         "GRANT INSERT ON ALL TABLES IN SCHEMA public, other TO weak; GRANT USAGE ON SCHEMA other TO weak"
     )
-    before = snapshot_of(dst)
-    r = copy(
-        src.cluster.dsn(src.dbname, "weak", "weakpw"),
-        dst.cluster.dsn(dst.dbname, "weak", "weakpw"),
-        "--yes",
-        "--exclude",
-        "other.*",
-        state_dir=state,
+    err = assert_refused(
+        dst,
+        lambda: copy(
+            src.cluster.dsn(src.dbname, "weak", "weakpw"),
+            dst.cluster.dsn(dst.dbname, "weak", "weakpw"),
+            "--yes",
+            "--exclude",
+            "other.*",
+            state_dir=state,
+        ),
+        "no SELECT privilege on source table public.tree",
+        "destination table public.orders: missing TRUNCATE, ownership (to drop and re-add its foreign keys)",
     )
-    assert r.returncode == 2, r.stderr
-    assert "no SELECT privilege on source table public.tree" in r.stderr
-    assert (
-        "destination table public.orders: missing TRUNCATE, ownership (to drop and re-add its foreign keys)"
-        in r.stderr
-    )
-    assert "weakpw" not in r.stderr
-    assert snapshot_of(dst) == before
+    assert "weakpw" not in err
 
 
 def test_no_terminal_refused_at_once(src, dst, state):
     load_fidelity(src, dst)
-    before = snapshot_of(dst)
     t = time.monotonic()
-    r = copy(src.dsn, dst.dsn, state_dir=state, input="yes\n")
-    assert r.returncode == 2 and time.monotonic() - t < 30
-    assert "stdin is not a terminal" in r.stderr and "--yes" in r.stderr
-    assert snapshot_of(dst) == before
+    assert_refused(
+        dst,
+        lambda: copy(src.dsn, dst.dsn, state_dir=state, input="yes\n"),
+        "stdin is not a terminal",
+        "--yes",
+    )
+    assert time.monotonic() - t < 30
 
 
 def test_unknown_pattern_is_error(src, dst, state):
@@ -197,15 +219,9 @@ def test_lock_timeout_fails_one_table_names_holder(src, dst, state):
 def test_signal_mid_copy_rolls_back_and_restores(src, dst, state, sig, code):
     load_fidelity(src, dst)
     fks, trigs = fk_state(dst), trigger_state(dst)
-    lock = hold_lock(dst, "empty_src")
-    try:
-        run = Running(["copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "2"], state)
-        run.wait_for("Copying table public.empty_src")
-        wait_blocked(dst)
+    with copy_blocked_on_empty_src(src, dst, state, "-p", "2") as run:
         os.kill(run.proc.pid, sig)
         rc, out, err = run.finish()
-    finally:
-        lock.close()
     assert rc == code, err
     assert "rolled back" in err and "public.empty_src" in err
     assert dst.query("SELECT * FROM empty_src") == [(1, "stale")]
@@ -218,15 +234,9 @@ def test_signal_mid_copy_rolls_back_and_restores(src, dst, state, sig, code):
 def test_kill9_then_recover_or_rerun(src, dst, state, then):
     load_fidelity(src, dst)
     fks, trigs = fk_state(dst), trigger_state(dst)
-    lock = hold_lock(dst, "empty_src")
-    try:
-        run = Running(["copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "2"], state)
-        run.wait_for("Copying table public.empty_src")
-        wait_blocked(dst)
+    with copy_blocked_on_empty_src(src, dst, state, "-p", "2") as run:
         os.killpg(run.proc.pid, signal.SIGKILL)
         run.proc.wait(30)
-    finally:
-        lock.close()
     assert len(fk_state(dst)) < len(fks), "the kill left foreign keys dropped"
     assert dst.query("SELECT * FROM empty_src") == [(1, "stale")]  # never half-loaded
     assert trigger_state(dst) == trigs  # trigger changes die with their transaction
@@ -262,19 +272,13 @@ def test_source_writes_during_copy_read_from_one_snapshot(src, dst, state):
         "INSERT INTO empty_src SELECT g, repeat('x', 200) FROM generate_series(1, 20000) g; ANALYZE empty_src"
     )
     expected = checksums(src)
-    lock = hold_lock(dst, "empty_src")
-    try:
-        run = Running(["copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "1"], state)
-        run.wait_for("Copying table public.empty_src")
-        wait_blocked(dst)
+    with copy_blocked_on_empty_src(src, dst, state, "-p", "1") as run:
         # the source moves on while the copy waits: new parents and children, a deleted child
         src.execute(
             "INSERT INTO customers (name) SELECT 'late' || g FROM generate_series(1, 50) g;"
             "INSERT INTO orders (customer_id, amount) SELECT id, 1 FROM customers WHERE name LIKE 'late%';"
             "DELETE FROM order_items WHERE line % 2 = 0;"
         )
-    finally:
-        lock.close()
     rc, out, err = run.finish()
     assert rc == 0, err
     assert checksums(dst) == expected

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.helpers import ROOT, checksums, copy, fk_state, load_fidelity
-from tests.test_safety import hold_lock, wait_blocked
+from tests.test_safety import copy_blocked_on_empty_src, hold_lock, wait_blocked
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -148,30 +148,9 @@ def test_live_views_fall_back_to_plain_without_a_terminal(src, dst, state, mode)
 
 def test_plain_output_lines_and_progress_lines(src, dst, state, tmp_path):
     load_fidelity(src, dst)
-    lock = hold_lock(dst, "empty_src")
-    try:
-        from tests.test_safety import Running
-
-        run = Running(
-            [
-                "copy",
-                "-s",
-                src.dsn,
-                "-d",
-                dst.dsn,
-                "--yes",
-                "--progress-interval",
-                "0.3",
-                "--log-file",
-                str(tmp_path / "run.log"),
-            ],
-            state,
-        )
-        run.wait_for("Copying table public.empty_src")
-        wait_blocked(dst)
+    extra = ("--progress-interval", "0.3", "--log-file", str(tmp_path / "run.log"))
+    with copy_blocked_on_empty_src(src, dst, state, *extra) as run:
         run.wait_for("in flight: public.empty_src")
-    finally:
-        lock.close()
     rc, out, err = run.finish()
     assert rc == 0
     lines = err.splitlines()

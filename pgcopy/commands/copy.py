@@ -81,19 +81,10 @@ def _restore_journal(
         f"found the journal of an interrupted run ({journal.path}): restoring {len(fks)} foreign keys first"
     )
     outcome = fkmod.restore_all(dest, fks, parallel, lock_timeout)
-    _log_restore(outcome, log)
+    fkmod.log_outcome(outcome, log)
     if outcome.complete:
         journal.remove()
     return outcome
-
-
-def _log_restore(outcome: fkmod.RestoreOutcome, log: Logger) -> None:
-    if outcome.restored:
-        log.done(f"{len(outcome.restored)} foreign keys present with their original definition and validity")
-    for fk, err in outcome.not_valid:
-        log.error(f"foreign key {fkmod.describe(fk)} could not be validated and is left NOT VALID: {err}")
-    for fk, err in outcome.missing:
-        log.error(f"foreign key {fkmod.describe(fk)} could not be re-created: {err}")
 
 
 def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions) -> None:
@@ -337,7 +328,7 @@ def _phases(opts, plan, journal, snapshot, seq_values, dst, report, stop, starte
     except KeyboardInterrupt:
         log.error(f"foreign key restore abandoned: run `pgcopy recover --dest ...` (journal {journal.path})")
         return EXIT_SIGINT
-    _log_restore(restored, log)
+    fkmod.log_outcome(restored, log)
     report.fkeys_restored = [fkmod.describe(fk) for fk in restored.restored]
     report.fkeys_not_valid = [fkmod.describe(fk) for fk, _ in restored.not_valid]
     report.fkeys_missing = [fkmod.describe(fk) for fk, _ in restored.missing]

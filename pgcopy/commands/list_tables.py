@@ -24,16 +24,6 @@ class ListOptions:
     as_json: bool
 
 
-def select_tables(tables, include, exclude, log: Logger):
-    """Shared by list and copy: apply patterns, warn on unmatched ones, refuse empty."""
-    sel = patterns.select(tables, patterns.parse_patterns(include), patterns.parse_patterns(exclude))
-    for text in sel.unmatched:
-        log.warn(f"pattern {text!r} matches no table")
-    if not sel.selected:
-        raise PreflightError(["no table matches the selection"])
-    return sel.selected
-
-
 def list_tables(opts: ListOptions, log: Logger) -> int:
     conn = connect(opts.source, "source", readonly=True)
     try:
@@ -41,7 +31,7 @@ def list_tables(opts: ListOptions, log: Logger) -> int:
         tables = [t for t in catalog.read_tables(cur) if opts.schema is None or t.schema == opts.schema]
         if not tables:
             raise PreflightError([f"no tables in schema {opts.schema!r}" if opts.schema else "no tables"])
-        tables = select_tables(tables, opts.include, opts.exclude, log)
+        tables = patterns.select_or_refuse(tables, opts.include, opts.exclude, log.warn)
         rows: dict[int, int | None] = {}
         for t in tables:
             if opts.exact:

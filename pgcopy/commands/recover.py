@@ -47,12 +47,7 @@ def recover(dest: str, source: str | None, state_dir: str | None, lock_timeout: 
         f"restoring {len(fks)} foreign keys" + (f" recorded in {journal.path}" if journal.exists() else "")
     )
     outcome = fkmod.restore_all(dest, fks, 2, lock_timeout)
-    for fk in outcome.restored:
-        log.done(f"foreign key {fkmod.describe(fk)} is in place")
-    for fk, err in outcome.not_valid:
-        log.error(f"foreign key {fkmod.describe(fk)} is left NOT VALID: {err}")
-    for fk, err in outcome.missing:
-        log.error(f"foreign key {fkmod.describe(fk)} could not be re-created: {err}")
+    fkmod.log_outcome(outcome, log)
     if not outcome.complete:
         raise PgcopyError(
             f"{len(outcome.missing)} foreign keys could not be restored; the journal {journal.path} is kept"
