@@ -7,7 +7,7 @@ information_schema (which hides objects and loses FK column pairing).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from psycopg2 import sql
 
@@ -51,6 +51,11 @@ def qualname(key: Key) -> str:
     return f"{q(key[0])}.{q(key[1])}"
 
 
+def regclass_literal(key: Key) -> str:
+    """``"schema"."name"``, for a ::regclass argument such as setval's."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in key)
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -60,26 +65,97 @@ class Column:
     typid: int = 0
 
 
+FK_ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
+FK_MATCH = {"f": "FULL", "p": "PARTIAL", "s": "SIMPLE"}
+
+
 @dataclass(frozen=True)
 class ForeignKey:
+    """One FK, in structured fields: the DDL that re-creates it is built from them with
+    quoted identifiers, never from stored text.  ``definition`` (pg_get_constraintdef,
+    without NOT VALID) is what the re-created FK must read back as."""
+
     name: str
     table: Key
     ref_table: Key
-    definition: str  # pg_get_constraintdef without a trailing NOT VALID
+    definition: str
     validated: bool
+    columns: tuple[str, ...] = ()
+    ref_columns: tuple[str, ...] = ()
+    match: str = "s"
+    on_update: str = "a"
+    on_delete: str = "a"
+    deferrable: bool = False
+    deferred: bool = False
+    delete_set_columns: tuple[str, ...] = ()  # ON DELETE SET NULL (cols), 15+
+    comment: str | None = None
+
+    def ddl(self) -> sql.Composed:
+        """``FOREIGN KEY (...) REFERENCES ...`` for ALTER TABLE ... ADD CONSTRAINT name."""
+        idents = lambda names: sql.SQL(", ").join(sql.Identifier(n) for n in names)  # noqa: E731
+        parts = [
+            sql.SQL("FOREIGN KEY ({}) REFERENCES {} ({}) MATCH ").format(
+                idents(self.columns), sql.Identifier(*self.ref_table), idents(self.ref_columns)
+            )
+            + sql.SQL(FK_MATCH[self.match]),
+            sql.SQL(" ON UPDATE " + FK_ACTIONS[self.on_update]),
+            sql.SQL(" ON DELETE " + FK_ACTIONS[self.on_delete]),
+        ]
+        if self.delete_set_columns:
+            parts.append(sql.SQL(" ({})").format(idents(self.delete_set_columns)))
+        if self.deferrable:
+            parts.append(sql.SQL(" DEFERRABLE INITIALLY " + ("DEFERRED" if self.deferred else "IMMEDIATE")))
+        return sql.Composed(parts)
 
     def as_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "table": list(self.table),
-            "ref_table": list(self.ref_table),
-            "definition": self.definition,
-            "validated": self.validated,
-        }
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> ForeignKey:
-        return cls(d["name"], tuple(d["table"]), tuple(d["ref_table"]), d["definition"], d["validated"])
+        """Rebuild from a journal entry, refusing anything that is not a plain FK record."""
+
+        def names(v, n=None) -> tuple[str, ...]:
+            if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+                raise ValueError(f"expected a list of names, got {v!r}")
+            if n is not None and len(v) != n:
+                raise ValueError(f"expected {n} names, got {v!r}")
+            return tuple(v)
+
+        if not isinstance(d.get("name"), str) or not d["name"]:
+            raise ValueError("FK without a name")
+        definition = d.get("definition")
+        if not isinstance(definition, str) or not definition.startswith("FOREIGN KEY ("):
+            raise ValueError(f"FK {d['name']!r}: definition must start with FOREIGN KEY")
+        if d.get("match") not in FK_MATCH or d.get("on_update") not in FK_ACTIONS:
+            raise ValueError(f"FK {d['name']!r}: unknown match or action")
+        if d.get("on_delete") not in FK_ACTIONS:
+            raise ValueError(f"FK {d['name']!r}: unknown action")
+        for flag in ("validated", "deferrable", "deferred"):
+            if not isinstance(d.get(flag), bool):
+                raise ValueError(f"FK {d['name']!r}: {flag} must be true or false")
+        comment = d.get("comment")
+        if comment is not None and not isinstance(comment, str):
+            raise ValueError(f"FK {d['name']!r}: comment must be text")
+        columns = names(d.get("columns"))
+        return cls(
+            name=d["name"],
+            table=names(d.get("table"), 2),
+            ref_table=names(d.get("ref_table"), 2),
+            definition=definition,
+            validated=d["validated"],
+            columns=columns,
+            ref_columns=names(d.get("ref_columns"), len(columns)),
+            match=d["match"],
+            on_update=d["on_update"],
+            on_delete=d["on_delete"],
+            deferrable=d["deferrable"],
+            deferred=d["deferred"],
+            delete_set_columns=names(d.get("delete_set_columns") or [])
+            if d.get("delete_set_columns")
+            else (),
+            comment=comment,
+        )
 
 
 @dataclass(frozen=True)
@@ -165,25 +241,100 @@ def read_columns(cur, oids: Iterable[int]) -> dict[int, list[Column]]:
     return out
 
 
+FKEYS_SQL = """
+SELECT con.conname, n.nspname, c.relname, fn.nspname, fc.relname,
+       pg_get_constraintdef(con.oid), con.convalidated,
+       ARRAY(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(n, i)
+               JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.i),
+       ARRAY(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(n, i)
+               JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.i),
+       con.confmatchtype, con.confupdtype, con.confdeltype, con.condeferrable, con.condeferred,
+       {delset},
+       obj_description(con.oid, 'pg_constraint')
+  FROM pg_constraint con
+  JOIN pg_class c ON c.oid = con.conrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_class fc ON fc.oid = con.confrelid
+  JOIN pg_namespace fn ON fn.oid = fc.relnamespace
+ WHERE con.contype = 'f' AND con.conparentid = 0
+ ORDER BY n.nspname, c.relname, con.conname
+"""
+DELSET_15 = """ARRAY(SELECT a.attname FROM unnest(con.confdelsetcols) WITH ORDINALITY k(n, i)
+               JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.i)"""
+
+
 def read_foreign_keys(cur) -> list[ForeignKey]:
     """Top-level FKs (partition clones, conparentid <> 0, come back with their parent)."""
-    cur.execute(
-        """SELECT con.conname, n.nspname, c.relname, fn.nspname, fc.relname,
-                  pg_get_constraintdef(con.oid), con.convalidated
-             FROM pg_constraint con
-             JOIN pg_class c ON c.oid = con.conrelid
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-             JOIN pg_class fc ON fc.oid = con.confrelid
-             JOIN pg_namespace fn ON fn.oid = fc.relnamespace
-            WHERE con.contype = 'f' AND con.conparentid = 0
-            ORDER BY n.nspname, c.relname, con.conname"""
-    )
+    delset = DELSET_15 if cur.connection.server_version >= 150000 else "ARRAY[]::name[]"
+    cur.execute(FKEYS_SQL.format(delset=delset))
     out = []
-    for name, s, t, fs, ft, definition, validated in cur.fetchall():
+    for row in cur.fetchall():
+        (
+            name,
+            s,
+            t,
+            fs,
+            ft,
+            definition,
+            validated,
+            cols,
+            rcols,
+            match,
+            upd,
+            dele,
+            dfr,
+            dfd,
+            delset_cols,
+            comment,
+        ) = row
         if definition.endswith(" NOT VALID"):
             definition = definition[: -len(" NOT VALID")]
-        out.append(ForeignKey(name, (s, t), (fs, ft), definition, validated))
+        out.append(
+            ForeignKey(
+                name,
+                (s, t),
+                (fs, ft),
+                definition,
+                validated,
+                tuple(cols),
+                tuple(rcols),
+                match,
+                upd,
+                dele,
+                dfr,
+                dfd,
+                tuple(delset_cols or ()),
+                comment,
+            )
+        )
     return out
+
+
+@dataclass(frozen=True)
+class CheckConstraint:
+    """A NOT VALID CHECK on a destination table: COPY would check new rows against it, so
+    the load drops it after the TRUNCATE and re-adds it NOT VALID before the commit."""
+
+    name: str
+    definition: str  # pg_get_constraintdef, ends with NOT VALID
+    comment: str | None
+
+
+def read_not_valid_checks(cur, oids: Iterable[int]) -> dict[int, tuple[CheckConstraint, ...]]:
+    """Per table, its own (not inherited) NOT VALID CHECK constraints."""
+    cur.execute(
+        """SELECT con.conrelid, con.conname, pg_get_constraintdef(con.oid),
+                  obj_description(con.oid, 'pg_constraint')
+             FROM pg_constraint con
+            WHERE con.conrelid = ANY(%s) AND con.contype = 'c' AND NOT con.convalidated
+              AND con.coninhcount = 0
+            ORDER BY con.conrelid, con.conname""",
+        (list(oids),),
+    )
+    out: dict[int, list[CheckConstraint]] = {}
+    for relid, name, definition, comment in cur.fetchall():
+        out.setdefault(relid, []).append(CheckConstraint(name, definition, comment))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def read_triggers(cur, oids: Iterable[int]) -> dict[int, list[Trigger]]:
@@ -217,12 +368,47 @@ def read_sequences(cur) -> list[Sequence]:
     return [Sequence(s, n, (ts, tn) if tn else None) for s, n, ts, tn in cur.fetchall()]
 
 
-def read_matviews(cur) -> list[Key]:
-    """Populated materialized views, in dependency-safe (oid) order."""
+MATVIEWS_SQL = """
+WITH RECURSIVE dep(oid, depth) AS (
+    SELECT unnest(%s::oid[]), 0
+  UNION
+    -- a view or matview whose rewrite rule reads a relation already in the set
+    SELECT r.ev_class, dep.depth + 1
+      FROM dep
+      JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = dep.oid
+           AND d.classid = 'pg_rewrite'::regclass
+      JOIN pg_rewrite r ON r.oid = d.objid
+     WHERE r.ev_class <> dep.oid AND dep.depth < 50
+)
+SELECT n.nspname, c.relname, max(dep.depth)
+  FROM dep JOIN pg_class c ON c.oid = dep.oid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'm' AND c.relispopulated
+ GROUP BY c.oid, n.nspname, c.relname
+ ORDER BY max(dep.depth), c.oid
+"""
+
+
+def read_matviews(cur, loaded: Iterable[int]) -> list[Key]:
+    """Populated materialized views that read, directly or through views, one of the
+    ``loaded`` relations; those on others first (refresh order)."""
+    cur.execute(MATVIEWS_SQL, (list(loaded),))
+    return [(s, n) for s, n, _depth in cur.fetchall()]
+
+
+def large_objects(cur) -> int:
+    cur.execute("SELECT count(*) FROM pg_largeobject_metadata")
+    return int(cur.fetchone()[0])
+
+
+def rls_filtered(cur, oids: Iterable[int]) -> list[Key]:
+    """Tables whose row-level security applies to this session's role (row_security_active
+    answers for the role, whatever row_security is set to)."""
     cur.execute(
-        """SELECT n.nspname, c.relname FROM pg_class c
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind = 'm' AND c.relispopulated ORDER BY c.oid"""
+        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.oid = ANY(%s) AND c.relrowsecurity AND row_security_active(c.oid)
+            ORDER BY 1, 2""",
+        (list(oids),),
     )
     return [tuple(r) for r in cur.fetchall()]
 

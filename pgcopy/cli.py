@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pgcopy import __version__
 from pgcopy.codec import CODECS
 from pgcopy.errors import EXIT_CODES, PgcopyError, UsageError
-from pgcopy.log import Logger
+from pgcopy.log import Logger, safe_write
 from pgcopy.ui import OUTPUTS
 
 EPILOG = "exit codes:\n" + "\n".join(f"  {code:<4} {text}" for code, text in EXIT_CODES)
@@ -331,16 +331,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PgcopyError as exc:
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"pgcopy: error: {exc}\n")
+        safe_write(sys.stderr, f"pgcopy: error: {exc}\n")
         _to_logfile(log, f"pgcopy: error: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("pgcopy: interrupted\n")
+        safe_write(sys.stderr, "pgcopy: interrupted\n")
         return 130
     finally:
         if log.logfile is not None:
             log.logfile.close()
             log.logfile = None
+        safe_write(sys.stdout, "")  # a closed stdout must not fail the interpreter's last flush
     assert isinstance(code, int), f"command {args.command} returned {code!r}"
     return code
 

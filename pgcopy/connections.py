@@ -1,14 +1,28 @@
-"""Opening connections and describing them for humans.
+"""Opening connections, pinning their sessions, and describing them for humans.
 
 libpq does all the parsing: URIs, key=value strings, PG* variables, .pgpass and service
-files reach it untouched.  We only add ``application_name`` and turn its errors into one
-line that names the database without its password.
+files reach it untouched.  Every connection pgcopy opens goes through :func:`connect`,
+which pins the session the way pg_dump does, with ``SET`` after connecting (poolers
+reject the ``options`` startup parameter):
+
+- one common ``client_encoding`` on both ends, so the servers convert (or refuse);
+- ``DateStyle``, ``IntervalStyle``, ``extra_float_digits``, ``TimeZone``,
+  ``bytea_output``: text output that reads back as the same value anywhere;
+- no statement, idle or lock timeouts from the role or database (the destination's DDL
+  sets ``--lock-timeout`` itself), so a production role's limits cannot kill the
+  snapshot or a long COPY;
+- ``client_connection_check_interval`` (14+): a backend whose pgcopy process died stops
+  its work instead of holding locks until its statement ends;
+- on the source, ``row_security = off`` (a read a policy would filter is an error, never
+  a subset) and read-only transactions.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
+import secrets
+import socket
+from dataclasses import dataclass
 
 import psycopg2
 import psycopg2.extensions
@@ -18,30 +32,82 @@ from pgcopy.errors import PgcopyError, UsageError
 APPLICATION_NAME = "pgcopy"
 DEFAULT_CONNECT_TIMEOUT = "10"
 
+PINNED = (
+    ("DateStyle", "ISO"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("TimeZone", "UTC"),
+    ("bytea_output", "hex"),
+    ("statement_timeout", "0"),
+    ("lock_timeout", "0"),
+    ("idle_in_transaction_session_timeout", "0"),
+)
+PINNED_14 = (("idle_session_timeout", "0"), ("client_connection_check_interval", "1s"))
+
+
+@dataclass(frozen=True)
+class Session:
+    """What every connection of one run sets; picklable, so workers pin the same way.
+
+    ``run_id`` names the run in ``application_name`` (``pgcopy:<host>:<pid>:<token>``):
+    the destination sees who holds its run lock, and the coordinator finds its own
+    backends to cancel them on a stop."""
+
+    run_id: str
+    client_encoding: str | None = None  # None: leave libpq's default (one side only)
+
+    @classmethod
+    def new(cls) -> Session:
+        host = socket.gethostname().split(".")[0][:24]
+        return cls(f"{host}:{os.getpid()}:{secrets.token_hex(4)}")
+
+    @property
+    def app_name(self) -> str:
+        return f"{APPLICATION_NAME}:{self.run_id}"[:63]
+
+    def with_encoding(self, encoding: str) -> Session:
+        return Session(self.run_id, encoding)
+
+
+def common_encoding(src, dst) -> str:
+    """The client_encoding both sides use: theirs when equal (no conversion), else UTF8."""
+    s = src.get_parameter_status("server_encoding")
+    d = dst.get_parameter_status("server_encoding")
+    return s if s == d and s else "UTF8"
+
 
 def parse(dsn: str) -> dict[str, str]:
-    """libpq's own parse of a URI or key=value string (PQconninfoParse)."""
+    """libpq's own parse of a URI or key=value string (PQconninfoParse).
+
+    libpq's parse errors quote the text around the fault, which may be a password: the
+    message names only the kind of fault."""
     try:
         return psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError as exc:
-        raise UsageError(f"invalid connection string: {str(exc).strip()}") from None
+        kind = str(exc).strip().split(":")[0].split('"')[0].strip() or "malformed"
+        raise UsageError(f"invalid connection string ({kind})") from None
 
 
 def describe(dsn: str) -> str:
-    """``user@host:port/dbname`` for any connection string; never the password.
+    """``user@host:port/dbname`` from a connection string; never the password.
 
-    Values the string leaves out are taken from the PG* variables or libpq's defaults,
-    the same way libpq will pick them when it connects.
-    """
+    Only for a string not yet connected; once connected, use :func:`describe_conn`."""
     p = parse(dsn)
+    if "service" in p and not {"host", "dbname"} <= p.keys():
+        return f"service={p['service']}"
     env = os.environ
-    user = p.get("user") or env.get("PGUSER") or getpass.getuser()
+    user = p.get("user") or env.get("PGUSER") or "(default user)"
     host = p.get("host") or p.get("hostaddr") or env.get("PGHOST") or "localhost"
     port = p.get("port") or env.get("PGPORT") or "5432"
     dbname = p.get("dbname") or env.get("PGDATABASE") or user
-    if "service" in p and not {"host", "dbname"} <= p.keys():
-        return f"service={p['service']}"
     return f"{user}@{host}:{port}/{dbname}"
+
+
+def describe_conn(conn) -> str:
+    """``user@host:port/dbname`` of the connection actually made (libpq's PQuser/PQhost...)."""
+    info = conn.info
+    host = info.host or "localhost"
+    return f"{info.user}@{host}:{info.port}/{info.dbname}"
 
 
 def _one_line(exc: Exception) -> str:
@@ -55,17 +121,42 @@ def _one_line(exc: Exception) -> str:
     return first
 
 
-def connect(dsn: str, role: str, *, readonly: bool = False) -> psycopg2.extensions.connection:
-    """Open a connection for ``role`` ('source' or 'destination')."""
-    extra: dict[str, str] = {"application_name": APPLICATION_NAME}
-    if "connect_timeout" not in parse(dsn) and "PGCONNECT_TIMEOUT" not in os.environ:
+def pin(conn, side: str, session: Session, *, readonly: bool = False) -> None:
+    """Set the run's session settings on a fresh connection (see the module docstring)."""
+    if session.client_encoding:
+        conn.set_client_encoding(session.client_encoding)
+    cur = conn.cursor()
+    settings = list(PINNED)
+    if conn.server_version >= 140000:
+        settings += PINNED_14
+    if side == "source":
+        settings.append(("row_security", "off"))
+    if side == "source" or readonly:
+        settings.append(("default_transaction_read_only", "on"))
+    for name, value in settings:
+        cur.execute(f"SET {name} = %s", (value,))  # names are our constants
+    conn.commit()
+
+
+def connect(
+    dsn: str, side: str, session: Session | None = None, *, readonly: bool = False
+) -> psycopg2.extensions.connection:
+    """Open and pin a connection for ``side`` ('source' or 'destination')."""
+    session = session or Session.new()
+    parsed = parse(dsn)
+    extra: dict[str, str] = {"application_name": session.app_name}
+    if "connect_timeout" not in parsed and "PGCONNECT_TIMEOUT" not in os.environ:
         extra["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
-    if readonly:
-        extra["options"] = (parse(dsn).get("options", "") + " -c default_transaction_read_only=on").strip()
     try:
         conn = psycopg2.connect(dsn, **extra)
     except psycopg2.Error as exc:
-        raise PgcopyError(f"cannot connect to {role} {describe(dsn)}: {_one_line(exc)}") from None
+        raise PgcopyError(f"cannot connect to {side} {describe(dsn)}: {_one_line(exc)}") from None
+    try:
+        pin(conn, side, session, readonly=readonly)
+    except psycopg2.Error as exc:
+        where = describe_conn(conn)
+        conn.close()
+        raise PgcopyError(f"cannot set up the {side} session ({where}): {_one_line(exc)}") from None
     return conn
 
 

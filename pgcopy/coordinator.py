@@ -7,21 +7,36 @@
 Tasks are queued largest first.  The coordinator waits on the result queue and on the
 workers' sentinels: a worker that dies without saying "exit" loses only its table in
 flight (its destination transaction is rolled back by the server), and when every worker
-is gone the tables never started are reported as not copied.  On a stop request the
-workers are terminated: closing their connections rolls back every table in flight.
+is gone the tables never started are reported as not copied.
+
+A stop (Ctrl-C, SIGTERM, SIGHUP, q) sets an event the workers check before taking a
+table, cancels the run's statements on the destination server (a COPY, an index build),
+terminates the workers, and waits until their backends are gone, so nothing of the run
+still holds a lock when the foreign keys are restored.  Workers die with the coordinator
+(PR_SET_PDEATHSIG), so a killed coordinator leaves no worker committing tables.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pgcopy.plan import CopyTask
 from pgcopy.progress import ProgressBus
 from pgcopy.stream import TableResult
 from pgcopy.worker import WorkerSpec, worker_main
+
+
+class Backends(Protocol):
+    """The run's own sessions on the destination server."""
+
+    def cancel(self) -> None: ...
+    def wait_gone(self) -> None: ...
 
 
 class Reporter:
@@ -40,6 +55,7 @@ class LoadOutcome:
     rolled_back: list[tuple[str, str]] = field(default_factory=list)  # in flight at a stop
     not_started: list[tuple[str, str]] = field(default_factory=list)
     stopped: bool = False
+    cancelled: set[tuple[str, str]] = field(default_factory=set)  # failed after the stop
     worker_usage: list[dict] = field(default_factory=list)  # per worker that exited cleanly
 
 
@@ -58,8 +74,10 @@ def run_load(
     reporter: Reporter,
     stop_requested: Callable[[], bool],
     bus: ProgressBus | None = None,
+    backends: Backends | None = None,
 ) -> LoadOutcome:
     ctx = spawn_context()
+    stop_event = ctx.Event()
     nworkers = workers_for(parallel, tasks)
     task_q = ctx.Queue()
     # Bounded, yet a put can never block: a run sends at most one start and one result per
@@ -72,7 +90,7 @@ def run_load(
     procs = {
         wid: ctx.Process(
             target=worker_main,
-            args=(wid, spec, task_q, result_q, bus.array if bus else None),
+            args=(wid, spec, task_q, result_q, bus.array if bus else None, stop_event, os.getpid()),
             name=f"pgcopy-worker-{wid}",
             daemon=True,
         )
@@ -107,7 +125,14 @@ def run_load(
                 continue
             _handle(kind, wid, payload, out, in_flight, finished, alive, reporter)
     finally:
-        if out.stopped or alive:
+        aborting = out.stopped or bool(alive)
+        if aborting:
+            stop_event.set()
+            if backends is not None:
+                backends.cancel()  # the server stops the statements; the workers roll back
+            deadline = time.monotonic() + 3
+            for p in procs.values():
+                p.join(timeout=max(0.0, deadline - time.monotonic()))
             for p in procs.values():
                 if p.is_alive():
                     p.terminate()
@@ -117,7 +142,13 @@ def run_load(
                 p.kill()
                 p.join()
         _drain(result_q, out, in_flight, finished, set(), reporter)
-        out.rolled_back = sorted(in_flight.values())
+        if backends is not None and aborting:
+            backends.wait_gone()
+        if out.stopped:  # tables failed by the cancel were rolled back, not broken
+            out.rolled_back = sorted({*in_flight.values(), *out.cancelled})
+            out.failed = [r for r in out.failed if r.key not in out.cancelled]
+        else:
+            out.rolled_back = sorted(in_flight.values())
         finished |= set(out.rolled_back)
         out.not_started = [t.key for t in tasks if t.key not in finished]
         task_q.cancel_join_thread()
@@ -129,6 +160,10 @@ def _handle(kind, wid, payload, out: LoadOutcome, in_flight, finished, alive, re
     if kind == "start":
         in_flight[wid] = payload
         reporter.table_started(payload)
+    elif kind == "failed" and out.stopped:
+        in_flight.pop(wid, None)
+        finished.add(payload.key)
+        out.cancelled.add(payload.key)
     elif kind in ("done", "failed"):
         in_flight.pop(wid, None)
         finished.add(payload.key)

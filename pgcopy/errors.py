@@ -11,6 +11,7 @@ EXIT_USAGE = 2  # bad command line or a preflight refusal; nothing was changed
 EXIT_CANCELLED = 3  # the user declined the confirmation prompt; nothing was changed
 EXIT_PARTIAL = 4  # the run finished but some tables failed or an FK could not be validated
 EXIT_SIGINT = 130  # interrupted by Ctrl-C (SIGINT)
+EXIT_SIGHUP = 129  # hangup: the terminal or SSH session closed
 EXIT_SIGTERM = 143  # terminated by SIGTERM
 
 EXIT_CODES = [
@@ -20,6 +21,7 @@ EXIT_CODES = [
     (EXIT_CANCELLED, "cancelled at the confirmation prompt; nothing was changed"),
     (EXIT_PARTIAL, "partial failure: some tables failed or a foreign key stayed NOT VALID"),
     (EXIT_SIGINT, "interrupted by SIGINT (Ctrl-C); tables in flight rolled back"),
+    (EXIT_SIGHUP, "stopped by SIGHUP (terminal or SSH session closed); tables in flight rolled back"),
     (EXIT_SIGTERM, "terminated by SIGTERM; tables in flight rolled back"),
 ]
 

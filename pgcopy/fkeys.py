@@ -1,32 +1,48 @@
 """Dropping foreign keys before the load and putting them back after it.
 
-Re-creation is ``ADD CONSTRAINT … NOT VALID`` (quick, one short lock) followed by
-``VALIDATE CONSTRAINT`` on N connections in parallel.  Before PostgreSQL 18 an FK on a
-partitioned table cannot be NOT VALID, so those are added validated in one step.
+Re-creation is ``ADD CONSTRAINT … NOT VALID`` (quick, one short lock) in batched
+transactions, then ``VALIDATE CONSTRAINT`` on a few reused connections in parallel; the
+FKs of one table are validated one after another (two VALIDATEs on one table wait on each
+other's lock).  Before PostgreSQL 18 an FK on a partitioned table cannot be NOT VALID, so
+those are added validated in one step.
+
+An FK is restored only when it exists with exactly the journal's definition, validity and
+comment; one that is present but NOT VALID while the journal says it was valid is
+validated, so a crash can never downgrade an FK for good.
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from psycopg2 import sql
 
-from pgcopy import catalog
+from pgcopy import catalog, failpoints
 from pgcopy.catalog import ForeignKey, qualname
-from pgcopy.connections import connect, error_line
+from pgcopy.connections import Session, connect, error_line
+
+# FKs dropped or added per transaction: each takes about six lock-table entries, and a
+# default server has 64 per connection slot to share (max_locks_per_transaction).
+BATCH = 100
 
 
 @dataclass
 class RestoreOutcome:
-    restored: list[ForeignKey] = field(default_factory=list)  # present with the journal's validity
+    restored: list[ForeignKey] = field(default_factory=list)  # exactly as journaled
     not_valid: list[tuple[ForeignKey, str]] = field(default_factory=list)  # validation failed
     missing: list[tuple[ForeignKey, str]] = field(default_factory=list)  # could not be re-created
 
     @property
-    def complete(self) -> bool:
-        """Every FK exists again (some perhaps NOT VALID, which is reported)."""
+    def present(self) -> bool:
+        """Every FK exists again (some perhaps NOT VALID)."""
         return not self.missing
+
+    @property
+    def complete(self) -> bool:
+        """Every FK exists exactly as journaled: only then may the journal go."""
+        return not self.missing and not self.not_valid
 
 
 def _alter(fk: ForeignKey, action: str) -> sql.Composed:
@@ -35,18 +51,24 @@ def _alter(fk: ForeignKey, action: str) -> sql.Composed:
 
 def session_setup(cur, lock_timeout: str) -> None:
     # pg_catalog only: pg_get_constraintdef then qualifies every user object, so the
-    # definitions we store and replay do not depend on anyone's search_path.
+    # definitions we store and compare do not depend on anyone's search_path.
     cur.execute("SET search_path = pg_catalog")
     cur.execute("SET lock_timeout = %s", (lock_timeout,))
 
 
+def _batches(items: list, size: int = BATCH):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
 def drop_all(conn, fkeys: list[ForeignKey], lock_timeout: str) -> None:
-    """Drop in one transaction: all of them or none."""
+    """Drop in batched transactions (the journal, written first, holds all of them)."""
     cur = conn.cursor()
-    cur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
-    for fk in fkeys:
-        cur.execute(_alter(fk, "DROP CONSTRAINT IF EXISTS {}"))
-    conn.commit()
+    for batch in _batches(fkeys):
+        cur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
+        for fk in batch:
+            cur.execute(_alter(fk, "DROP CONSTRAINT IF EXISTS {}"))
+        conn.commit()
 
 
 def _present(conn) -> dict[tuple, ForeignKey]:
@@ -56,71 +78,160 @@ def _present(conn) -> dict[tuple, ForeignKey]:
     return out
 
 
-def _partitioned(conn, fk: ForeignKey) -> bool:
-    """Does the FK touch a partitioned table on either side?
+def _partitioned(conn, fkeys: list[ForeignKey]) -> set[tuple]:
+    """FKs touching a partitioned table on either side.
 
     Before PostgreSQL 18 such an FK cannot be NOT VALID on the referencing side, and on
-    the referenced side VALIDATE leaves the per-partition clones marked NOT VALID
-    (seen on 15), so these are added validated in one step."""
+    the referenced side VALIDATE leaves the per-partition clones marked NOT VALID (seen on
+    15), so these are added validated in one step."""
     cur = conn.cursor()
     cur.execute(
-        "SELECT bool_or(relkind = 'p') FROM pg_class WHERE oid IN (%s::regclass, %s::regclass)",
-        (qualname(fk.table), qualname(fk.ref_table)),
+        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'p'"""
     )
-    row = cur.fetchone()
+    parts = {tuple(r) for r in cur.fetchall()}
     conn.rollback()
-    return bool(row and row[0])
+    return {(fk.table, fk.name) for fk in fkeys if fk.table in parts or fk.ref_table in parts}
 
 
-def restore_all(dsn: str, fkeys: list[ForeignKey], parallel: int, lock_timeout: str) -> RestoreOutcome:
-    """Re-create every FK in ``fkeys`` that is not there, then validate in parallel."""
+def _add(cur, fk: ForeignKey, validated_now: bool) -> None:
+    add = _alter(fk, "ADD CONSTRAINT {} ") + fk.ddl()
+    cur.execute(add if validated_now else add + sql.SQL(" NOT VALID"))
+    if fk.comment is not None:
+        cur.execute(
+            sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS %s").format(
+                sql.Identifier(fk.name), sql.Identifier(*fk.table)
+            ),
+            (fk.comment,),
+        )
+
+
+def _add_missing(conn, fkeys: list[ForeignKey], out: RestoreOutcome) -> list[ForeignKey]:
+    """Re-create absent FKs; return those to validate (absent or present NOT VALID)."""
+    present = _present(conn)
+    partitioned = _partitioned(conn, fkeys)
+    to_add, to_validate = [], []
+    for fk in fkeys:
+        now = present.get((fk.table, fk.name))
+        if now is None:
+            to_add.append(fk)
+        elif now.definition != fk.definition:
+            out.missing.append((fk, f"another constraint of that name exists: {now.definition}"))
+        elif fk.validated and not now.validated:
+            to_validate.append(fk)
+    cur = conn.cursor()
+    for batch in _batches(to_add):
+        for fk in batch:
+            one_step = fk.validated and (fk.table, fk.name) in partitioned
+            cur.execute("SAVEPOINT pgcopy_fk")
+            try:
+                _add(cur, fk, validated_now=one_step)
+                cur.execute("RELEASE SAVEPOINT pgcopy_fk")
+            except Exception as exc:
+                cur.execute("ROLLBACK TO SAVEPOINT pgcopy_fk")
+                out.missing.append((fk, error_line(exc)))
+                continue
+            if fk.validated and not one_step:
+                to_validate.append(fk)
+        conn.commit()
+    return to_validate
+
+
+class _Validator:
+    """VALIDATE on reused connections, one per thread; FKs of one table in order."""
+
+    def __init__(self, dsn: str, session: Session, lock_timeout: str):
+        self.dsn, self.session, self.lock_timeout = dsn, session, lock_timeout
+        self._local = threading.local()
+        self._conns: list = []
+        self._lock = threading.Lock()
+
+    def _conn(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.dsn, "destination", self.session)
+            session_setup(conn.cursor(), self.lock_timeout)
+            conn.commit()
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return conn
+
+    def group(self, fks: list[ForeignKey]) -> list[tuple[ForeignKey, str | None]]:
+        out = []
+        for fk in fks:
+            try:
+                conn = self._conn()
+            except Exception as exc:
+                out.append((fk, str(exc)))
+                continue
+            try:
+                conn.cursor().execute(_alter(fk, "VALIDATE CONSTRAINT {}"))
+                failpoints.hit("during-validate")
+                conn.commit()
+                out.append((fk, None))
+            except Exception as exc:
+                conn.rollback()
+                out.append((fk, error_line(exc)))
+        return out
+
+    def cancel(self) -> None:
+        with self._lock:
+            for conn in self._conns:
+                try:
+                    conn.cancel()
+                except Exception:
+                    pass
+
+    def close(self) -> None:
+        for conn in self._conns:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+def _validate(dsn, session, lock_timeout, fkeys: list[ForeignKey], parallel: int) -> dict[tuple, str]:
+    groups: dict[tuple, list[ForeignKey]] = {}
+    for fk in fkeys:
+        groups.setdefault(fk.table, []).append(fk)
+    failed: dict[tuple, str] = {}
+    if not groups:
+        return failed
+    v = _Validator(dsn, session, lock_timeout)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(groups)))) as pool:
+            try:
+                for results in pool.map(v.group, groups.values()):
+                    for fk, err in results:
+                        if err:
+                            failed[(fk.table, fk.name)] = err
+            except KeyboardInterrupt:  # abandon: stop the server work before leaving
+                v.cancel()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    finally:
+        v.close()
+    return failed
+
+
+def restore_all(
+    dsn: str, fkeys: list[ForeignKey], parallel: int, lock_timeout: str, session: Session | None = None
+) -> RestoreOutcome:
+    """Put every FK of ``fkeys`` back exactly as recorded, then check what is there."""
+    session = session or Session.new()
     out = RestoreOutcome()
-    conn = connect(dsn, "destination")
+    conn = connect(dsn, "destination", session)
     try:
         session_setup(conn.cursor(), lock_timeout)
         conn.commit()
-        present = _present(conn)
-        to_validate: list[ForeignKey] = []
-        for fk in fkeys:
-            if (fk.table, fk.name) in present:
-                continue
-            cur = conn.cursor()
-            try:
-                add = _alter(fk, "ADD CONSTRAINT {} ") + sql.SQL(fk.definition)
-                if fk.validated and _partitioned(conn, fk):
-                    cur.execute(add)
-                else:
-                    cur.execute(add + sql.SQL(" NOT VALID"))
-                    if fk.validated:
-                        to_validate.append(fk)
-                conn.commit()
-            except Exception as exc:
-                conn.rollback()
-                out.missing.append((fk, error_line(exc)))
+        to_validate = _add_missing(conn, fkeys, out)
     finally:
         conn.close()
+    failpoints.hit("after-add")
+    failed = _validate(dsn, session, lock_timeout, to_validate, parallel)
 
-    def validate(fk: ForeignKey) -> tuple[ForeignKey, str | None]:
-        c = connect(dsn, "destination")
-        try:
-            session_setup(c.cursor(), lock_timeout)
-            c.cursor().execute(_alter(fk, "VALIDATE CONSTRAINT {}"))
-            c.commit()
-            return fk, None
-        except Exception as exc:
-            return fk, error_line(exc)
-        finally:
-            c.close()
-
-    failed: dict[tuple, str] = {}
-    if to_validate:
-        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-            for fk, err in pool.map(validate, to_validate):
-                if err:
-                    failed[(fk.table, fk.name)] = err
-
-    # check what is there now against what was asked for
-    conn = connect(dsn, "destination")
+    conn = connect(dsn, "destination", session)
     try:
         session_setup(conn.cursor(), lock_timeout)
         present = _present(conn)
@@ -133,16 +244,14 @@ def restore_all(dsn: str, fkeys: list[ForeignKey], parallel: int, lock_timeout: 
         if key in missing_keys:
             continue
         if now is None or now.definition != fk.definition:
-            out.missing.append(
-                (
-                    fk,
-                    "not found after re-creation" if now is None else f"definition differs: {now.definition}",
-                )
-            )
-        elif now.validated == fk.validated:
-            out.restored.append(fk)
-        else:
+            why = "not found after re-creation" if now is None else f"definition differs: {now.definition}"
+            out.missing.append((fk, why))
+        elif fk.validated and not now.validated:
             out.not_valid.append((fk, failed.get(key, "left NOT VALID")))
+        elif now.comment != fk.comment:
+            out.missing.append((fk, "its comment differs from the journal's"))
+        else:
+            out.restored.append(fk)
     return out
 
 

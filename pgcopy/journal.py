@@ -1,50 +1,112 @@
 """The durable record of dropped foreign keys, written and fsynced *before* any drop.
 
-One file per destination database, named after its identity (system identifier and
-database oid), so a later `copy` or `recover` to the same database finds it.
+One file per destination database.  Its name comes from the database's identity (system
+identifier and oid) *and* the server the connection reached (host, port, name): two
+physical clones of one production database share the first two, never the last.
+
+The journal keeps each FK's original definition, validity and comment until that FK
+exists on the destination in exactly that state, and names the run that wrote it (host,
+pid, run id), so a journal whose run still holds the destination's run lock is never
+mistaken for an interrupted one.  Like ssh with its keys, pgcopy refuses a state
+directory or journal that other users can write: the journal's contents become DDL.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
+import tempfile
 import time
 from pathlib import Path
 
 from pgcopy.catalog import ForeignKey
+from pgcopy.errors import PgcopyError
+
+JOURNAL_VERSION = 2
+
+
+class JournalError(PgcopyError):
+    pass
+
+
+def _check_private(path: Path, what: str) -> None:
+    st = path.lstat()
+    if stat.S_ISLNK(st.st_mode):
+        raise JournalError(f"{what} {path} is a symbolic link; refusing to use it")
+    if st.st_uid != os.geteuid():
+        raise JournalError(f"{what} {path} belongs to uid {st.st_uid}, not to this user; refusing to use it")
+    if st.st_mode & 0o022:
+        raise JournalError(
+            f"{what} {path} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"refusing to use it: chmod go-w {path}"
+        )
 
 
 class Journal:
-    def __init__(self, state_dir: Path, identity: tuple[str, int, str]):
+    def __init__(self, state_dir: Path, identity: tuple[str, int, str], server: str):
         sysid, dboid, _name = identity
-        self.path = Path(state_dir) / f"fkeys-{sysid}-{dboid}.json"
+        where = hashlib.sha256(server.encode()).hexdigest()[:12]
+        self.dir = Path(state_dir)
+        self.path = self.dir / f"fkeys-{sysid}-{dboid}-{where}.json"
+
+    def _ensure_dir(self) -> None:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _check_private(self.dir, "state directory")
 
     def exists(self) -> bool:
         return self.path.exists()
 
-    def write(self, fkeys: list[ForeignKey], destination: str) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def write(self, fkeys: list[ForeignKey], destination: str, owner: str) -> None:
+        """Atomically replace the journal: unique temp file (0600), fsync, rename, fsync dir."""
+        self._ensure_dir()
         body = {
+            "version": JOURNAL_VERSION,
             "destination": destination,
+            "owner": owner,
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "pid": os.getpid(),
             "fkeys": [fk.as_dict() for fk in fkeys],
         }
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(body, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-        dirfd = os.open(self.path.parent, os.O_RDONLY)
+        fd, tmp = tempfile.mkstemp(prefix=".fkeys-", suffix=".tmp", dir=self.dir)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(body, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self._fsync_dir()
+
+    def _fsync_dir(self) -> None:
+        dirfd = os.open(self.dir, os.O_RDONLY)
         try:
             os.fsync(dirfd)  # make the rename itself durable
         finally:
             os.close(dirfd)
 
+    def _load(self) -> dict:
+        _check_private(self.dir, "state directory")
+        _check_private(self.path, "journal")
+        try:
+            with open(self.path) as fh:
+                body = json.load(fh)
+            if not isinstance(body, dict) or not isinstance(body.get("fkeys"), list):
+                raise ValueError("no list of foreign keys")
+            body["fkeys"] = [ForeignKey.from_dict(d) for d in body["fkeys"]]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise JournalError(f"journal {self.path} is damaged ({exc}); refusing to replay it") from None
+        return body
+
     def read(self) -> list[ForeignKey]:
-        with open(self.path) as fh:
-            return [ForeignKey.from_dict(d) for d in json.load(fh)["fkeys"]]
+        return self._load()["fkeys"]
+
+    def owner(self) -> str:
+        return str(self._load().get("owner") or "an unknown run")
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+        if self.dir.exists():
+            self._fsync_dir()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -12,9 +13,28 @@ from typing import TextIO
 LEVELS = ("DEBUG", "INFO", "DONE", "WARN", "ERROR")
 
 
+def silence_broken_output(stream: TextIO) -> None:
+    """Point ``stream`` (stdout or stderr) at /dev/null once its reader has gone, so later
+    writes and the interpreter's final flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError):
+        pass
+    os.close(devnull)
+
+
+def safe_write(stream: TextIO, text: str) -> None:
+    try:
+        stream.write(text)
+        stream.flush()
+    except (BrokenPipeError, OSError, ValueError):
+        silence_broken_output(stream)
+
+
 @dataclass
 class Logger:
-    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    stream: TextIO | None = field(default_factory=lambda: sys.stderr)
     debug_enabled: bool = False
     warnings: list[str] = field(default_factory=list)
     # a live display takes the lines over while it runs (see pgcopy.ui)
@@ -42,9 +62,23 @@ class Logger:
             if self.sink is not None:
                 self.sink(text)
             else:
-                self.stream.write(text + "\n")
+                self._write(text + "\n")
         if self.sink is None:
-            self.stream.flush()
+            self._write(None)
+
+    def _write(self, text: str | None) -> None:
+        """A closed terminal or pipe (`| head`, a dropped SSH session) never stops a run:
+        its lines are dropped from then on; --log-file keeps them."""
+        if self.stream is None:
+            return
+        try:
+            if text is not None:
+                self.stream.write(text)
+            else:
+                self.stream.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            silence_broken_output(self.stream)
+            self.stream = None
 
     def debug(self, message: str) -> None:
         self.emit("DEBUG", message)

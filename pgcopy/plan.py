@@ -7,10 +7,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pgcopy import catalog, formats, patterns
+from pgcopy import catalog, formats, patterns, preflight
 from pgcopy.catalog import ForeignKey, Key, Sequence, Table, Trigger, qualname
 from pgcopy.errors import PreflightError
 from pgcopy.log import Logger
+
+
+@dataclass(frozen=True)
+class SequenceValue:
+    """A sequence's state on the source, read right after the snapshot was taken."""
+
+    key: Key
+    last_value: int
+    is_called: bool
 
 
 @dataclass(frozen=True)
@@ -30,6 +39,10 @@ class CopyTask:
     data_bytes: int = 0  # heap + TOAST on the source: what the stream is estimated from
     # indexes dropped after the TRUNCATE and rebuilt after the COPY, in the same transaction
     indexes: tuple[catalog.Index, ...] = ()
+    # NOT VALID CHECKs set aside after the TRUNCATE and re-added NOT VALID before the commit
+    checks: tuple[catalog.CheckConstraint, ...] = ()
+    # sequences this table owns, set inside its load transaction (see stream.set_sequences)
+    sequences: tuple[SequenceValue, ...] = ()
 
     @property
     def qualname(self) -> str:
@@ -44,53 +57,10 @@ class Plan:
     matviews: list[Key]
     replica: bool
     ancestors: dict[Key, tuple[Key, ...]] = field(default_factory=dict)  # partition -> parents
-
-
-def _leaves_of(tables: list[Table]) -> dict[Key, list[Key]]:
-    """Every table -> the leaf tables it stands for (itself unless partitioned)."""
-    out: dict[Key, list[Key]] = {}
-    for t in tables:
-        if t.kind != "partitioned parent":
-            out.setdefault(t.key, []).append(t.key)
-            for anc in t.ancestors:
-                out.setdefault(anc, []).append(t.key)
-    for t in tables:
-        out.setdefault(t.key, [])
-    return out
-
-
-def _compare_columns(key: Key, src: list[catalog.Column], dst: list[catalog.Column]) -> list[str]:
-    s = {c.name: c for c in src}
-    d = {c.name: c for c in dst}
-    diffs = []
-    for name in s.keys() - d.keys():
-        diffs.append(f"column {name!r} ({s[name].type}) missing on the destination")
-    for name in d.keys() - s.keys():
-        diffs.append(f"column {name!r} ({d[name].type}) exists only on the destination")
-    for name in s.keys() & d.keys():
-        if s[name].type != d[name].type:
-            diffs.append(
-                f"column {name!r} is {s[name].type} on the source but {d[name].type} on the destination"
-            )
-        elif s[name].generated != d[name].generated:
-            diffs.append(f"column {name!r} is generated on one side only")
-    return [f"table {qualname(key)}: {d}" for d in sorted(diffs)]
-
-
-def _privileges(cur, query: str, oids: list[int]) -> list[tuple]:
-    cur.execute(query, (oids,))
-    return cur.fetchall()
-
-
-SRC_PRIVS = """
-SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.oid = ANY(%s) AND NOT has_table_privilege(c.oid, 'SELECT')
-"""
-DST_PRIVS = """
-SELECT n.nspname, c.relname, has_table_privilege(c.oid, 'TRUNCATE'),
-       has_table_privilege(c.oid, 'INSERT'), pg_has_role(c.relowner, 'USAGE')
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY(%s)
-"""
+    large_objects: int = 0  # on the source; not copied
+    owned_sequences: set[Key] = field(default_factory=set)  # destination sequences the role owns
+    sequence_values: dict[Key, SequenceValue] = field(default_factory=dict)  # read after the snapshot
+    sequences_in_load: set[Key] = field(default_factory=set)  # set inside their table's load
 
 
 def replica_allowed(cur) -> bool:
@@ -104,152 +74,83 @@ def replica_allowed(cur) -> bool:
     return False
 
 
-def build_plan(
-    src_cur,
-    dst_cur,
-    include,
-    exclude,
-    log: Logger,
-    requested_format: str = "auto",
-    index_rebuild_bytes: int | None = None,
-) -> Plan:
-    problems: list[str] = []
+@dataclass(frozen=True)
+class PlanInputs:
+    """What the plan depends on besides the two catalogs."""
+
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    requested_format: str = "auto"
+    index_rebuild_bytes: int | None = None
+
+
+def build_plan(src_cur, dst_cur, inputs: PlanInputs, log: Logger) -> Plan:
+    """Read both catalogs, run every preflight check (all problems at once), then plan."""
     src_tables = catalog.read_tables(src_cur)
     dst_tables = catalog.read_tables(dst_cur)
-    matched = patterns.select_or_refuse(src_tables, include, exclude, log.warn)
+    matched = patterns.select_or_refuse(src_tables, inputs.include, inputs.exclude, log.warn)
     selected = [t for t in matched if t.kind != "partitioned parent"]
     if not selected:
         raise PreflightError(["no table matches the selection"])
-
-    dst_by_key = {t.key: t for t in dst_tables}
-    missing = [t for t in selected if t.key not in dst_by_key]
-    problems += [f"table {t.qualname} does not exist on the destination" for t in missing]
-    present = [t for t in selected if t.key in dst_by_key]
-
-    src_cols = catalog.read_columns(src_cur, [t.oid for t in present])
-    dst_cols = catalog.read_columns(dst_cur, [dst_by_key[t.key].oid for t in present])
-    for t in present:
-        problems += _compare_columns(t.key, src_cols.get(t.oid, []), dst_cols.get(dst_by_key[t.key].oid, []))
-
-    # FKs on the destination that touch a selected table (or a partitioned ancestor of one)
-    sel_keys = {t.key for t in selected}
-    rel_set = sel_keys | {a for t in selected for a in t.ancestors}
-    leaves = _leaves_of(dst_tables)
-    fkeys = [
-        fk for fk in catalog.read_foreign_keys(dst_cur) if fk.table in rel_set or fk.ref_table in rel_set
-    ]
-    for fk in fkeys:
-        if fk.ref_table not in rel_set:
-            continue
-        for leaf in leaves.get(fk.table, [fk.table]):
-            if leaf not in sel_keys:
-                problems.append(
-                    f"destination table {qualname(leaf)} is not selected but its foreign key "
-                    f"{fk.name} references selected table {qualname(fk.ref_table)}: loading it "
-                    f"would break that key; add {qualname(leaf)} to --include or exclude "
-                    f"{qualname(fk.ref_table)}"
-                )
-
-    # privileges
-    for s, n in _privileges(src_cur, SRC_PRIVS, [t.oid for t in selected]):
-        problems.append(f"no SELECT privilege on source table {qualname((s, n))}")
-    dst_oids = [dst_by_key[t.key].oid for t in present]
-    triggers = catalog.read_triggers(dst_cur, dst_oids)
-    needs_owner = {fk.table for fk in fkeys} | {k for k in dst_by_key if dst_by_key[k].oid in triggers}
-    fk_tables = [dst_by_key[k].oid for k in needs_owner if k in dst_by_key]
-    owned: set[Key] = set()
-    for s, n, can_truncate, can_insert, owner in _privileges(
-        dst_cur, DST_PRIVS, sorted(set(dst_oids + fk_tables))
-    ):
-        key = (s, n)
-        if owner:
-            owned.add(key)
-        lacks = []
-        if key in sel_keys and not can_truncate:
-            lacks.append("TRUNCATE")
-        if key in sel_keys and not can_insert:
-            lacks.append("INSERT")
-        if key in needs_owner and not owner:
-            why = (
-                "to drop and re-add its foreign keys"
-                if any(fk.table == key for fk in fkeys)
-                else "to hold off its triggers"
-            )
-            lacks.append(f"ownership ({why})")
-        if lacks:
-            problems.append(f"destination table {qualname(key)}: missing {', '.join(lacks)}")
-
-    # sequences: owned by a selected table (or its parent), or standalone and matching
-    seqs = []
-    inc, exc = patterns.parse_patterns(include), patterns.parse_patterns(exclude)
-    for seq in catalog.read_sequences(src_cur):
-        if seq.owner_table is not None:
-            if seq.owner_table in rel_set:
-                seqs.append(seq)
-        elif (not inc or any(p.matches(*seq.key) for p in inc)) and not any(p.matches(*seq.key) for p in exc):
-            seqs.append(seq)
-    dst_seqs = {s.key for s in catalog.read_sequences(dst_cur)}
-    for seq in seqs:
-        if seq.key not in dst_seqs:
-            problems.append(f"sequence {qualname(seq.key)} does not exist on the destination")
-    if seqs:
-        src_cur.execute(
-            "SELECT s FROM unnest(%s::text[]) s WHERE NOT has_sequence_privilege(s, 'SELECT')",
-            ([qualname(s.key) for s in seqs],),
-        )
-        problems += [f"no SELECT privilege on source sequence {r[0]}" for r in src_cur.fetchall()]
-        dst_cur.execute(
-            "SELECT s FROM unnest(%s::text[]) s WHERE to_regclass(s) IS NOT NULL AND NOT has_sequence_privilege(s, 'UPDATE')",
-            ([qualname(s.key) for s in seqs],),
-        )
-        problems += [f"no UPDATE privilege on destination sequence {r[0]}" for r in dst_cur.fetchall()]
-
+    cats = preflight.read_catalogs(src_cur, dst_cur, selected, dst_tables, inputs.include, inputs.exclude)
+    problems = preflight.run_checks(cats)
     if problems:
         raise PreflightError(problems)
+    tasks = _tasks(cats, inputs)
+    loaded = [cats.dst_oid(t.key) for t in selected]
+    loaded += [cats.dst_by_key[a].oid for t in selected for a in t.ancestors if a in cats.dst_by_key]
+    return Plan(
+        tasks=tasks,
+        fkeys=cats.fkeys,
+        sequences=cats.sequences,
+        matviews=catalog.read_matviews(dst_cur, loaded),
+        replica=replica_allowed(dst_cur),
+        ancestors={t.key: t.ancestors for t in selected},
+        large_objects=catalog.large_objects(src_cur),
+        owned_sequences=cats.owned_sequences,
+    )
 
-    src_types, dst_types = formats.read_types(src_cur), formats.read_types(dst_cur)
-    src_major = src_cur.connection.server_version // 10000
-    dst_major = dst_cur.connection.server_version // 10000
+
+def _tasks(c: preflight.Catalogs, inputs: PlanInputs) -> list[CopyTask]:
+    src_types, dst_types = formats.read_types(c.src_cur), formats.read_types(c.dst_cur)
+    src_major = c.src_cur.connection.server_version // 10000
+    dst_major = c.dst_cur.connection.server_version // 10000
 
     def decide(t: Table) -> tuple[str, str]:
-        cols = [c for c in src_cols.get(t.oid, []) if not c.generated]
-        dcols = {c.name: c for c in dst_cols.get(dst_by_key[t.key].oid, [])}
-        sflags = [formats.type_flags(c.typid, src_types) for c in cols]
-        dflags = [formats.type_flags(dcols[c.name].typid, dst_types) for c in cols if c.name in dcols]
-        return formats.choose_format(requested_format, sflags, dflags, src_major, dst_major)
-
-    decisions = {t.key: decide(t) for t in selected}
+        cols = [col for col in c.src_cols.get(t.oid, []) if not col.generated]
+        dcols = {col.name: col for col in c.dst_cols.get(c.dst_oid(t.key), [])}
+        sflags = [formats.type_flags(col.typid, src_types) for col in cols]
+        dflags = [formats.type_flags(dcols[col.name].typid, dst_types) for col in cols if col.name in dcols]
+        return formats.choose_format(inputs.requested_format, sflags, dflags, src_major, dst_major)
 
     # Rebuilding a big table's indexes after the COPY (in the same transaction) is much
     # cheaper than maintaining them row by row; it needs ownership, which is optional.
     rebuild: dict[Key, tuple[catalog.Index, ...]] = {}
-    if index_rebuild_bytes is not None:
-        big = [t for t in selected if t.data_bytes >= index_rebuild_bytes and t.key in owned]
-        found = catalog.read_rebuildable_indexes(dst_cur, [dst_by_key[t.key].oid for t in big])
-        rebuild = {t.key: found[dst_by_key[t.key].oid] for t in big if dst_by_key[t.key].oid in found}
-    tasks = [
-        CopyTask(
-            key=t.key,
-            columns=tuple(c.name for c in src_cols.get(t.oid, []) if not c.generated),
-            triggers=tuple(triggers.get(dst_by_key[t.key].oid, ())),
-            est_rows=t.reltuples,
-            est_bytes=t.total_bytes,
-            dest_est_rows=dst_by_key[t.key].reltuples,
-            dest_est_bytes=dst_by_key[t.key].total_bytes,
-            column_types=tuple(c.type for c in src_cols.get(t.oid, []) if not c.generated),
-            format=decisions[t.key][0],
-            format_reason=decisions[t.key][1],
-            data_bytes=t.data_bytes,
-            indexes=rebuild.get(t.key, ()),
+    if inputs.index_rebuild_bytes is not None:
+        big = [t for t in c.selected if t.data_bytes >= inputs.index_rebuild_bytes and t.key in c.owned]
+        found = catalog.read_rebuildable_indexes(c.dst_cur, [c.dst_oid(t.key) for t in big])
+        rebuild = {t.key: found[c.dst_oid(t.key)] for t in big if c.dst_oid(t.key) in found}
+    tasks = []
+    for t in c.selected:
+        dst = c.dst_by_key[t.key]
+        cols = [col for col in c.src_cols.get(t.oid, []) if not col.generated]
+        fmt, reason = decide(t)
+        tasks.append(
+            CopyTask(
+                key=t.key,
+                columns=tuple(col.name for col in cols),
+                triggers=tuple(c.triggers.get(dst.oid, ())),
+                est_rows=t.reltuples,
+                est_bytes=t.total_bytes,
+                dest_est_rows=dst.reltuples,
+                dest_est_bytes=dst.total_bytes,
+                column_types=tuple(col.type for col in cols),
+                format=fmt,
+                format_reason=reason,
+                data_bytes=t.data_bytes,
+                indexes=rebuild.get(t.key, ()),
+                checks=c.checks.get(dst.oid, ()),
+            )
         )
-        for t in selected
-    ]
     tasks.sort(key=lambda task: (-task.est_bytes, task.key))  # largest first
-    return Plan(
-        tasks=tasks,
-        fkeys=fkeys,
-        sequences=seqs,
-        matviews=catalog.read_matviews(dst_cur),
-        replica=replica_allowed(dst_cur),
-        ancestors={t.key: t.ancestors for t in selected},
-    )
+    return tasks

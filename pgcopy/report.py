@@ -33,6 +33,7 @@ class RunReport:
     sequences_set: list[str] = field(default_factory=list)
     matviews_refreshed: list[str] = field(default_factory=list)
     replica_mode: bool = False
+    large_objects: int = 0  # on the source; not copied
     warnings: list[str] = field(default_factory=list)
     exit_code: int | None = None
     error: str | None = None
@@ -112,6 +113,9 @@ class RunReport:
         return d
 
     def write(self, path: str) -> None:
+        if path == "-":
+            print(json.dumps(self.to_dict(), indent=2))
+            return
         tmp = f"{path}.tmp"
         with open(tmp, "w") as fh:
             json.dump(self.to_dict(), fh, indent=2)

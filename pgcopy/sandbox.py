@@ -125,6 +125,7 @@ class Cluster:
         hba = self.datadir / "pg_hba.conf"
         hba.write_text(
             "local all all trust\n"
+            "local replication all trust\n"
             f"host all {SUPERUSER} 127.0.0.1/32 trust\n"
             "host all all 127.0.0.1/32 scram-sha-256\n"
         )
@@ -154,6 +155,22 @@ class Cluster:
     def destroy(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def clone(self, *, standby: bool = False) -> Cluster:
+        """A physical copy made with pg_basebackup (same system identifier and database
+        oids), started on its own port: an independent server, or a standby of this one."""
+        root = Path(tempfile.mkdtemp(prefix="pgcopy-clone-"))
+        if self.owner:
+            pw = pwd.getpwnam(self.owner)
+            os.chown(root, pw.pw_uid, pw.pw_gid)
+        twin = Cluster(root, free_port(), self.bindir, self.owner, dict(self.settings))
+        atexit.register(twin.destroy)
+        args = ["pg_basebackup", "-D", str(twin.datadir), "-h", str(self.root), "-p", str(self.port)]
+        twin._check(*args, "-U", SUPERUSER, "-X", "stream", *(["-R"] if standby else []))
+        with open(twin.datadir / "postgresql.auto.conf", "a") as fh:
+            fh.write(f"port = {twin.port}\nunix_socket_directories = '{root}'\n")
+        twin.start()
+        return twin
 
 
 def start_cluster(settings: Mapping[str, str] | None = None, attempts: int = 3) -> Cluster:

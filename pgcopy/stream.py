@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import psycopg2
 from psycopg2 import sql
 
+from pgcopy import failpoints
+from pgcopy.catalog import regclass_literal
 from pgcopy.codec import Codec, DecompressingReader, open_writer
 from pgcopy.plan import CopyTask
 from pgcopy.progress import NullSlot
@@ -78,6 +80,8 @@ class CountingReader:
             data, consumed = self._decode(size)
         self.wire_bytes += consumed
         self._slot.add(len(data), consumed)  # per chunk: the progress bus
+        if self.nbytes == 0 and data:
+            failpoints.hit("mid-copy", in_worker=True)
         if not data and self.source_failed:
             raise SourceFailed("the source side of the COPY failed")
         self.nbytes += len(data)
@@ -111,6 +115,11 @@ def copy_table(src, dst, task: CopyTask, spec: StreamSpec, slot=None) -> TableRe
         # inside the load transaction, so no failure can leave them disabled
         dcur.execute(sql.SQL("ALTER TABLE ONLY {} DISABLE TRIGGER USER").format(table))
     dcur.execute(sql.SQL("TRUNCATE ONLY {}").format(table))
+    for chk in task.checks:
+        # COPY would test the new rows against a NOT VALID CHECK the old rows may violate
+        dcur.execute(
+            sql.SQL("ALTER TABLE ONLY {} DROP CONSTRAINT {}").format(table, sql.Identifier(chk.name))
+        )
     rebuilt = _drop_indexes(dcur, task) if task.indexes else False
 
     fmt = task.format
@@ -131,6 +140,8 @@ def copy_table(src, dst, task: CopyTask, spec: StreamSpec, slot=None) -> TableRe
         raise RuntimeError(f"row count mismatch: source sent {src_rows}, destination loaded {dst_rows}")
     if rebuilt:
         _create_indexes(dcur, task)
+    _add_checks(dcur, task)
+    set_sequences(dcur, task)
     for trig in task.triggers:
         dcur.execute(
             sql.SQL("ALTER TABLE ONLY {} " + TRIGGER_STATE[trig.enabled] + " {}").format(
@@ -138,10 +149,42 @@ def copy_table(src, dst, task: CopyTask, spec: StreamSpec, slot=None) -> TableRe
             )
         )
     dst.commit()
-    if spec.analyze:
-        dcur.execute(sql.SQL("ANALYZE {}").format(table))
-        dst.commit()
     return TableResult(task.key, dst_rows, nbytes, wire, time.monotonic() - started, fmt)
+
+
+def _add_checks(dcur, task: CopyTask) -> None:
+    table = sql.Identifier(*task.key)
+    for chk in task.checks:
+        dcur.execute(
+            sql.SQL("ALTER TABLE ONLY {} ADD CONSTRAINT {} ").format(table, sql.Identifier(chk.name))
+            + sql.SQL(chk.definition)  # pg_get_constraintdef: 'CHECK (...) NOT VALID'
+        )
+        if chk.comment is not None:
+            dcur.execute(
+                sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS %s").format(sql.Identifier(chk.name), table),
+                (chk.comment,),
+            )
+
+
+def set_sequences(dcur, task: CopyTask) -> None:
+    """The table's own sequences, in its load transaction: setval alone is not
+    transactional, but after ALTER SEQUENCE ... RESTART (which gives the sequence a new
+    relfilenode in this transaction) it is, so rows and sequence commit or vanish together."""
+    for seq in task.sequences:
+        ident = sql.Identifier(*seq.key)
+        dcur.execute(sql.SQL("ALTER SEQUENCE {} RESTART").format(ident))
+        dcur.execute(
+            sql.SQL("SELECT setval({}, %s, %s)").format(sql.Literal(regclass_literal(seq.key))),
+            (seq.last_value, seq.is_called),
+        )
+
+
+def analyze(dst, key, lock_timeout: str) -> None:
+    """After the commit, so the table is done whatever happens here."""
+    cur = dst.cursor()
+    cur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
+    cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*key)))
+    dst.commit()
 
 
 def _drop_indexes(dcur, task: CopyTask) -> bool:

@@ -7,15 +7,21 @@ the coordinator's live libpq sockets), and costs ~0.1 s per worker, once per run
 
 from __future__ import annotations
 
+import ctypes
+import os
 import resource
 import signal
+import threading
+import time
 from dataclasses import dataclass
 
 import psycopg2
 
-from pgcopy.connections import connect, error_line
+from pgcopy import failpoints
+from pgcopy.catalog import qualname
+from pgcopy.connections import Session, connect, error_line
 from pgcopy.progress import NullSlot, Slot
-from pgcopy.stream import StreamSpec, TableResult, copy_table
+from pgcopy.stream import StreamSpec, TableResult, analyze, copy_table
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,7 @@ class WorkerSpec:
     dest: str
     snapshot: str | None
     stream: StreamSpec
+    session: Session
 
 
 # Messages on the result queue are plain tuples: (kind, worker_id, payload)
@@ -34,13 +41,35 @@ class WorkerSpec:
 
 
 def _open(spec: WorkerSpec):
-    src = connect(spec.source, "source", readonly=True)
+    src = connect(spec.source, "source", spec.session, readonly=True)
     src.set_session(isolation_level="REPEATABLE READ", readonly=True)
     cur = src.cursor()
     if spec.snapshot:
         cur.execute("SET TRANSACTION SNAPSHOT %s", (spec.snapshot,))
-    dst = connect(spec.dest, "destination")
+    dst = connect(spec.dest, "destination", spec.session)
     return src, dst
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Never outlive the coordinator: the kernel sends SIGKILL when our parent exits
+    (Linux); elsewhere a thread watches the parent's pid."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _close(*conns) -> None:
@@ -57,14 +86,16 @@ def _side(exc: BaseException, src, dst) -> str | None:
     return "source" if conn is src else "destination" if conn is dst else None
 
 
-def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array=None) -> None:
-    # The coordinator owns Ctrl-C: it decides to stop us and rolls back by terminating us.
+def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array, stop, parent_pid: int) -> None:
+    # The coordinator owns Ctrl-C and hangups: it cancels our statements, then stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    die_with_parent(parent_pid)
     slot = Slot(bus_array, wid) if bus_array is not None else NullSlot()
     src = dst = None
-    while True:
+    while not stop.is_set():
         item = tasks.get()
-        if item is None:
+        if item is None or stop.is_set():
             break
         index, task = item
         slot.begin(index)
@@ -73,6 +104,7 @@ def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array=None) -> N
             if src is None:
                 src, dst = _open(spec)
             res = copy_table(src, dst, task, spec.stream, slot)
+            failpoints.hit("after-commit", in_worker=True)
             slot.end(True, res.rows)
             results.put(("done", wid, res))
         except Exception as exc:
@@ -84,6 +116,19 @@ def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array=None) -> N
                 msg += _lock_holders(spec, task.key)  # after closing: still one connection per side
             slot.end(False)
             results.put(("failed", wid, TableResult(task.key, error=msg, side=side)))
+            continue
+        if spec.stream.analyze and not stop.is_set():
+            try:
+                analyze(dst, task.key, spec.stream.lock_timeout)
+            except Exception as exc:
+                dst.rollback()
+                results.put(
+                    (
+                        "log",
+                        wid,
+                        ("WARN", f"{qualname(task.key)} loaded, but ANALYZE failed: {error_line(exc)}"),
+                    )
+                )
     _close(*(c for c in (src, dst) if c is not None))
     slot.exited()
     results.put(("exit", wid, usage()))
@@ -98,7 +143,7 @@ def usage() -> dict:
 def _lock_holders(spec: WorkerSpec, key) -> str:
     """Name the sessions that hold a lock on the table, for the lock_timeout message."""
     try:
-        conn = connect(spec.dest, "destination")
+        conn = connect(spec.dest, "destination", spec.session)
         try:
             cur = conn.cursor()
             cur.execute(

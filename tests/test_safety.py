@@ -81,7 +81,7 @@ def wait_blocked(db, timeout=30):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if db.scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgcopy' AND wait_event_type = 'Lock'"
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgcopy:%%' AND wait_event_type = 'Lock'"
         ):
             return
         time.sleep(0.05)
@@ -262,6 +262,15 @@ def test_validation_failure_keeps_fk_not_valid(src, dst, state):
     assert r.returncode == 4, r.stderr
     assert "xschema_cust_fkey on public.xschema -> public.customers could not be validated" in r.stderr
     assert dst.scalar("SELECT convalidated FROM pg_constraint WHERE conname = 'xschema_cust_fkey'") is False
+    # the journal keeps the FK's original validity until it is valid again
+    assert len(list(state.glob("*.json"))) == 1
+    r = pgcopy("recover", "-d", dst.dsn, state_dir=state)
+    assert r.returncode == 4 and "is kept" in r.stderr, r.stderr
+    assert len(list(state.glob("*.json"))) == 1
+    # once the whole set is copied, the FK validates and the journal goes
+    r = copy(src.dsn, dst.dsn, "--yes", state_dir=state)
+    assert r.returncode == 0, r.stderr
+    assert dst.scalar("SELECT convalidated FROM pg_constraint WHERE conname = 'xschema_cust_fkey'") is True
     assert not list(state.glob("*.json"))
 
 

@@ -1,9 +1,15 @@
-"""`pgcopy copy`: the phases in order.  No SQL beyond what glues the phases together.
+"""`pgcopy copy`: one :class:`CopyRun`, one method per phase, in order.
 
-STEP 1 connect and identify both databases      STEP 5 load the tables in parallel
-STEP 2 finish an interrupted run (journal)      STEP 6 restore and validate the FKs
-STEP 3 export the source snapshot, plan         STEP 7 sequences, matviews
-STEP 4 confirm, journal and drop the FKs        STEP 8 report
+STEP 1 connect, identify, take the run lock       STEP 5 load the tables in parallel
+STEP 2 finish an interrupted run (journal)        STEP 6 restore and validate the FKs
+STEP 3 export the source snapshot, preflight      STEP 7 sequences, matviews
+STEP 4 confirm, journal and drop the FKs          STEP 8 report
+
+What is undone on each way out, in one place (:meth:`CopyRun.execute`): once STEP 4 has
+dropped foreign keys, every exit path — success, table failures, a stop by signal — goes
+through STEP 6 and STEP 7 before returning; a second Ctrl-C abandons STEP 6 and leaves
+the journal for ``pgcopy recover``.  A kill -9 leaves the journal too, and the run lock
+dies with the coordinator's connection.
 """
 
 from __future__ import annotations
@@ -12,18 +18,19 @@ import os
 import signal
 import sys
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 
 from psycopg2 import sql
 
+from pgcopy import failpoints, fmt, runlock
 from pgcopy import fkeys as fkmod
-from pgcopy import fmt
-from pgcopy.catalog import database_identity, qualname
-from pgcopy.connections import connect, describe, error_line
-from pgcopy.coordinator import run_load, spawn_context, workers_for
+from pgcopy.catalog import ForeignKey, database_identity, qualname, regclass_literal
+from pgcopy.connections import Session, common_encoding, connect, describe, describe_conn, error_line
+from pgcopy.coordinator import LoadOutcome, run_load, spawn_context, workers_for
 from pgcopy.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
+    EXIT_SIGHUP,
     EXIT_SIGINT,
     EXIT_SIGTERM,
     Cancelled,
@@ -31,9 +38,9 @@ from pgcopy.errors import (
     PreflightError,
 )
 from pgcopy.journal import Journal
-from pgcopy.log import Logger
+from pgcopy.log import Logger, safe_write
 from pgcopy.options import CopyOptions
-from pgcopy.plan import Plan, build_plan
+from pgcopy.plan import Plan, PlanInputs, SequenceValue, build_plan
 from pgcopy.progress import ProgressBus
 from pgcopy.report import RunReport
 from pgcopy.stream import StreamSpec
@@ -41,9 +48,11 @@ from pgcopy.ui import make_view
 from pgcopy.ui.base import LogReporter
 from pgcopy.worker import WorkerSpec
 
+SIGNAL_EXIT = {signal.SIGINT: EXIT_SIGINT, signal.SIGTERM: EXIT_SIGTERM, signal.SIGHUP: EXIT_SIGHUP}
+
 
 class StopFlag:
-    """Signal handlers only record the signal; the load loop polls it.
+    """Signal handlers only record the signal; the phases poll it.
 
     A second signal raises KeyboardInterrupt, which abandons the restore phase."""
 
@@ -57,7 +66,7 @@ class StopFlag:
         self.signum = signum
 
     def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in SIGNAL_EXIT:
             self._old[sig] = signal.signal(sig, self._handler)
 
     def uninstall(self) -> None:
@@ -72,19 +81,43 @@ class StopFlag:
     def __call__(self) -> bool:
         return self.signum is not None
 
+    @property
+    def exit_code(self) -> int:
+        return SIGNAL_EXIT.get(self.signum, EXIT_SIGINT)
 
-def _restore_journal(
-    journal: Journal, dest: str, parallel: int, lock_timeout: str, log: Logger
-) -> fkmod.RestoreOutcome:
-    fks = journal.read()
-    log.warn(
-        f"found the journal of an interrupted run ({journal.path}): restoring {len(fks)} foreign keys first"
-    )
-    outcome = fkmod.restore_all(dest, fks, parallel, lock_timeout)
-    fkmod.log_outcome(outcome, log)
-    if outcome.complete:
-        journal.remove()
-    return outcome
+
+class RunBackends:
+    """The run's own sessions on the destination, found by its application_name."""
+
+    def __init__(self, conn, session: Session):
+        self.conn, self.app = conn, session.app_name
+
+    def _each(self, fn: str) -> int:
+        cur = self.conn.cursor()
+        cur.execute(
+            f"SELECT count({fn}(pid)) FROM pg_stat_activity "  # fn is one of our two names
+            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            (self.app,),
+        )
+        n = cur.fetchone()[0]
+        self.conn.commit()
+        return n
+
+    def cancel(self) -> None:
+        try:
+            self._each("pg_cancel_backend")
+        except Exception:
+            self.conn.rollback()
+
+    def wait_gone(self, timeout: float = 10.0) -> None:
+        """Until no statement of ours runs on the server; terminate what outlives the wait."""
+        end = time.monotonic() + timeout
+        try:
+            while self._each("") and time.monotonic() < end:
+                time.sleep(0.1)
+            self._each("pg_terminate_backend")
+        except Exception:
+            self.conn.rollback()
 
 
 def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions) -> None:
@@ -97,6 +130,7 @@ def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions) -> None:
     for t in plan.tasks:
         trig = f", {len(t.triggers)} triggers held off" if t.triggers else ""
         trig += f", {len(t.indexes)} indexes rebuilt after the load" if t.indexes else ""
+        trig += f", {len(t.checks)} NOT VALID checks set aside" if t.checks else ""
         form = "rows as text" if opts.batch_size else f"{t.format} ({t.format_reason})"
         p(
             f"  {t.qualname:<40} {fmt.estimate(t.est_rows):>10} rows  {fmt.size(t.est_bytes):>10}  {form}{trig}"
@@ -114,6 +148,8 @@ def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions) -> None:
         f"session_replication_role = replica: {'available' if plan.replica else 'not available (not needed: FKs are dropped)'}"
     )
     p(f"Source snapshot: {'exportable' if snapshot else 'not used (--no-snapshot)'}")
+    if plan.large_objects:
+        p(f"Large objects on the source: {plan.large_objects} (not copied)")
 
 
 # Tables up to this size are counted exactly for the prompt; larger ones show the
@@ -128,27 +164,6 @@ def _rows_for_prompt(cur, key, size: int, estimate: float) -> str:
     return f"{cur.fetchone()[0]:,}"
 
 
-def _confirm(plan: Plan, dest: str, scur, dcur) -> None:
-    err = sys.stderr
-    err.write("\nWARNING: this will OVERWRITE data in the destination database\n")
-    err.write(f"  Destination: {describe(dest)}\n")
-    err.write(f"  Tables to overwrite: {len(plan.tasks)} (~ marks a planner estimate)\n")
-    for t in plan.tasks[:40]:
-        now = _rows_for_prompt(dcur, t.key, t.dest_est_bytes, t.dest_est_rows)
-        new = _rows_for_prompt(scur, t.key, t.est_bytes, t.est_rows)
-        err.write(f"    {t.qualname}: {now} rows now, {new} from the source\n")
-    if len(plan.tasks) > 40:
-        err.write(f"    ... and {len(plan.tasks) - 40} more\n")
-    err.write("Type 'yes' to proceed: ")
-    err.flush()
-    try:
-        answer = input()
-    except EOFError:
-        answer = ""
-    if answer.strip().lower() != "yes":
-        raise Cancelled("cancelled at the confirmation prompt; nothing was changed")
-
-
 def copy(opts: CopyOptions, log: Logger) -> int:
     if not (opts.dry_run or opts.yes) and not sys.stdin.isatty():
         raise PreflightError(
@@ -158,7 +173,7 @@ def copy(opts: CopyOptions, log: Logger) -> int:
         )
     report = RunReport(options=public_options(opts), warnings=log.warnings)
     try:
-        report.exit_code = _connect_and_copy(opts, report, log)
+        report.exit_code = CopyRun(opts, report, log).execute()
         return report.exit_code
     except PgcopyError as exc:
         report.exit_code, report.error = exc.exit_code, str(exc)
@@ -178,197 +193,373 @@ def public_options(opts: CopyOptions) -> dict:
     return d
 
 
-def _connect_and_copy(opts: CopyOptions, report: RunReport, log: Logger) -> int:
-    log.info(f"STEP 1: connecting to source {describe(opts.source)} and destination {describe(opts.dest)}")
-    src = connect(opts.source, "source", readonly=True)
-    try:
-        dst = connect(opts.dest, "destination", readonly=opts.dry_run)
-    except BaseException:
-        src.close()
-        raise
-    try:
-        return _copy(opts, src, dst, report, log)
-    finally:
-        src.close()
-        dst.close()
+class CopyRun:
+    """Owns the connections, the run lock, the journal, the stop flag and the report."""
 
+    def __init__(self, opts: CopyOptions, report: RunReport, log: Logger):
+        self.opts, self.report, self.log = opts, report, log
+        self.session = Session.new()
+        self.src = self.dst = None
+        self.journal: Journal | None = None
+        self.carried: dict[tuple, ForeignKey] = {}  # original FK states from an interrupted run
+        self.journal_restored = 0  # FKs of an interrupted run put back before the prompt
+        self.snapshot: str | None = None
+        self.stop = StopFlag()
 
-def _copy(opts: CopyOptions, src, dst, report: RunReport, log: Logger) -> int:
-    src.set_session(isolation_level="REPEATABLE READ", readonly=True)
-    scur, dcur = src.cursor(), dst.cursor()
-    fkmod.session_setup(dcur, opts.lock_timeout)
-    dst.commit()
-    snapshot = None
-    if opts.snapshot:
+    # --- the whole run -------------------------------------------------------------
+
+    def execute(self) -> int:
         try:
-            scur.execute("SELECT pg_export_snapshot()")
-            snapshot = scur.fetchone()[0]
-        except Exception as exc:
-            raise PreflightError(
-                [
-                    f"the source cannot export a snapshot ({error_line(exc)}); a pooler in transaction mode cannot share one: connect directly, or pass --no-snapshot to read each table at a different moment"
-                ]
-            ) from None
-    scur.execute("SET search_path = pg_catalog")
-    src_id, dst_id = database_identity(scur), database_identity(dcur)
-    dst.commit()
-    if src_id[:2] == dst_id[:2]:
-        raise PreflightError(
-            [
-                f"source and destination are the same database ({describe(opts.dest)}, system {dst_id[0]}, oid {dst_id[1]})"
-            ]
+            self.connect()
+            self.identify()
+            self.finish_interrupted()
+            plan = self.snapshot_and_plan()
+            if self.opts.dry_run:
+                _print_plan(plan, self.snapshot, self.opts)
+                self.log.done("dry run: nothing was changed")
+                return EXIT_OK
+            plan = self.read_sequences(plan)
+            if not self.opts.yes:
+                self.confirm(plan)
+            return self.change(plan)
+        finally:
+            for conn in (self.src, self.dst):
+                if conn is not None:
+                    conn.close()
+
+    def change(self, plan: Plan) -> int:
+        """Everything that changes the destination, with the stop flag installed."""
+        self.report.tables_total, self.report.replica_mode = len(plan.tasks), plan.replica
+        self.report.large_objects = plan.large_objects
+        started = time.monotonic()
+        self.stop.install()
+        bus = ProgressBus(spawn_context(), workers_for(self.opts.parallel, plan.tasks))
+        view = make_view(
+            self.opts.output,
+            self.log,
+            plan.tasks,
+            bus,
+            lambda: self.stop.request(signal.SIGINT),
+            self.opts.progress_interval,
+        )
+        if os.environ.get("PGCOPY_BENCH_NO_BUS"):
+            # measurement switch for benchmarks/run.py: the same run without bus and display
+            bus, view = None, LogReporter(self.log)
+        view.start()
+        try:
+            code = self.phases(plan, view, bus)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop trying to put things back
+            view.stop()
+            self.log.error(
+                f"abandoned: foreign keys may still be dropped; run pgcopy recover --dest ... (journal {self.journal.path})"
+            )
+            code = self.stop.exit_code
+        finally:
+            view.stop()
+            self.stop.uninstall()
+            self.report.seconds = time.monotonic() - started
+        _out(self.report.box())
+        for w in self.report.warnings:
+            _out(f"warning: {w}")
+        return code
+
+    def phases(self, plan: Plan, view, bus) -> int:
+        """Once anything may have been dropped, every way out restores it first."""
+        outcome, error = LoadOutcome(stopped=True), None
+        try:
+            self.drop_fkeys(plan, view)
+            outcome = self.load(plan, view, bus)
+        except Exception as exc:  # a fatal error in the coordinator: stop, put things back
+            error = exc
+            self.log.error(f"stopping after an error: {error_line(exc)}")
+        restored = self.restore_fkeys(plan.fkeys, view)
+        self.sequences_and_matviews(plan, outcome, view)
+        if error is not None:
+            raise error
+        return self.finish(outcome, restored)
+
+    # --- STEP 1 --------------------------------------------------------------------
+
+    def connect(self) -> None:
+        o = self.opts
+        self.src = connect(o.source, "source", self.session)
+        self.dst = connect(o.dest, "destination", self.session, readonly=o.dry_run)
+        enc = common_encoding(self.src, self.dst)
+        self.session = self.session.with_encoding(enc)
+        for conn in (self.src, self.dst):
+            conn.set_client_encoding(enc)
+        self.log.info(
+            f"STEP 1: connected to source {describe_conn(self.src)} and destination {describe_conn(self.dst)}"
+            f" (client_encoding {enc})"
         )
 
-    journal = Journal(opts.state_dir, dst_id)
-    if journal.exists():
-        log.info("STEP 2: finishing an interrupted run")
-        if opts.dry_run:
-            log.warn(
-                f"an interrupted run left dropped foreign keys ({journal.path}); a real run restores them first"
+    def identify(self) -> None:
+        """Refuse a copy onto itself (not a clone of it), a standby, or a busy destination."""
+        dcur = self.dst.cursor()
+        dcur.execute(
+            """SELECT count(*) FROM pg_stat_activity
+                WHERE application_name = %s AND pid <> pg_backend_pid()
+                  AND datid = (SELECT oid FROM pg_database WHERE datname = current_database())""",
+            (self.session.app_name,),
+        )
+        if dcur.fetchone()[0]:
+            # our source session is visible from the destination's own database: the same one
+            raise PreflightError(
+                [f"source and destination are the same database ({describe_conn(self.dst)})"]
             )
-        elif not _restore_journal(journal, opts.dest, opts.parallel, opts.lock_timeout, log).complete:
+        dcur.execute("SELECT pg_is_in_recovery()")
+        if dcur.fetchone()[0]:
+            raise PreflightError(
+                [f"the destination {describe_conn(self.dst)} is a read-only standby (in recovery)"]
+            )
+        self.dst.commit()
+        runlock.acquire(self.dst, describe_conn(self.dst))
+        dst_id = database_identity(dcur)
+        self.dst.commit()
+        self.journal = Journal(self.opts.state_dir, dst_id, describe_conn(self.dst))
+
+    # --- STEP 2 --------------------------------------------------------------------
+
+    def finish_interrupted(self) -> None:
+        """We hold the run lock, so a journal here belongs to a run that is gone."""
+        journal = self.journal
+        if not journal.exists():
+            return
+        fks = journal.read()
+        self.carried = {(fk.table, fk.name): fk for fk in fks}
+        self.log.info("STEP 2: finishing an interrupted run")
+        if self.opts.dry_run:
+            self.log.warn(
+                f"an interrupted run ({journal.owner()}) left {len(fks)} dropped foreign keys "
+                f"({journal.path}); a real run restores them first"
+            )
+            return
+        self.log.warn(
+            f"found the journal of an interrupted run ({journal.owner()}, {journal.path}): "
+            f"restoring {len(fks)} foreign keys first"
+        )
+        outcome = fkmod.restore_all(
+            self.opts.dest, fks, self.opts.parallel, self.opts.lock_timeout, self.session
+        )
+        fkmod.log_outcome(outcome, self.log)
+        self.journal_restored = len(fks) - len(outcome.missing)
+        if not outcome.present:
             raise PgcopyError(
-                f"foreign keys from an interrupted run could not all be restored; fix the errors above and run pgcopy recover (journal {journal.path})"
+                f"foreign keys from an interrupted run could not all be restored; fix the errors above and "
+                f"run pgcopy recover (journal {journal.path})"
+            )
+        if outcome.complete:
+            journal.remove()
+            self.carried = {}
+        else:
+            # left NOT VALID (their tables are mid-way): the journal keeps their original
+            # validity, and this run's plan takes it from there, never from the catalog
+            self.carried = {(fk.table, fk.name): fk for fk, _ in outcome.not_valid}
+            self.log.warn(
+                f"{len(outcome.not_valid)} of them stay NOT VALID until this run reloads their tables; "
+                "the journal keeps their original state"
             )
 
-    log.info("STEP 3: reading catalogs and checking the destination")
-    plan = build_plan(scur, dcur, opts.include, opts.exclude, log, opts.format, opts.index_rebuild_bytes)
-    dst.commit()
-    if opts.dry_run:
-        _print_plan(plan, snapshot if opts.snapshot else None, opts)
-        log.done("dry run: nothing was changed")
+    # --- STEP 3 --------------------------------------------------------------------
+
+    def snapshot_and_plan(self) -> Plan:
+        self.src.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        scur, dcur = self.src.cursor(), self.dst.cursor()
+        fkmod.session_setup(dcur, self.opts.lock_timeout)
+        self.dst.commit()
+        if self.opts.snapshot:
+            try:
+                scur.execute("SELECT pg_export_snapshot()")
+                self.snapshot = scur.fetchone()[0]
+            except Exception as exc:
+                raise PreflightError(
+                    [
+                        f"the source cannot export a snapshot ({error_line(exc)}); a pooler in transaction mode cannot share one: connect directly, or pass --no-snapshot to read each table at a different moment"
+                    ]
+                ) from None
+        scur.execute("SET search_path = pg_catalog")
+        self.log.info("STEP 3: reading catalogs and checking the destination")
+        o = self.opts
+        plan = build_plan(
+            scur, dcur, PlanInputs(o.include, o.exclude, o.format, o.index_rebuild_bytes), self.log
+        )
+        self.dst.commit()
+        # an interrupted run's journal holds the original state of the FKs it dropped
+        plan.fkeys = [self.carried.get((fk.table, fk.name), fk) for fk in plan.fkeys]
+        planned = {(fk.table, fk.name) for fk in plan.fkeys}
+        plan.fkeys += [fk for key, fk in self.carried.items() if key not in planned]
+        if plan.large_objects:
+            self.log.warn(f"the source has {plan.large_objects} large objects; pgcopy does not copy them")
+        return plan
+
+    def read_sequences(self, plan: Plan) -> Plan:
+        """Sequences are not transactional: read them right after the snapshot was taken.
+
+        Those a loaded table owns (and the role owns on the destination) are set inside
+        that table's load transaction; the others after the load."""
+        scur = self.src.cursor()
+        values = {}
+        for seq in plan.sequences:
+            scur.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(*seq.key)))
+            last, called = scur.fetchone()
+            values[seq.key] = SequenceValue(seq.key, last, called)
+        in_load = {
+            s.key: s.owner_table
+            for s in plan.sequences
+            if s.owner_table is not None and s.key in plan.owned_sequences
+        }
+        keys = {t.key for t in plan.tasks}
+        in_load = {k: owner for k, owner in in_load.items() if owner in keys}
+        plan.tasks = [
+            replace(t, sequences=tuple(values[k] for k, owner in in_load.items() if owner == t.key))
+            for t in plan.tasks
+        ]
+        plan.sequence_values = values
+        plan.sequences_in_load = set(in_load)
+        return plan
+
+    # --- STEP 4 --------------------------------------------------------------------
+
+    def confirm(self, plan: Plan) -> None:
+        scur, dcur = self.src.cursor(), self.dst.cursor()
+        err = sys.stderr
+        err.write("\nWARNING: this will OVERWRITE data in the destination database\n")
+        err.write(f"  Destination: {describe_conn(self.dst)}\n")
+        err.write(f"  Tables to overwrite: {len(plan.tasks)} (~ marks a planner estimate)\n")
+        for t in plan.tasks[:40]:
+            now = _rows_for_prompt(dcur, t.key, t.dest_est_bytes, t.dest_est_rows)
+            new = _rows_for_prompt(scur, t.key, t.est_bytes, t.est_rows)
+            err.write(f"    {t.qualname}: {now} rows now, {new} from the source\n")
+        if len(plan.tasks) > 40:
+            err.write(f"    ... and {len(plan.tasks) - 40} more\n")
+        if plan.large_objects:
+            err.write(f"  Large objects on the source: {plan.large_objects} (not copied)\n")
+        if self.journal_restored:
+            err.write(
+                f"  Already done: {self.journal_restored} foreign keys an interrupted run had dropped were restored\n"
+            )
+        err.write("Type 'yes' to proceed: ")
+        err.flush()
+        self.dst.commit()
+        try:
+            answer = input()
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() != "yes":
+            if self.journal_restored:
+                raise Cancelled(
+                    f"cancelled at the confirmation prompt; the only change made was restoring the "
+                    f"{self.journal_restored} foreign keys an interrupted run had dropped"
+                )
+            raise Cancelled("cancelled at the confirmation prompt; nothing was changed")
+
+    def drop_fkeys(self, plan: Plan, view) -> None:
+        view.phase("dropping foreign keys")
+        self.report.mark("drop foreign keys")
+        self.log.info(
+            f"STEP 4: recording {len(plan.fkeys)} foreign keys in {self.journal.path} and dropping them"
+        )
+        if plan.fkeys:
+            self.journal.write(plan.fkeys, describe_conn(self.dst), self.session.app_name)
+        failpoints.hit("after-journal")
+        fkmod.drop_all(self.dst, plan.fkeys, self.opts.lock_timeout)
+        failpoints.hit("after-drop")
+        self.report.fkeys_dropped = [fkmod.describe(fk) for fk in plan.fkeys]
+        self.report.triggers_held = sum(len(t.triggers) for t in plan.tasks)
+
+    # --- STEP 5 --------------------------------------------------------------------
+
+    def load(self, plan: Plan, view, bus) -> LoadOutcome:
+        view.phase(None)
+        self.report.mark("load")
+        o = self.opts
+        self.log.info(
+            f"STEP 5: loading {len(plan.tasks)} tables with {workers_for(o.parallel, plan.tasks)} workers"
+            + (" (session_replication_role = replica)" if plan.replica else "")
+        )
+        stream = StreamSpec(o.codec, o.batch_size, plan.replica, o.lock_timeout, o.analyze)
+        spec = WorkerSpec(o.source, o.dest, self.snapshot, stream, self.session)
+        backends = RunBackends(self.dst, self.session)
+        outcome = run_load(spec, plan.tasks, o.parallel, view, self.stop, bus, backends)
+        self.report.add_load(outcome, plan.tasks, o.codec)
+        if outcome.stopped:
+            self.log.warn(
+                f"stopping: {len(outcome.rolled_back)} tables in flight rolled back, {len(outcome.not_started)} "
+                "not started; restoring foreign keys (press Ctrl-C again to abandon)"
+            )
+        return outcome
+
+    # --- STEP 6 --------------------------------------------------------------------
+
+    def restore_fkeys(self, fkeys: list[ForeignKey], view) -> fkmod.RestoreOutcome:
+        view.phase("restoring and validating foreign keys")
+        self.report.mark("restore foreign keys")
+        self.log.info(f"STEP 6: restoring {len(fkeys)} foreign keys")
+        o = self.opts
+        restored = fkmod.restore_all(o.dest, fkeys, o.parallel, o.lock_timeout, self.session)
+        fkmod.log_outcome(restored, self.log)
+        self.report.fkeys_restored = [fkmod.describe(fk) for fk in restored.restored]
+        self.report.fkeys_not_valid = [fkmod.describe(fk) for fk, _ in restored.not_valid]
+        self.report.fkeys_missing = [fkmod.describe(fk) for fk, _ in restored.missing]
+        if restored.complete:
+            self.journal.remove()
+        else:
+            self.log.error(
+                f"some foreign keys are not as they were; the journal {self.journal.path} keeps their "
+                "original state: fix the cause and run pgcopy recover (or copy again)"
+            )
+        return restored
+
+    # --- STEP 7 --------------------------------------------------------------------
+
+    def sequences_and_matviews(self, plan: Plan, outcome: LoadOutcome, view) -> None:
+        """Sequences of every committed table, also after failures and stops."""
+        view.phase("setting sequences, refreshing materialized views")
+        self.report.mark("sequences and matviews")
+        self.log.info("STEP 7: sequences and materialized views")
+        done_keys = {r.key for r in outcome.done}
+        in_load = [
+            qualname(k) for t in plan.tasks if t.key in done_keys for k in (s.key for s in t.sequences)
+        ]
+        self.report.sequences_set = in_load + _set_sequences(self.dst, plan, done_keys, self.log)
+        if self.stop():
+            self.log.warn("stopping: materialized views not refreshed")
+        elif self.opts.refresh_matviews and outcome.done:
+            self.report.matviews_refreshed = _refresh_matviews(self.dst, plan, self.log, self.stop)
+
+    # --- STEP 8 --------------------------------------------------------------------
+
+    def finish(self, outcome: LoadOutcome, restored: fkmod.RestoreOutcome) -> int:
+        report = self.report
+        report.mark(None)
+        if report.phases:
+            self.log.info("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items()))
+        for name, err in report.tables_failed:
+            self.log.error(f"table {name} was not copied: {err}")
+        if report.tables_not_copied:
+            self.log.warn(f"not copied (kept their old rows): {', '.join(report.tables_not_copied)}")
+        if self.stop():
+            return self.stop.exit_code
+        if not restored.present:
+            return 1
+        if report.tables_failed or report.tables_not_copied or report.fkeys_not_valid:
+            return EXIT_PARTIAL
         return EXIT_OK
 
-    # sequences are not transactional: read them now, right after the snapshot was taken
-    seq_values = {}
-    for seq in plan.sequences:
-        scur.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(*seq.key)))
-        seq_values[seq.key] = scur.fetchone()
 
-    if not opts.yes:
-        _confirm(plan, opts.dest, scur, dcur)
-        dst.commit()
-    report.tables_total, report.replica_mode = len(plan.tasks), plan.replica
-    started = time.monotonic()
-    stop = StopFlag()
-    stop.install()
-    try:
-        return _run(opts, plan, journal, snapshot, seq_values, dst, report, stop, started, log)
-    finally:
-        stop.uninstall()
+def _out(text: str) -> None:
+    """stdout may be a closed pipe (`| head`): the run goes on, the line is dropped."""
+    safe_write(sys.stdout, text + "\n")
 
 
-def _run(
-    opts: CopyOptions,
-    plan: Plan,
-    journal: Journal,
-    snapshot,
-    seq_values,
-    dst,
-    report: RunReport,
-    stop: StopFlag,
-    started: float,
-    log: Logger,
-) -> int:
-    bus = ProgressBus(spawn_context(), workers_for(opts.parallel, plan.tasks))
-    view = make_view(
-        opts.output, log, plan.tasks, bus, lambda: stop.request(signal.SIGINT), opts.progress_interval
-    )
-    if os.environ.get("PGCOPY_BENCH_NO_BUS"):
-        # measurement switch for benchmarks/run.py: the same run without bus and display
-        bus, view = None, LogReporter(log)
-    view.start()
-    try:
-        code = _phases(opts, plan, journal, snapshot, seq_values, dst, report, stop, started, log, view, bus)
-    except KeyboardInterrupt:  # a second Ctrl-C: stop trying to put things back
-        view.stop()
-        log.error(
-            f"abandoned: foreign keys may still be dropped; run pgcopy recover --dest ... (journal {journal.path})"
-        )
-        report.seconds = time.monotonic() - started
-        code = EXIT_SIGINT
-    finally:
-        view.stop()
-    print(report.box())
-    for w in report.warnings:
-        print(f"warning: {w}")
-    return code
-
-
-def _phases(opts, plan, journal, snapshot, seq_values, dst, report, stop, started, log, view, bus) -> int:
-    view.phase("dropping foreign keys")
-    report.mark("drop foreign keys")
-    log.info(f"STEP 4: recording {len(plan.fkeys)} foreign keys in {journal.path} and dropping them")
-    journal.write(plan.fkeys, describe(opts.dest))
-    fkmod.drop_all(dst, plan.fkeys, opts.lock_timeout)
-    report.fkeys_dropped = [fkmod.describe(fk) for fk in plan.fkeys]
-    report.triggers_held = sum(len(t.triggers) for t in plan.tasks)
-
-    view.phase(None)
-    report.mark("load")
-    log.info(
-        f"STEP 5: loading {len(plan.tasks)} tables with {workers_for(opts.parallel, plan.tasks)} workers"
-        + (" (session_replication_role = replica)" if plan.replica else "")
-    )
-    stream = StreamSpec(opts.codec, opts.batch_size, plan.replica, opts.lock_timeout, opts.analyze)
-    spec = WorkerSpec(opts.source, opts.dest, snapshot, stream)
-    outcome = run_load(spec, plan.tasks, opts.parallel, view, stop, bus)
-    report.add_load(outcome, plan.tasks, opts.codec)
-    if outcome.stopped:
-        log.warn(
-            f"stopping: {len(outcome.rolled_back)} tables in flight rolled back, {len(outcome.not_started)} "
-            "not started; restoring foreign keys (press Ctrl-C again to abandon)"
-        )
-
-    view.phase("restoring and validating foreign keys")
-    report.mark("restore foreign keys")
-    try:
-        log.info(f"STEP 6: restoring {len(plan.fkeys)} foreign keys")
-        restored = fkmod.restore_all(opts.dest, plan.fkeys, opts.parallel, opts.lock_timeout)
-    except KeyboardInterrupt:
-        log.error(f"foreign key restore abandoned: run `pgcopy recover --dest ...` (journal {journal.path})")
-        return EXIT_SIGINT
-    fkmod.log_outcome(restored, log)
-    report.fkeys_restored = [fkmod.describe(fk) for fk in restored.restored]
-    report.fkeys_not_valid = [fkmod.describe(fk) for fk, _ in restored.not_valid]
-    report.fkeys_missing = [fkmod.describe(fk) for fk, _ in restored.missing]
-    if restored.complete:
-        journal.remove()
-    else:
-        log.error(
-            f"some foreign keys are still missing; the journal {journal.path} is kept: fix the cause and run pgcopy recover"
-        )
-
-    if not outcome.stopped:
-        view.phase("setting sequences, refreshing materialized views")
-        report.mark("sequences and matviews")
-        log.info("STEP 7: sequences and materialized views")
-        done_keys = {r.key for r in outcome.done}
-        report.sequences_set = _set_sequences(dst, plan, seq_values, done_keys, log)
-        if opts.refresh_matviews and outcome.done:
-            report.matviews_refreshed = _refresh_matviews(dst, plan, log)
-    report.mark(None)
-    report.seconds = time.monotonic() - started
-    if report.phases:
-        log.info("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items()))
-
-    for name, err in report.tables_failed:
-        log.error(f"table {name} was not copied: {err}")
-    if report.tables_not_copied:
-        log.warn(f"not copied (kept their old rows): {', '.join(report.tables_not_copied)}")
-    if outcome.stopped:
-        return EXIT_SIGTERM if stop.signum == signal.SIGTERM else EXIT_SIGINT
-    if not restored.complete:
-        return 1
-    if report.tables_failed or report.tables_not_copied or report.fkeys_not_valid:
-        return EXIT_PARTIAL
-    return EXIT_OK
-
-
-def _set_sequences(dst, plan: Plan, values, done_keys, log: Logger) -> list[str]:
+def _set_sequences(dst, plan: Plan, done_keys, log: Logger) -> list[str]:
+    """Sequences not set inside a load transaction: standalone ones, ones the role does
+    not own, ones owned by a partitioned parent (set when one of its leaves loaded)."""
     cur = dst.cursor()
     done = []
     for seq in plan.sequences:
+        if seq.key in plan.sequences_in_load:
+            continue
         owner = seq.owner_table
         if (
             owner is not None
@@ -376,25 +567,37 @@ def _set_sequences(dst, plan: Plan, values, done_keys, log: Logger) -> list[str]
             and not any(owner in plan.ancestors.get(k, ()) for k in done_keys)
         ):
             continue  # its table failed: keep the destination's sequence in step with its old rows
-        last_value, is_called = values[seq.key]
+        v = plan.sequence_values[seq.key]
         try:
-            cur.execute("SELECT setval(%s::regclass, %s, %s)", (qualname(seq.key), last_value, is_called))
+            cur.execute(
+                sql.SQL("SELECT setval({}, %s, %s)").format(sql.Literal(regclass_literal(seq.key))),
+                (v.last_value, v.is_called),
+            )
             dst.commit()
             done.append(qualname(seq.key))
+            failpoints.hit("during-sequences")
+        except failpoints.FailpointError:
+            raise
         except Exception as exc:
             dst.rollback()
             log.warn(f"sequence {qualname(seq.key)} not set: {error_line(exc)}")
     return done
 
 
-def _refresh_matviews(dst, plan: Plan, log: Logger) -> list[str]:
+def _refresh_matviews(dst, plan: Plan, log: Logger, stop) -> list[str]:
     cur = dst.cursor()
     done = []
     for mv in plan.matviews:
+        if stop():
+            log.warn("stopping: remaining materialized views not refreshed")
+            break
         try:
             cur.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(*mv)))
+            failpoints.hit("during-matviews")
             dst.commit()
             done.append(qualname(mv))
+        except failpoints.FailpointError:
+            raise
         except Exception as exc:
             dst.rollback()
             log.warn(f"materialized view {qualname(mv)} not refreshed: {error_line(exc)}")

@@ -1,18 +1,24 @@
-"""`pgcopy recover`: put back the foreign keys an interrupted copy left dropped."""
+"""`pgcopy recover`: put back the foreign keys an interrupted copy left dropped.
+
+Holds the destination's run lock like `copy`, so it never races a live run.  The journal
+is removed only when every FK it records exists exactly as recorded (definition,
+validity, comment); otherwise recover exits non-zero and keeps it.
+"""
 
 from __future__ import annotations
 
 from pgcopy import fkeys as fkmod
+from pgcopy import runlock
 from pgcopy.catalog import ForeignKey, database_identity, read_foreign_keys
-from pgcopy.connections import connect, describe
+from pgcopy.connections import Session, connect, describe_conn
 from pgcopy.errors import EXIT_OK, EXIT_PARTIAL, PgcopyError
 from pgcopy.journal import Journal
 from pgcopy.log import Logger
 from pgcopy.options import default_state_dir
 
 
-def _fkeys(dsn: str, role: str) -> list[ForeignKey]:
-    conn = connect(dsn, role, readonly=True)
+def _fkeys(dsn: str, role: str, session: Session) -> list[ForeignKey]:
+    conn = connect(dsn, role, session, readonly=True)
     try:
         cur = conn.cursor()
         cur.execute("SET search_path = pg_catalog")  # the same spelling the journal uses
@@ -22,35 +28,49 @@ def _fkeys(dsn: str, role: str) -> list[ForeignKey]:
 
 
 def recover(dest: str, source: str | None, state_dir: str | None, lock_timeout: str, log: Logger) -> int:
-    conn = connect(dest, "destination")
+    session = Session.new()
+    conn = connect(dest, "destination", session)  # holds the run lock until we return
     try:
+        where = describe_conn(conn)
+        runlock.acquire(conn, where)
         identity = database_identity(conn.cursor())
+        conn.commit()
+        journal = Journal(state_dir or default_state_dir(), identity, where)
+        return _recover(dest, source, journal, where, lock_timeout, session, log)
     finally:
         conn.close()
-    journal = Journal(state_dir or default_state_dir(), identity)
+
+
+def _recover(dest, source, journal: Journal, where: str, lock_timeout, session, log: Logger) -> int:
     fks = journal.read() if journal.exists() else []
     if source:
         # the schemas are identical: any FK the source has and the destination lacks was
         # dropped by an interrupted run, even one whose journal is lost
-        present = {(fk.table, fk.name) for fk in _fkeys(dest, "destination")}
+        present = {(fk.table, fk.name) for fk in _fkeys(dest, "destination", session)}
         known = {(fk.table, fk.name) for fk in fks}
-        extra = [fk for fk in _fkeys(source, "source") if (fk.table, fk.name) not in present | known]
+        extra = [fk for fk in _fkeys(source, "source", session) if (fk.table, fk.name) not in present | known]
         if extra:
             log.warn(
                 f"{len(extra)} foreign keys exist on the source but not on the destination; re-creating them"
             )
         fks += extra
     if not fks:
-        log.done(f"nothing to recover for {describe(dest)} (no journal at {journal.path})")
+        log.done(f"nothing to recover for {where} (no journal at {journal.path})")
         return EXIT_OK
     log.info(
         f"restoring {len(fks)} foreign keys" + (f" recorded in {journal.path}" if journal.exists() else "")
     )
-    outcome = fkmod.restore_all(dest, fks, 2, lock_timeout)
+    outcome = fkmod.restore_all(dest, fks, 2, lock_timeout, session)
     fkmod.log_outcome(outcome, log)
-    if not outcome.complete:
+    if not outcome.present:
         raise PgcopyError(
             f"{len(outcome.missing)} foreign keys could not be restored; the journal {journal.path} is kept"
         )
+    if not outcome.complete:
+        log.error(
+            f"{len(outcome.not_valid)} foreign keys are NOT VALID but were valid: the journal {journal.path} "
+            "is kept; fix the rows that violate them (or copy again), then run pgcopy recover"
+        )
+        return EXIT_PARTIAL
     journal.remove()
-    return EXIT_PARTIAL if outcome.not_valid else EXIT_OK
+    return EXIT_OK

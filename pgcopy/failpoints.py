@@ -1,0 +1,51 @@
+"""Named crash points for the recovery tests; inert unless ``PGCOPY_FAILPOINT`` is set.
+
+``PGCOPY_FAILPOINT=name[:action]`` arms one point.  Actions:
+
+- ``kill`` (default): SIGKILL the coordinator alone (from a worker: its parent);
+- ``killgroup``: SIGKILL the whole process group (coordinator and workers);
+- ``raise``: raise :class:`FailpointError` where the point is.
+
+Points, in run order: ``after-journal`` (journal written, FKs not yet dropped),
+``after-drop``, ``mid-copy`` (a worker, after the first chunk of a table), ``after-commit``
+(a worker, right after a table's commit), ``after-add`` (FKs added NOT VALID, none
+validated), ``during-validate`` (a VALIDATE executed, not committed), ``during-sequences``
+(one sequence set), ``during-matviews`` (one REFRESH executed, not committed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+POINTS = (
+    "after-journal",
+    "after-drop",
+    "mid-copy",
+    "after-commit",
+    "after-add",
+    "during-validate",
+    "during-sequences",
+    "during-matviews",
+)
+ACTIONS = ("kill", "killgroup", "raise")
+
+
+class FailpointError(Exception):
+    pass
+
+
+def hit(name: str, *, in_worker: bool = False) -> None:
+    """Fire the armed action if ``name`` is the armed point."""
+    armed = os.environ.get("PGCOPY_FAILPOINT")
+    if not armed:
+        return
+    point, _, action = armed.partition(":")
+    if point != name:
+        return
+    action = action or "kill"
+    if action == "raise":
+        raise FailpointError(f"failpoint {name}")
+    if action == "killgroup":
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os.kill(os.getppid() if in_worker else os.getpid(), signal.SIGKILL)
