@@ -4,7 +4,8 @@
 
 - ``kill`` (default): SIGKILL the coordinator alone (from a worker: its parent);
 - ``killgroup``: SIGKILL the whole process group (coordinator and workers);
-- ``raise``: raise :class:`FailpointError` where the point is.
+- ``raise``: raise :class:`FailpointError` where the point is;
+- ``sigterm``: send SIGTERM to the coordinator (a stop at exactly that point).
 
 Points, in run order: ``after-journal`` (journal written, FKs not yet dropped),
 ``after-drop``, ``mid-copy`` (a worker, after the first chunk of a table), ``after-commit``
@@ -28,7 +29,7 @@ POINTS = (
     "during-sequences",
     "during-matviews",
 )
-ACTIONS = ("kill", "killgroup", "raise")
+ACTIONS = ("kill", "killgroup", "raise")  # the crash matrix; sigterm is a stop, tested apart
 
 
 class FailpointError(Exception):
@@ -46,6 +47,10 @@ def hit(name: str, *, in_worker: bool = False) -> None:
     action = action or "kill"
     if action == "raise":
         raise FailpointError(f"failpoint {name}")
+    coordinator = os.getppid() if in_worker else os.getpid()
+    if action == "sigterm":
+        os.kill(coordinator, signal.SIGTERM)
+        return
     if action == "killgroup":
         os.killpg(os.getpgrp(), signal.SIGKILL)
-    os.kill(os.getppid() if in_worker else os.getpid(), signal.SIGKILL)
+    os.kill(coordinator, signal.SIGKILL)

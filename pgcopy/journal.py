@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 from pgcopy.catalog import ForeignKey
-from pgcopy.errors import PgcopyError
+from pgcopy.errors import EXIT_USAGE, PgcopyError
 
 JOURNAL_VERSION = 2
 
 
 class JournalError(PgcopyError):
-    pass
+    exit_code = EXIT_USAGE  # raised before anything is changed
 
 
 def _check_private(path: Path, what: str) -> None:
@@ -50,6 +50,18 @@ class Journal:
         where = hashlib.sha256(server.encode()).hexdigest()[:12]
         self.dir = Path(state_dir)
         self.path = self.dir / f"fkeys-{sysid}-{dboid}-{where}.json"
+
+    def check(self) -> None:
+        """Create the state directory (0700) or make sure nobody else can write it; early,
+        so an unsafe one is refused before anything changes."""
+        self._ensure_dir()
+        if self.path.exists():
+            _check_private(self.path, "journal")
+
+    def siblings(self) -> list[Path]:
+        """Journals of a database with the same identity reached under another name."""
+        prefix = self.path.name.rsplit("-", 1)[0]
+        return sorted(p for p in self.dir.glob(prefix + "-*.json") if p != self.path)
 
     def _ensure_dir(self) -> None:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -104,7 +104,6 @@ def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array, stop, par
             if src is None:
                 src, dst = _open(spec)
             res = copy_table(src, dst, task, spec.stream, slot)
-            failpoints.hit("after-commit", in_worker=True)
             slot.end(True, res.rows)
             results.put(("done", wid, res))
         except Exception as exc:
@@ -117,6 +116,7 @@ def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array, stop, par
             slot.end(False)
             results.put(("failed", wid, TableResult(task.key, error=msg, side=side)))
             continue
+        failpoints.hit("after-commit", in_worker=True)
         if spec.stream.analyze and not stop.is_set():
             try:
                 analyze(dst, task.key, spec.stream.lock_timeout)

@@ -36,10 +36,11 @@ def snapshot_of(db):
 class Running:
     """pgcopy in the background, its stderr collected line by line."""
 
-    def __init__(self, args, state):
+    def __init__(self, args, state, env=None):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pgcopy", *args, "--state-dir", str(state)],
             cwd=ROOT,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -215,7 +216,7 @@ def test_lock_timeout_fails_one_table_names_holder(src, dst, state):
     assert fk_state(dst) == fks
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_signal_mid_copy_rolls_back_and_restores(src, dst, state, sig, code):
     load_fidelity(src, dst)
     fks, trigs = fk_state(dst), trigger_state(dst)

@@ -317,6 +317,12 @@ class CopyRun:
         dst_id = database_identity(dcur)
         self.dst.commit()
         self.journal = Journal(self.opts.state_dir, dst_id, describe_conn(self.dst))
+        self.journal.check()
+        for other in self.journal.siblings():
+            self.log.warn(
+                f"{other} is the journal of a database with this identity reached under another "
+                "name (or a clone of it); if it is this one, run pgcopy recover with that name"
+            )
 
     # --- STEP 2 --------------------------------------------------------------------
 

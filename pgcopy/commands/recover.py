@@ -55,6 +55,10 @@ def _recover(dest, source, journal: Journal, where: str, lock_timeout, session, 
             )
         fks += extra
     if not fks:
+        for other in journal.siblings():
+            log.warn(
+                f"{other} belongs to a database with this identity reached under another name (or a clone)"
+            )
         log.done(f"nothing to recover for {where} (no journal at {journal.path})")
         return EXIT_OK
     log.info(

@@ -1,0 +1,298 @@
+"""Issue 10: every way a run ends leaves the destination whole, proven by killing the real
+processes at named points (PGCOPY_FAILPOINT) and checking the destination afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pgcopy.failpoints import ACTIONS, POINTS
+from tests.helpers import ROOT, checksums, copy, index_state, load_fidelity, pgcopy, trigger_state
+from tests.test_safety import Running, copy_blocked_on_empty_src
+
+
+@pytest.fixture
+def state(tmp_path):
+    return tmp_path / "state"
+
+
+def fk_full(db) -> list[tuple]:
+    """FKs with definition, validity and comment."""
+    return db.query(
+        """SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated,
+                  obj_description(oid, 'pg_constraint')
+             FROM pg_constraint WHERE contype = 'f' ORDER BY 1, 2"""
+    )
+
+
+def checks(db) -> list[tuple]:
+    return db.query(
+        """SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated
+             FROM pg_constraint WHERE contype = 'c' ORDER BY 1, 2"""
+    )
+
+
+def owned_sequences(db) -> dict[str, list[tuple]]:
+    """table -> [(sequence, last_value, is_called)] for serial and identity sequences."""
+    out: dict[str, list[tuple]] = {}
+    for table, seq in db.query(
+        """SELECT format('%I.%I', tn.nspname, t.relname), format('%I.%I', sn.nspname, s.relname)
+             FROM pg_class s JOIN pg_namespace sn ON sn.oid = s.relnamespace
+             JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid
+                  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+             JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace
+            WHERE s.relkind = 'S' ORDER BY 1, 2"""
+    ):
+        out.setdefault(table, []).append((seq, *db.query(f"SELECT last_value, is_called FROM {seq}")[0]))
+    return out
+
+
+def wait_until(predicate, timeout: float = 15.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return predicate()
+
+
+def group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def no_pgcopy_backends(db) -> bool:
+    return not db.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgcopy:%%'")
+
+
+def assert_whole(src, dst, before: dict, journal_dir, *, strict: bool = True) -> None:
+    """Every table fully old or fully new, triggers/checks/indexes untouched, the sequences
+    of every new table equal to the source's, the journal present while an FK is not as it
+    was (``strict``: exactly while; a crash between writing the journal and the first drop
+    leaves a journal with nothing to restore yet)."""
+    now, theirs = checksums(dst), checksums(src)
+    for table, value in now.items():
+        assert value in (before["rows"][table], theirs[table]), f"{table} is half-loaded"
+    assert trigger_state(dst) == before["triggers"]
+    assert checks(dst) == before["checks"]
+    assert index_state(dst) == before["indexes"]
+    src_seqs, dst_seqs = owned_sequences(src), owned_sequences(dst)
+    for table, value in now.items():
+        if value == theirs[table] and value != before["rows"][table]:
+            assert dst_seqs.get(table) == src_seqs.get(table), f"sequences of committed {table} not set"
+    journals = list(journal_dir.glob("*.json")) if journal_dir.exists() else []
+    if fk_full(dst) != before["fks"]:
+        assert journals, "FKs differ from before but no journal records them"
+    elif strict:
+        assert not journals, "nothing to restore, yet the journal is still there"
+
+
+def snapshot(dst) -> dict:
+    return {
+        "rows": checksums(dst),
+        "triggers": trigger_state(dst),
+        "checks": checks(dst),
+        "indexes": index_state(dst),
+        "fks": fk_full(dst),
+    }
+
+
+def prepare(src, dst) -> dict:
+    load_fidelity(src, dst)
+    for db in (src, dst):
+        db.execute(
+            "COMMENT ON CONSTRAINT orders_customer_id_fkey ON orders IS 'every order has a customer';"
+            "ALTER TABLE tree ADD CONSTRAINT tree_id_positive CHECK (id > 0) NOT VALID"
+        )
+    return snapshot(dst)
+
+
+# points in the coordinator where an exception ends the run with exit 1 (during-validate
+# counts as a failed validation instead: the FK stays NOT VALID and journaled, exit 4)
+COORDINATOR_RAISES = {"after-journal", "after-drop", "after-add", "during-sequences", "during-matviews"}
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+@pytest.mark.parametrize("point", POINTS)
+def test_failpoint_then_recover_then_rerun(src, dst, state, point, action):
+    before = prepare(src, dst)
+    env = dict(os.environ, PGCOPY_FAILPOINT=f"{point}:{action}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgcopy", "copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "2"]
+        + ["--state-dir", str(state)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    out, err = proc.communicate(timeout=120)
+    if action != "raise":
+        assert proc.returncode == -signal.SIGKILL, err
+    elif point in COORDINATOR_RAISES:
+        assert proc.returncode == 1 and f"failpoint {point}" in err, err
+    assert wait_until(lambda: group_gone(proc.pid)), "a pgcopy process outlived the run"
+    assert wait_until(lambda: no_pgcopy_backends(dst)), "a pgcopy backend outlived the run"
+    assert_whole(src, dst, before, state, strict=False)
+
+    r = pgcopy("recover", "-d", dst.dsn, state_dir=state)
+    assert r.returncode in (0, 4), r.stderr
+    assert_whole(src, dst, before, state)
+    if r.returncode == 0:
+        assert fk_full(dst) == before["fks"]
+    else:  # a child committed and its parent did not: the FK waits, NOT VALID, in the journal
+        assert "is kept" in r.stderr
+
+    r = copy(src.dsn, dst.dsn, "--yes", state_dir=state)
+    assert r.returncode == 0, r.stderr
+    assert checksums(dst) == checksums(src)
+    assert fk_full(dst) == fk_full(src)
+    assert owned_sequences(dst) == owned_sequences(src)
+    assert trigger_state(dst) == before["triggers"] and checks(dst) == before["checks"]
+    assert not list(state.glob("*.json"))
+    assert no_pgcopy_backends(dst)
+
+
+def test_two_runs_at_once(src, dst, state):
+    """The second run (and recover) refuse at once naming the first; the first is unharmed."""
+    before = prepare(src, dst)
+    with copy_blocked_on_empty_src(src, dst, state, "-p", "2") as first:
+        during = fk_full(dst)  # catalogs only: a table read would queue behind the blocked TRUNCATE
+        r = copy(src.dsn, dst.dsn, "--yes", state_dir=state)
+        assert r.returncode == 2, r.stderr
+        assert "another pgcopy run is working on" in r.stderr and f":{first.proc.pid}:" in r.stderr
+        r = pgcopy("recover", "-d", dst.dsn, state_dir=state)
+        assert r.returncode == 2 and "another pgcopy run" in r.stderr, r.stderr
+        assert fk_full(dst) == during  # nobody re-added the first run's FKs
+    rc, out, err = first.finish()
+    assert rc == 0, err
+    assert checksums(dst) == checksums(src)
+    assert fk_full(dst) == before["fks"]
+    assert not list(state.glob("*.json"))
+
+
+def test_output_into_head(src, dst, state):
+    """stdout and stderr into `head -c 100`: the run still finishes and restores everything."""
+    before = prepare(src, dst)
+    cmd = (
+        f"{sys.executable} -m pgcopy copy -s '{src.dsn}' -d '{dst.dsn}' --yes -p 2 --output plain "
+        f"--state-dir '{state}' 2>&1 | head -c 100; exit ${{PIPESTATUS[0]}}"
+    )
+    r = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(r.stdout) <= 100
+    assert checksums(dst) == checksums(src)
+    assert fk_full(dst) == before["fks"]
+    assert not list(state.glob("*.json"))
+
+
+def test_ctrl_c_after_tables_committed_sets_their_sequences(src, dst, state):
+    """With one worker, every other table commits before the blocked one; Ctrl-C then."""
+    before = prepare(src, dst)
+    with copy_blocked_on_empty_src(src, dst, state, "-p", "1") as run:
+        os.kill(run.proc.pid, signal.SIGINT)
+        rc, out, err = run.finish()
+    assert rc == 130, err
+    now, theirs = checksums(dst), checksums(src)
+    assert now["public.orders"] == theirs["public.orders"]
+    assert owned_sequences(dst)["public.orders"] == owned_sequences(src)["public.orders"]
+    assert_whole(src, dst, before, state)
+    assert no_pgcopy_backends(dst)
+    dst.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 1)")  # no duplicate key
+
+
+def test_unsafe_state_dir_and_damaged_journal_refused(src, dst, state):
+    before = prepare(src, dst)
+    state.mkdir(mode=0o700)
+    os.chmod(state, 0o777)
+    r = copy(src.dsn, dst.dsn, "--yes", state_dir=state)
+    assert r.returncode == 2 and "writable by other users" in r.stderr, r.stderr
+    assert snapshot(dst) == before
+    os.chmod(state, 0o700)
+
+    # a journal left by a killed run, then tampered with: never replayed as SQL
+    with copy_blocked_on_empty_src(src, dst, state, "-p", "2") as run:
+        os.killpg(run.proc.pid, signal.SIGKILL)
+        run.proc.wait(30)
+    (journal,) = state.glob("*.json")
+    assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    text = journal.read_text()
+    journal.write_text(text.replace('"FOREIGN KEY (', '"DROP TABLE customers; FOREIGN KEY (', 1))
+    r = pgcopy("recover", "-d", dst.dsn, state_dir=state)
+    assert r.returncode == 2 and "damaged" in r.stderr, r.stderr
+    assert dst.scalar("SELECT count(*) FROM customers") > 0
+    journal.write_text(text)
+    r = pgcopy("recover", "-d", dst.dsn, state_dir=state)
+    assert r.returncode == 0, r.stderr
+    assert fk_full(dst) == before["fks"]
+
+
+def test_workers_die_with_the_coordinator(src, dst, state):
+    """kill -9 of the coordinator alone: its workers exit, nothing commits afterwards."""
+    prepare(src, dst)
+    with copy_blocked_on_empty_src(src, dst, state, "-p", "2") as run:
+        os.kill(run.proc.pid, signal.SIGKILL)
+        run.proc.wait(30)
+        assert wait_until(lambda: group_gone(run.proc.pid)), "a worker outlived the coordinator"
+    assert wait_until(lambda: no_pgcopy_backends(dst))
+    assert dst.query("SELECT * FROM empty_src") == [(1, "stale")]
+
+
+def test_prompt_says_interrupted_runs_fks_were_restored(src, dst, state):
+    import pty
+
+    prepare(src, dst)
+    with copy_blocked_on_empty_src(src, dst, state, "-p", "2") as run:
+        os.killpg(run.proc.pid, signal.SIGKILL)
+        run.proc.wait(30)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgcopy", "copy", "-s", src.dsn, "-d", dst.dsn, "--state-dir", str(state)],
+        cwd=ROOT,
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(slave)
+    os.write(master, b"no\n")
+    out, err = proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 3, err
+    assert "foreign keys an interrupted run had dropped were restored" in err
+    assert "nothing was changed" not in err
+
+
+def test_journal_names_its_owner(src, dst, state):
+    """The journal records its owner: host, pid and run id of the run that wrote it."""
+    prepare(src, dst)
+    with copy_blocked_on_empty_src(src, dst, state, "-p", "2") as run:
+        (journal,) = state.glob("*.json")
+        assert f":{run.proc.pid}:" in journal.read_text()
+        os.kill(run.proc.pid, signal.SIGTERM)
+        rc, _, err = run.finish()
+    assert rc == 143, err
+
+
+@pytest.mark.parametrize("point", ["after-drop", "after-add", "during-sequences"])
+def test_sigterm_at_a_later_phase_is_honoured(src, dst, state, point):
+    """A stop after the load still restores everything, then exits 143 (never 0)."""
+    before = prepare(src, dst)
+    env = dict(os.environ, PGCOPY_FAILPOINT=f"{point}:sigterm")
+    run = Running(["copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "2"], state, env=env)
+    rc, out, err = run.finish(timeout=120)
+    assert rc == 143, err
+    assert fk_full(dst) == before["fks"]
+    assert_whole(src, dst, before, state)
+    assert no_pgcopy_backends(dst)
