@@ -179,18 +179,6 @@ class Sequence:
 TABLES_SQL = """
 SELECT c.oid, n.nspname, c.relname, c.relkind, c.relispartition,
        c.relpersistence = 'u', c.reltuples,
-       CASE WHEN c.relkind = 'p' THEN
-            (SELECT coalesce(sum(pg_total_relation_size(t.relid)), 0)
-               FROM pg_partition_tree(c.oid) t WHERE t.isleaf)
-            ELSE pg_total_relation_size(c.oid) END,
-       pg_table_size(c.oid),
-       CASE WHEN c.relispartition THEN
-            ARRAY(SELECT an.nspname || '.' || ac.relname
-                    FROM pg_partition_ancestors(c.oid) WITH ORDINALITY a(relid, i)
-                    JOIN pg_class ac ON ac.oid = a.relid
-                    JOIN pg_namespace an ON an.oid = ac.relnamespace
-                   WHERE a.relid <> c.oid ORDER BY a.i)
-            ELSE ARRAY[]::text[] END,
        CASE WHEN c.relispartition THEN
             ARRAY(SELECT a.relid::oid FROM pg_partition_ancestors(c.oid) a WHERE a.relid <> c.oid)
             ELSE ARRAY[]::oid[] END
@@ -209,20 +197,56 @@ SELECT c.oid, n.nspname, c.relname, c.relkind, c.relispartition,
  ORDER BY n.nspname, c.relname
 """
 
+# The size functions take an AccessShareLock on each table, held to the end of the
+# transaction: sizes are read in short transactions of this many tables, so reading the
+# catalog of thousands of tables never fills the server's lock table.
+SIZE_CHUNK = 20
 
-def read_tables(cur) -> list[Table]:
-    """Ordinary tables, partitions and partitioned parents (no views, foreign or temp tables)."""
+Sizes = dict[int, tuple[int, int]]  # oid -> (pg_total_relation_size, pg_table_size)
+
+
+def read_sizes(conn) -> Sizes:
+    """Sizes of every ordinary table, a few tables per transaction (commits ``conn``)."""
+    cur = conn.cursor()
+    cur.execute(
+        """SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+              AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'"""
+    )
+    oids = [r[0] for r in cur.fetchall()]
+    conn.commit()
+    out: Sizes = {}
+    for i in range(0, len(oids), SIZE_CHUNK):
+        cur.execute(
+            "SELECT o, pg_total_relation_size(o), pg_table_size(o) FROM unnest(%s::oid[]) o",
+            (oids[i : i + SIZE_CHUNK],),
+        )
+        out.update({o: (int(total or 0), int(data or 0)) for o, total, data in cur.fetchall()})
+        conn.commit()
+    return out
+
+
+def read_tables(cur, sizes: Sizes | None = None) -> list[Table]:
+    """Ordinary tables, partitions and partitioned parents (no views, foreign or temp tables).
+
+    ``sizes`` from :func:`read_sizes`; without it they are read here, which commits."""
+    if sizes is None:
+        sizes = read_sizes(cur.connection)
     cur.execute(TABLES_SQL)
     rows = cur.fetchall()
-    # ancestors come back as "schema.name" strings; rebuild keys from oids to survive dots
     names = {r[0]: (r[1], r[2]) for r in rows}
+    parent_total: dict[int, int] = {}
+    for oid, *_, anc_oids in rows:
+        for a in anc_oids:
+            parent_total[a] = parent_total.get(a, 0) + sizes.get(oid, (0, 0))[0]
     out = []
-    for oid, schema, name, relkind, ispart, unlogged, reltuples, size, data_size, _anc, anc_oids in rows:
+    for oid, schema, name, relkind, ispart, unlogged, reltuples, anc_oids in rows:
         kind = "partition" if ispart and relkind == "r" else KIND_NAMES[relkind]
         ancestors = tuple(names[a] for a in anc_oids if a in names)
-        out.append(
-            Table(oid, schema, name, kind, unlogged, float(reltuples), int(size), ancestors, int(data_size))
-        )
+        total, data = sizes.get(oid, (0, 0))
+        if relkind == "p":
+            total, data = parent_total.get(oid, 0), 0
+        out.append(Table(oid, schema, name, kind, unlogged, float(reltuples), total, ancestors, data))
     return out
 
 

@@ -75,7 +75,10 @@ def run_load(
     stop_requested: Callable[[], bool],
     bus: ProgressBus | None = None,
     backends: Backends | None = None,
+    all_reading: Callable[[], None] | None = None,
 ) -> LoadOutcome:
+    """Load every task; ``all_reading`` is called once every table has begun its source
+    read (or failed), when the run's snapshot is no longer needed for new imports."""
     ctx = spawn_context()
     stop_event = ctx.Event()
     nworkers = workers_for(parallel, tasks)
@@ -103,6 +106,7 @@ def run_load(
     in_flight: dict[int, tuple[str, str]] = {}
     finished: set[tuple[str, str]] = set()
     alive = set(procs)
+    begun: set[tuple[str, str]] = set()  # tables whose source read has started (or that failed)
     try:
         while alive:
             if stop_requested():
@@ -124,6 +128,11 @@ def run_load(
                                 reporter.table_failed(res)
                 continue
             _handle(kind, wid, payload, out, in_flight, finished, alive, reporter)
+            if kind in ("start", "failed") and all_reading is not None:
+                begun.add(payload if kind == "start" else payload.key)
+                if len(begun) == len(tasks):
+                    all_reading()
+                    all_reading = None
     finally:
         aborting = out.stopped or bool(alive)
         if aborting:

@@ -23,9 +23,19 @@ from pgcopy import catalog, failpoints
 from pgcopy.catalog import ForeignKey, qualname
 from pgcopy.connections import Session, connect, error_line
 
-# FKs dropped or added per transaction: each takes about six lock-table entries, and a
-# default server has 64 per connection slot to share (max_locks_per_transaction).
-BATCH = 100
+# Each FK dropped or added takes about six lock-table entries in its transaction; the
+# server's lock table holds max_locks_per_transaction (64 by default) per connection slot.
+# A batch uses at most half of one slot's share, so pgcopy never crowds out other sessions.
+LOCKS_PER_FK = 6
+
+
+def batch_size(conn) -> int:
+    """FKs per transaction for this server's lock budget."""
+    cur = conn.cursor()
+    cur.execute("SELECT current_setting('max_locks_per_transaction')::int")
+    per_slot = cur.fetchone()[0]
+    conn.commit()
+    return max(1, per_slot // 2 // LOCKS_PER_FK)
 
 
 @dataclass
@@ -56,15 +66,16 @@ def session_setup(cur, lock_timeout: str) -> None:
     cur.execute("SET lock_timeout = %s", (lock_timeout,))
 
 
-def _batches(items: list, size: int = BATCH):
+def _batches(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
 
 def drop_all(conn, fkeys: list[ForeignKey], lock_timeout: str) -> None:
     """Drop in batched transactions (the journal, written first, holds all of them)."""
+    size = batch_size(conn)
     cur = conn.cursor()
-    for batch in _batches(fkeys):
+    for batch in _batches(fkeys, size):
         cur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
         for fk in batch:
             cur.execute(_alter(fk, "DROP CONSTRAINT IF EXISTS {}"))
@@ -120,7 +131,7 @@ def _add_missing(conn, fkeys: list[ForeignKey], out: RestoreOutcome) -> list[For
         elif fk.validated and not now.validated:
             to_validate.append(fk)
     cur = conn.cursor()
-    for batch in _batches(to_add):
+    for batch in _batches(to_add, batch_size(conn)):
         for fk in batch:
             one_step = fk.validated and (fk.table, fk.name) in partitioned
             cur.execute("SAVEPOINT pgcopy_fk")

@@ -84,10 +84,15 @@ class PlanInputs:
     index_rebuild_bytes: int | None = None
 
 
-def build_plan(src_cur, dst_cur, inputs: PlanInputs, log: Logger) -> Plan:
-    """Read both catalogs, run every preflight check (all problems at once), then plan."""
-    src_tables = catalog.read_tables(src_cur)
-    dst_tables = catalog.read_tables(dst_cur)
+def build_plan(
+    src_cur, dst_cur, inputs: PlanInputs, log: Logger, src_sizes: catalog.Sizes, dst_sizes: catalog.Sizes
+) -> Plan:
+    """Read both catalogs, run every preflight check (all problems at once), then plan.
+
+    Sizes come from :func:`catalog.read_sizes` (read beforehand in short transactions):
+    nothing here takes a lock on a user table."""
+    src_tables = catalog.read_tables(src_cur, src_sizes)
+    dst_tables = catalog.read_tables(dst_cur, dst_sizes)
     matched = patterns.select_or_refuse(src_tables, inputs.include, inputs.exclude, log.warn)
     selected = [t for t in matched if t.kind != "partitioned parent"]
     if not selected:

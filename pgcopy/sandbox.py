@@ -166,7 +166,7 @@ class Cluster:
         twin = Cluster(root, free_port(), self.bindir, self.owner, dict(self.settings))
         atexit.register(twin.destroy)
         args = ["pg_basebackup", "-D", str(twin.datadir), "-h", str(self.root), "-p", str(self.port)]
-        twin._check(*args, "-U", SUPERUSER, "-X", "stream", *(["-R"] if standby else []))
+        twin._check(*args, "-U", SUPERUSER, "-X", "stream", "-c", "fast", *(["-R"] if standby else []))
         with open(twin.datadir / "postgresql.auto.conf", "a") as fh:
             fh.write(f"port = {twin.port}\nunix_socket_directories = '{root}'\n")
         twin.start()

@@ -43,11 +43,16 @@ class WorkerSpec:
 def _open(spec: WorkerSpec):
     src = connect(spec.source, "source", spec.session, readonly=True)
     src.set_session(isolation_level="REPEATABLE READ", readonly=True)
-    cur = src.cursor()
-    if spec.snapshot:
-        cur.execute("SET TRANSACTION SNAPSHOT %s", (spec.snapshot,))
     dst = connect(spec.dest, "destination", spec.session)
     return src, dst
+
+
+def _begin_read(src, snapshot: str | None) -> None:
+    """One short source transaction per table, in the run's snapshot: a worker never
+    accumulates locks on the source (one AccessShareLock at a time)."""
+    src.rollback()
+    if snapshot:
+        src.cursor().execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
 
 
 PR_SET_PDEATHSIG = 1
@@ -99,11 +104,14 @@ def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array, stop, par
             break
         index, task = item
         slot.begin(index)
-        results.put(("start", wid, task.key))
         try:
             if src is None:
                 src, dst = _open(spec)
+            _begin_read(src, spec.snapshot)
+            # only now: the coordinator may release the snapshot once every table has started
+            results.put(("start", wid, task.key))
             res = copy_table(src, dst, task, spec.stream, slot)
+            src.rollback()
             slot.end(True, res.rows)
             results.put(("done", wid, res))
         except Exception as exc:

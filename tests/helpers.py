@@ -43,7 +43,7 @@ def checksums(db) -> dict[str, tuple[int, str]]:
     tables = db.query(
         """SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind = 'r' AND n.nspname IN ('public', 'other') ORDER BY 1"""
+            WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_' ORDER BY 1"""
     )
     out = {}
     for (name,) in tables:
@@ -92,8 +92,9 @@ def is_called(db, seq: str) -> bool:
 def pgcopy(
     *args: str, state_dir, input: str | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess:
+    state = ["--state-dir", str(state_dir)] if state_dir is not None else []
     return subprocess.run(
-        [sys.executable, "-m", "pgcopy", *args, "--state-dir", str(state_dir)],
+        [sys.executable, "-m", "pgcopy", *args, *state],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -24,7 +24,7 @@ from psycopg2 import sql
 
 from pgcopy import failpoints, fmt, runlock
 from pgcopy import fkeys as fkmod
-from pgcopy.catalog import ForeignKey, database_identity, qualname, regclass_literal
+from pgcopy.catalog import ForeignKey, database_identity, qualname, read_sizes, regclass_literal
 from pgcopy.connections import Session, common_encoding, connect, describe, describe_conn, error_line
 from pgcopy.coordinator import LoadOutcome, run_load, spawn_context, workers_for
 from pgcopy.errors import (
@@ -161,7 +161,32 @@ def _rows_for_prompt(cur, key, size: int, estimate: float) -> str:
     if size > EXACT_COUNT_BYTES:
         return fmt.estimate(estimate)
     cur.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(*key)))
-    return f"{cur.fetchone()[0]:,}"
+    n = cur.fetchone()[0]
+    cur.connection.commit()  # one table's lock at a time
+    return f"{n:,}"
+
+
+# Sequences read per transaction (each read locks its sequence until the commit).
+SEQUENCE_CHUNK = 20
+
+
+def read_sequence_values(conn, keys: list) -> dict:
+    """last_value and is_called of each sequence, a few per transaction (commits ``conn``)."""
+    cur = conn.cursor()
+    out = {}
+    for i in range(0, len(keys), SEQUENCE_CHUNK):
+        chunk = keys[i : i + SEQUENCE_CHUNK]
+        query = sql.SQL(" UNION ALL ").join(
+            sql.SQL("SELECT {}::int, last_value, is_called FROM {}").format(
+                sql.Literal(j), sql.Identifier(*k)
+            )
+            for j, k in enumerate(chunk)
+        )
+        cur.execute(query)
+        for j, last, called in cur.fetchall():
+            out[chunk[j]] = SequenceValue(chunk[j], last, called)
+        conn.commit()
+    return out
 
 
 def copy(opts: CopyOptions, log: Logger) -> int:
@@ -200,6 +225,7 @@ class CopyRun:
         self.opts, self.report, self.log = opts, report, log
         self.session = Session.new()
         self.src = self.dst = None
+        self.scat = None  # the source session that reads catalogs in the snapshot
         self.journal: Journal | None = None
         self.carried: dict[tuple, ForeignKey] = {}  # original FK states from an interrupted run
         self.journal_restored = 0  # FKs of an interrupted run put back before the prompt
@@ -223,7 +249,7 @@ class CopyRun:
                 self.confirm(plan)
             return self.change(plan)
         finally:
-            for conn in (self.src, self.dst):
+            for conn in (self.src, self.scat, self.dst):
                 if conn is not None:
                     conn.close()
 
@@ -231,6 +257,8 @@ class CopyRun:
         """Everything that changes the destination, with the stop flag installed."""
         self.report.tables_total, self.report.replica_mode = len(plan.tasks), plan.replica
         self.report.large_objects = plan.large_objects
+        self.scat.close()
+        self.scat = None
         started = time.monotonic()
         self.stop.install()
         bus = ProgressBus(spawn_context(), workers_for(self.opts.parallel, plan.tasks))
@@ -369,26 +397,34 @@ class CopyRun:
     # --- STEP 3 --------------------------------------------------------------------
 
     def snapshot_and_plan(self) -> Plan:
+        """The coordinator's first source session only exports the snapshot (it holds no
+        lock); catalogs are read on a second one that imports it, and sizes and sequences
+        a few tables per transaction, so no pgcopy transaction nears the lock budget."""
         self.src.set_session(isolation_level="REPEATABLE READ", readonly=True)
-        scur, dcur = self.src.cursor(), self.dst.cursor()
-        fkmod.session_setup(dcur, self.opts.lock_timeout)
-        self.dst.commit()
         if self.opts.snapshot:
             try:
-                scur.execute("SELECT pg_export_snapshot()")
-                self.snapshot = scur.fetchone()[0]
+                cur = self.src.cursor()
+                cur.execute("SELECT pg_export_snapshot()")
+                self.snapshot = cur.fetchone()[0]
             except Exception as exc:
                 raise PreflightError(
                     [
                         f"the source cannot export a snapshot ({error_line(exc)}); a pooler in transaction mode cannot share one: connect directly, or pass --no-snapshot to read each table at a different moment"
                     ]
                 ) from None
-        scur.execute("SET search_path = pg_catalog")
+        self.scat = connect(self.opts.source, "source", self.session)
         self.log.info("STEP 3: reading catalogs and checking the destination")
+        src_sizes, dst_sizes = read_sizes(self.scat), read_sizes(self.dst)
+        self.scat.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        scur, dcur = self.scat.cursor(), self.dst.cursor()
+        if self.snapshot:
+            scur.execute("SET TRANSACTION SNAPSHOT %s", (self.snapshot,))
+        scur.execute("SET search_path = pg_catalog")
+        fkmod.session_setup(dcur, self.opts.lock_timeout)
         o = self.opts
-        plan = build_plan(
-            scur, dcur, PlanInputs(o.include, o.exclude, o.format, o.index_rebuild_bytes), self.log
-        )
+        inputs = PlanInputs(o.include, o.exclude, o.format, o.index_rebuild_bytes)
+        plan = build_plan(scur, dcur, inputs, self.log, src_sizes, dst_sizes)
+        self.scat.commit()
         self.dst.commit()
         # an interrupted run's journal holds the original state of the FKs it dropped
         plan.fkeys = [self.carried.get((fk.table, fk.name), fk) for fk in plan.fkeys]
@@ -403,12 +439,7 @@ class CopyRun:
 
         Those a loaded table owns (and the role owns on the destination) are set inside
         that table's load transaction; the others after the load."""
-        scur = self.src.cursor()
-        values = {}
-        for seq in plan.sequences:
-            scur.execute(sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(*seq.key)))
-            last, called = scur.fetchone()
-            values[seq.key] = SequenceValue(seq.key, last, called)
+        values = read_sequence_values(self.scat, [s.key for s in plan.sequences])
         in_load = {
             s.key: s.owner_table
             for s in plan.sequences
@@ -427,7 +458,7 @@ class CopyRun:
     # --- STEP 4 --------------------------------------------------------------------
 
     def confirm(self, plan: Plan) -> None:
-        scur, dcur = self.src.cursor(), self.dst.cursor()
+        scur, dcur = self.scat.cursor(), self.dst.cursor()
         err = sys.stderr
         err.write("\nWARNING: this will OVERWRITE data in the destination database\n")
         err.write(f"  Destination: {describe_conn(self.dst)}\n")
@@ -486,7 +517,7 @@ class CopyRun:
         stream = StreamSpec(o.codec, o.batch_size, plan.replica, o.lock_timeout, o.analyze)
         spec = WorkerSpec(o.source, o.dest, self.snapshot, stream, self.session)
         backends = RunBackends(self.dst, self.session)
-        outcome = run_load(spec, plan.tasks, o.parallel, view, self.stop, bus, backends)
+        outcome = run_load(spec, plan.tasks, o.parallel, view, self.stop, bus, backends, self.release_source)
         self.report.add_load(outcome, plan.tasks, o.codec)
         if outcome.stopped:
             self.log.warn(
@@ -494,6 +525,14 @@ class CopyRun:
                 "not started; restoring foreign keys (press Ctrl-C again to abandon)"
             )
         return outcome
+
+    def release_source(self) -> None:
+        """Every table has begun reading: end the exporting transaction, so the source's
+        xmin is held only by the reads still in flight."""
+        if self.snapshot is not None:
+            self.src.rollback()
+            self.snapshot = None
+            self.log.debug("source snapshot released: every table has started reading")
 
     # --- STEP 6 --------------------------------------------------------------------
 
