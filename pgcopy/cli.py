@@ -210,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write a JSON report (options without passwords, per-table results, totals, exit code) to FILE",
     )
+    cp.add_argument(
+        "--verify",
+        action="store_true",
+        help="before each table commits, compare its row count and content digest with the source's "
+        "in the run's snapshot (computed on the servers); a mismatch rolls the table back (exit 4)",
+    )
     cp.add_argument("--no-analyze", action="store_true", help="do not ANALYZE loaded tables")
     cp.add_argument(
         "--no-refresh-matviews",
@@ -247,6 +253,24 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--exact", action="store_true", help="count rows with count(*) instead of estimates")
     ls.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
 
+    vf = sub.add_parser(
+        "verify",
+        help="compare a destination with its source: per-table digests, sequences, constraint validity",
+        description="Read-only on both sides. The source is read in one exported snapshot. Per table: "
+        "row count and an order-independent content digest computed on the servers, in parallel; then "
+        "sequences (last_value, is_called) and the validity of FK and CHECK constraints. Exit 0 only "
+        "when everything matches, 4 when something differs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    vf.add_argument("-s", "--source", required=True, metavar="DSN", help="source connection string")
+    vf.add_argument("-d", "--dest", required=True, metavar="DSN", help="destination connection string")
+    _add_selection(vf)
+    vf.add_argument(
+        "-p", "--parallel", type=_positive, default=4, metavar="N", help="tables compared at once (default 4)"
+    )
+    vf.add_argument("--report", metavar="FILE", help="write the results as JSON to FILE ('-' for stdout)")
+
     sub.add_parser("version", help="print pgcopy, Python, psycopg2 and libpq versions")
 
     dm = sub.add_parser(
@@ -268,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument(
         "-p", "--parallel", type=_positive, default=4, metavar="N", help="workers for the copy (default 4)"
     )
-    for sp in (cp, rc, ls, dm):
+    for sp in (cp, rc, ls, dm, vf):
         _add_debug(sp)
     return parser
 
@@ -311,6 +335,13 @@ def _dispatch(args: argparse.Namespace, log: Logger) -> int:
         from pgcopy.commands.recover import recover
 
         return recover(args.dest, args.source, args.state_dir, args.lock_timeout, log)
+    if args.command == "verify":
+        from pgcopy.commands.verify import VerifyOptions, verify
+
+        vopts = VerifyOptions(
+            args.source, args.dest, tuple(args.include), tuple(args.exclude), args.parallel, args.report
+        )
+        return verify(vopts, log)
     if args.command == "demo":
         from pgcopy.commands.demo import demo
 

@@ -7,7 +7,7 @@
 - ``raise``: raise :class:`FailpointError` where the point is;
 - ``sigterm``: send SIGTERM to the coordinator (a stop at exactly that point).
 
-Points, in run order: ``after-journal`` (journal written, FKs not yet dropped),
+A point fires once per process.  Points, in run order: ``after-journal`` (journal written, FKs not yet dropped),
 ``after-drop``, ``mid-copy`` (a worker, after the first chunk of a table), ``after-commit``
 (a worker, right after a table's commit), ``after-add`` (FKs added NOT VALID, none
 validated), ``during-validate`` (a VALIDATE executed, not committed), ``during-sequences``
@@ -45,6 +45,7 @@ def hit(name: str, *, in_worker: bool = False) -> None:
     if point != name:
         return
     action = action or "kill"
+    os.environ.pop("PGCOPY_FAILPOINT", None)  # fires once per process (and its later children)
     if action == "raise":
         raise FailpointError(f"failpoint {name}")
     coordinator = os.getppid() if in_worker else os.getpid()

@@ -50,6 +50,7 @@ class CopyOptions:
     progress_interval: float = 10.0
     report_file: str | None = None
     index_rebuild_bytes: int | None = 64 << 20  # None: never rebuild indexes
+    verify: bool = False
 
 
 def default_state_dir() -> Path:
@@ -83,4 +84,5 @@ def copy_options(args: argparse.Namespace) -> CopyOptions:
         progress_interval=args.progress_interval,
         report_file=args.report,
         index_rebuild_bytes=None if args.no_index_rebuild else int(args.index_rebuild_threshold * (1 << 20)),
+        verify=args.verify,
     )

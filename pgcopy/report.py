@@ -86,6 +86,8 @@ class RunReport:
                     "codec": f"{codec.name}:{codec.level}" if codec else None,
                     "error": r.error if r else None,
                     "side": r.side if r else None,
+                    "verified": r.verified if r else False,
+                    "verify_seconds": round(r.verify_seconds, 3) if r else 0.0,
                 }
             )
         done = outcome.done

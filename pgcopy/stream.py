@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import psycopg2
 from psycopg2 import sql
 
-from pgcopy import failpoints
+from pgcopy import digest, failpoints
 from pgcopy.catalog import regclass_literal
 from pgcopy.codec import Codec, DecompressingReader, open_writer
 from pgcopy.plan import CopyTask
@@ -43,6 +43,8 @@ class StreamSpec:
     replica: bool = False
     lock_timeout: str = "30s"
     analyze: bool = True
+    verify: bool = False  # compare digests before the commit (see pgcopy.digest)
+    to_utf8: bool = False  # the servers' encodings differ: digest UTF8 bytes
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class TableResult:
     format: str = ""
     error: str | None = None
     side: str | None = None  # 'source' or 'destination' when it failed
+    verified: bool = False
+    verify_seconds: float = 0.0
 
 
 class SourceFailed(Exception):
@@ -142,6 +146,7 @@ def copy_table(src, dst, task: CopyTask, spec: StreamSpec, slot=None) -> TableRe
         _create_indexes(dcur, task)
     _add_checks(dcur, task)
     set_sequences(dcur, task)
+    verified, verify_seconds = _verify(scur, dcur, task, spec) if spec.verify else (False, 0.0)
     for trig in task.triggers:
         dcur.execute(
             sql.SQL("ALTER TABLE ONLY {} " + TRIGGER_STATE[trig.enabled] + " {}").format(
@@ -149,7 +154,30 @@ def copy_table(src, dst, task: CopyTask, spec: StreamSpec, slot=None) -> TableRe
             )
         )
     dst.commit()
-    return TableResult(task.key, dst_rows, nbytes, wire, time.monotonic() - started, fmt)
+    return TableResult(
+        task.key,
+        dst_rows,
+        nbytes,
+        wire,
+        time.monotonic() - started,
+        fmt,
+        verified=verified,
+        verify_seconds=verify_seconds,
+    )
+
+
+class VerifyMismatch(Exception):
+    """The loaded rows differ from the snapshot's: the load transaction rolls back."""
+
+
+def _verify(scur, dcur, task: CopyTask, spec: StreamSpec) -> tuple[bool, float]:
+    """Before the commit, so a mismatch leaves the table fully old: the source in the run's
+    snapshot (this worker's read transaction), the destination as about to be committed."""
+    t0 = time.monotonic()
+    s, d = digest.both(scur, dcur, task.key, task.columns, spec.to_utf8)
+    if s != d:
+        raise VerifyMismatch(f"verification failed: source {s}, destination {d}")
+    return True, time.monotonic() - t0
 
 
 def _add_checks(dcur, task: CopyTask) -> None:

@@ -117,8 +117,9 @@ def prepare(src, dst) -> dict:
 
 
 # points in the coordinator where an exception ends the run with exit 1 (during-validate
-# counts as a failed validation instead: the FK stays NOT VALID and journaled, exit 4)
-COORDINATOR_RAISES = {"after-journal", "after-drop", "after-add", "during-sequences", "during-matviews"}
+# counts as a failed validation instead: the FK stays NOT VALID and journaled, exit 4;
+# after-add usually fires in the early FK restore thread, whose errors STEP 6 redoes)
+COORDINATOR_RAISES = {"after-journal", "after-drop", "during-sequences", "during-matviews"}
 
 
 @pytest.mark.parametrize("action", ACTIONS)
@@ -146,12 +147,15 @@ def test_failpoint_then_recover_then_rerun(src, dst, state, point, action):
     assert_whole(src, dst, before, state, strict=False)
 
     r = pgcopy("recover", "-d", dst.dsn, state_dir=state)
-    assert r.returncode in (0, 4), r.stderr
+    assert r.returncode in (0, 1, 4), r.stderr
     assert_whole(src, dst, before, state)
     if r.returncode == 0:
         assert fk_full(dst) == before["fks"]
-    else:  # a child committed and its parent did not: the FK waits, NOT VALID, in the journal
+    else:
+        # a child committed and its parent did not: the FK waits in the journal, NOT VALID
+        # (exit 4), or missing when it touches a partitioned table and cannot be NOT VALID (1)
         assert "is kept" in r.stderr
+        assert list(state.glob("*.json"))
 
     r = copy(src.dsn, dst.dsn, "--yes", state_dir=state)
     assert r.returncode == 0, r.stderr
@@ -167,13 +171,15 @@ def test_two_runs_at_once(src, dst, state):
     """The second run (and recover) refuse at once naming the first; the first is unharmed."""
     before = prepare(src, dst)
     with copy_blocked_on_empty_src(src, dst, state, "-p", "2") as first:
-        during = fk_full(dst)  # catalogs only: a table read would queue behind the blocked TRUNCATE
+        (journal,) = state.glob("*.json")
+        written = journal.read_text()
         r = copy(src.dsn, dst.dsn, "--yes", state_dir=state)
         assert r.returncode == 2, r.stderr
         assert "another pgcopy run is working on" in r.stderr and f":{first.proc.pid}:" in r.stderr
+        assert "interrupted run" not in r.stderr
         r = pgcopy("recover", "-d", dst.dsn, state_dir=state)
         assert r.returncode == 2 and "another pgcopy run" in r.stderr, r.stderr
-        assert fk_full(dst) == during  # nobody re-added the first run's FKs
+        assert journal.read_text() == written  # neither touched the first run's journal
     rc, out, err = first.finish()
     assert rc == 0, err
     assert checksums(dst) == checksums(src)

@@ -37,6 +37,7 @@ from pgcopy.errors import (
     PgcopyError,
     PreflightError,
 )
+from pgcopy.fkearly import EarlyRestorer
 from pgcopy.journal import Journal
 from pgcopy.log import Logger, safe_write
 from pgcopy.options import CopyOptions
@@ -87,16 +88,21 @@ class StopFlag:
 
 
 class RunBackends:
-    """The run's own sessions on the destination, found by its application_name."""
+    """The run's own sessions on the destination, found by its application_name.
 
-    def __init__(self, conn, session: Session):
+    ``before_cancel``/``before_wait`` stop the coordinator's own helper threads (the early
+    FK restore) around the cancel, so nothing starts new server work meanwhile."""
+
+    def __init__(self, conn, session: Session, before_cancel=None, before_wait=None):
         self.conn, self.app = conn, session.app_name
+        self.before_cancel, self.before_wait = before_cancel, before_wait
 
     def _each(self, fn: str) -> int:
+        """Apply ``fn`` to our busy sessions (idle ones hold no locks); count them."""
         cur = self.conn.cursor()
         cur.execute(
-            f"SELECT count({fn}(pid)) FROM pg_stat_activity "  # fn is one of our two names
-            "WHERE application_name = %s AND pid <> pg_backend_pid()",
+            f"SELECT count({fn}(pid)) FROM pg_stat_activity "  # fn is one of our own names
+            "WHERE application_name = %s AND pid <> pg_backend_pid() AND state IS DISTINCT FROM 'idle'",
             (self.app,),
         )
         n = cur.fetchone()[0]
@@ -104,6 +110,8 @@ class RunBackends:
         return n
 
     def cancel(self) -> None:
+        if self.before_cancel is not None:
+            self.before_cancel()
         try:
             self._each("pg_cancel_backend")
         except Exception:
@@ -111,6 +119,8 @@ class RunBackends:
 
     def wait_gone(self, timeout: float = 10.0) -> None:
         """Until no statement of ours runs on the server; terminate what outlives the wait."""
+        if self.before_wait is not None:
+            self.before_wait()
         end = time.monotonic() + timeout
         try:
             while self._each("") and time.monotonic() < end:
@@ -118,6 +128,24 @@ class RunBackends:
             self._each("pg_terminate_backend")
         except Exception:
             self.conn.rollback()
+
+
+class _Tee:
+    """The load's reporter: the display, plus the early FK restore hearing of finished tables."""
+
+    def __init__(self, view, early: EarlyRestorer):
+        self._view, self._early = view, early
+
+    def table_done(self, result) -> None:
+        self._early.table_finished(result.key)
+        self._view.table_done(result)
+
+    def table_failed(self, result) -> None:
+        self._early.table_finished(result.key)
+        self._view.table_failed(result)
+
+    def __getattr__(self, name):
+        return getattr(self._view, name)
 
 
 def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions) -> None:
@@ -376,23 +404,21 @@ class CopyRun:
             self.opts.dest, fks, self.opts.parallel, self.opts.lock_timeout, self.session
         )
         fkmod.log_outcome(outcome, self.log)
-        self.journal_restored = len(fks) - len(outcome.missing)
-        if not outcome.present:
-            raise PgcopyError(
-                f"foreign keys from an interrupted run could not all be restored; fix the errors above and "
-                f"run pgcopy recover (journal {journal.path})"
-            )
+        self.journal_restored = len(outcome.restored) + len(outcome.not_valid)
         if outcome.complete:
             journal.remove()
             self.carried = {}
-        else:
-            # left NOT VALID (their tables are mid-way): the journal keeps their original
-            # validity, and this run's plan takes it from there, never from the catalog
-            self.carried = {(fk.table, fk.name): fk for fk, _ in outcome.not_valid}
-            self.log.warn(
-                f"{len(outcome.not_valid)} of them stay NOT VALID until this run reloads their tables; "
-                "the journal keeps their original state"
-            )
+            return
+        # Left NOT VALID, or missing because an FK on a partitioned table cannot be NOT
+        # VALID while its tables are mid-way: this run reloads them. The journal keeps
+        # their original state, and this run's plan takes it from there, never from the
+        # catalog; STEP 6 puts them back (or reports them, keeping the journal).
+        waiting = [fk for fk, _ in outcome.not_valid] + [fk for fk, _ in outcome.missing]
+        self.carried = {(fk.table, fk.name): fk for fk in waiting}
+        self.log.warn(
+            f"{len(waiting)} of them wait for this run to reload their tables; "
+            "the journal keeps their original state"
+        )
 
     # --- STEP 3 --------------------------------------------------------------------
 
@@ -514,10 +540,31 @@ class CopyRun:
             f"STEP 5: loading {len(plan.tasks)} tables with {workers_for(o.parallel, plan.tasks)} workers"
             + (" (session_replication_role = replica)" if plan.replica else "")
         )
-        stream = StreamSpec(o.codec, o.batch_size, plan.replica, o.lock_timeout, o.analyze)
+        to_utf8 = self.src.get_parameter_status("server_encoding") != self.dst.get_parameter_status(
+            "server_encoding"
+        )
+        stream = StreamSpec(o.codec, o.batch_size, plan.replica, o.lock_timeout, o.analyze, o.verify, to_utf8)
         spec = WorkerSpec(o.source, o.dest, self.snapshot, stream, self.session)
-        backends = RunBackends(self.dst, self.session)
-        outcome = run_load(spec, plan.tasks, o.parallel, view, self.stop, bus, backends, self.release_source)
+        # FKs whose tables have all loaded are restored while the others still load
+        early = EarlyRestorer(
+            o.dest,
+            plan.fkeys,
+            plan.ancestors,
+            max(1, o.parallel // 2),
+            o.lock_timeout,
+            self.session,
+            self.log,
+        )
+        backends = RunBackends(self.dst, self.session, early.request_stop, early.stop)
+        early.start()
+        try:
+            outcome = run_load(
+                spec, plan.tasks, o.parallel, _Tee(view, early), self.stop, bus, backends, self.release_source
+            )
+        finally:
+            early.stop()
+        if early.restored:
+            self.log.info(f"{early.restored} foreign keys were restored and validated during the load")
         self.report.add_load(outcome, plan.tasks, o.codec)
         if outcome.stopped:
             self.log.warn(

@@ -1,0 +1,89 @@
+"""Foreign keys restored during the load, as soon as every table they touch has finished.
+
+The load's tail (the last big tables) and the FK validations of the tables already loaded
+overlap instead of running one after the other.  This is an optimisation only: STEP 6 runs
+``restore_all`` over every journaled FK afterwards, which skips FKs already exactly as
+journaled, finishes anything this thread left undone, and makes the one final check before
+the journal goes.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from pgcopy import fkeys as fkmod
+from pgcopy.catalog import ForeignKey, Key
+from pgcopy.connections import Session
+
+POLL_SECONDS = 0.3
+
+
+class EarlyRestorer:
+    """A coordinator thread; ``table_finished`` is called for every table done or failed."""
+
+    def __init__(
+        self,
+        dsn: str,
+        fkeys: list[ForeignKey],
+        ancestors: dict[Key, tuple[Key, ...]],
+        parallel: int,
+        lock_timeout: str,
+        session: Session,
+        log,
+    ):
+        self.dsn, self.parallel, self.lock_timeout, self.session, self.log = (
+            dsn,
+            parallel,
+            lock_timeout,
+            session,
+            log,
+        )
+        # a key stands for the loaded tables it covers: itself, or a partitioned parent's leaves
+        covers: dict[Key, set[Key]] = {}
+        for leaf, parents in ancestors.items():
+            for k in (leaf, *parents):
+                covers.setdefault(k, set()).add(leaf)
+        self.waiting = {fk: covers.get(fk.table, set()) | covers.get(fk.ref_table, set()) for fk in fkeys}
+        self.finished: set[Key] = set()
+        self.restored = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pgcopy-fk-early", daemon=True)
+
+    def start(self) -> None:
+        if self.waiting:
+            self._thread.start()
+
+    def table_finished(self, key: Key) -> None:
+        with self._lock:
+            self.finished.add(key)
+
+    def request_stop(self) -> None:
+        """No new batches (the one in progress goes on until cancelled)."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        """No new batches; wait for the one in progress (a stop cancels its statements)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _ready(self) -> list[ForeignKey]:
+        with self._lock:
+            ready = [fk for fk, need in self.waiting.items() if need <= self.finished]
+            for fk in ready:
+                del self.waiting[fk]
+        return ready
+
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            ready = self._ready()
+            if not ready:
+                continue
+            try:
+                out = fkmod.restore_all(self.dsn, ready, self.parallel, self.lock_timeout, self.session)
+                self.restored += len(out.restored)
+                self.log.debug(f"{len(out.restored)} of {len(ready)} foreign keys restored during the load")
+            except Exception as exc:  # STEP 6 does it again, and reports
+                self.log.debug(f"early foreign key restore stopped: {exc}")
+                return
