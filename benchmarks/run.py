@@ -286,6 +286,13 @@ def methods(src, dst, tables, jobs: int, tmp: Path) -> dict[str, tuple[str, dict
     out = {
         "pgcopy": (pgcopy, {}, DB),
         f"pgcopy -p {jobs}": (f"{pgcopy} -p {jobs}", {}, DB),
+        # issue 13's cost: the digest comparison inside the copy, and `verify` after a copy
+        f"pgcopy -p {jobs} --verify": (f"{pgcopy} -p {jobs} --verify", {}, DB),
+        f"pgcopy -p {jobs} then pgcopy verify -p {jobs}": (
+            f"{pgcopy} -p {jobs} && {py} -m pgcopy verify -s {s_own} -d {d_own} -p {jobs}",
+            {},
+            DB,
+        ),
         "pgcopy --compress zstd": (f"{pgcopy} --compress zstd", {}, DB),
         "pgcopy --compress gzip": (f"{pgcopy} --compress gzip", {}, DB),
         "pgcopy --no-copy-pipe": (f"{pgcopy} --no-copy-pipe --batch-size 5000", {}, DB),

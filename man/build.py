@@ -28,8 +28,13 @@ def render() -> str:
         "manual_title": "pgcopy manual",
         "date": "2026-11-23",
         "url": "https://pypi.org/project/pgcopy-cli/",
+        "description": "copy all the data of one PostgreSQL database into another",
+        "include": str(ROOT / "man" / "sections.txt"),
     }
-    return str(Manpage(build_parser(), _data=data))
+    parser = build_parser()
+    # exit codes have their own section here; --help keeps them in its epilog
+    parser.epilog = None
+    return str(Manpage(parser, _data=data))
 
 
 def main() -> int:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import sys
 import traceback
 from collections.abc import Sequence
+
+import psycopg2
 
 from pgcopy import __version__
 from pgcopy.codec import CODECS
@@ -34,6 +37,27 @@ def _number(convert, kind: str, ok, rule: str):
 
 
 _positive = _number(int, "an integer", lambda v: v >= 1, "must be at least 1")
+MAX_PARALLEL = 64
+_parallel = _number(int, "an integer", lambda v: 1 <= v <= MAX_PARALLEL, f"must be 1 to {MAX_PARALLEL}")
+
+# PostgreSQL's time units for lock_timeout; a bare number is milliseconds
+_DURATION = re.compile(r"\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*")
+
+
+def _duration(text: str) -> str:
+    if not _DURATION.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 500ms, 2min)")
+    return text.strip()
+
+
+SOURCE_HELP = (
+    "source connection string (URI, key=value, or a bare database name); default $PGCOPY_SOURCE, "
+    "else libpq's PG* environment, as psql"
+)
+DEST_HELP = (
+    "destination connection string (URI, key=value, or a bare database name); default "
+    "$PGCOPY_DEST, else libpq's PG* environment"
+)
 _positive_float = _number(float, "a number", lambda v: v > 0, "must be above 0")
 _nonnegative_float = _number(float, "a number", lambda v: v >= 0, "must not be negative")
 
@@ -73,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug lines")
+    parser.add_argument("-V", "--version", action="version", version=f"pgcopy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     cp = sub.add_parser(
@@ -84,27 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cp.add_argument(
-        "-s",
-        "--source",
-        required=True,
-        metavar="DSN",
-        help="source connection string (URI or key=value); only read",
-    )
-    cp.add_argument(
-        "-d",
-        "--dest",
-        required=True,
-        metavar="DSN",
-        help="destination connection string; its selected tables are overwritten",
-    )
+    cp.add_argument("-s", "--source", metavar="DSN", help=SOURCE_HELP + "; only read")
+    cp.add_argument("-d", "--dest", metavar="DSN", help=DEST_HELP + "; its selected tables are overwritten")
     cp.add_argument(
         "-p",
+        "-j",
         "--parallel",
-        type=_positive,
+        "--jobs",
+        dest="parallel",
+        type=_parallel,
         default=4,
         metavar="N",
-        help="worker processes, each with one source and one destination connection (default 4)",
+        help=f"worker processes, each with one source and one destination connection (default 4, at most "
+        f"{MAX_PARALLEL}; checked against both servers' free connections)",
     )
     _add_selection(cp)
     cp.add_argument(
@@ -116,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-y",
         dest="yes",
         action="store_true",
-        help="do not ask for confirmation (required when stdin is not a terminal)",
+        help="do not ask for confirmation (required when stdin is not a terminal); --skip-backup is the "
+        "reference tool's name for it: pgcopy takes no backup",
     )
     cp.add_argument(
         "--state-dir",
@@ -126,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument(
         "--lock-timeout",
         default="30s",
+        type=_duration,
         metavar="DURATION",
         help="lock_timeout for destination DDL and TRUNCATE (default 30s)",
     )
@@ -231,13 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    rc.add_argument("-d", "--dest", required=True, metavar="DSN", help="destination connection string")
+    rc.add_argument("-d", "--dest", metavar="DSN", help=DEST_HELP)
     rc.add_argument(
         "-s", "--source", metavar="DSN", help="source to read definitions from when the journal lacks one"
     )
     rc.add_argument("--state-dir", metavar="DIR", help="where the journal is kept (as for copy)")
     rc.add_argument(
-        "--lock-timeout", default="30s", metavar="DURATION", help="lock_timeout for the DDL (default 30s)"
+        "--lock-timeout",
+        default="30s",
+        type=_duration,
+        metavar="DURATION",
+        help="lock_timeout for the DDL (default 30s)",
     )
 
     ls = sub.add_parser(
@@ -247,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         "or count(*) with --exact) and total size, then a totals line. Views, foreign tables, "
         "temporary tables and sequences are not listed.",
     )
-    ls.add_argument("-s", "--source", required=True, metavar="DSN", help="connection string")
+    ls.add_argument("-s", "--source", metavar="DSN", help=SOURCE_HELP)
     ls.add_argument("--schema", metavar="NAME", help="only this schema")
     _add_selection(ls)
     ls.add_argument("--exact", action="store_true", help="count rows with count(*) instead of estimates")
@@ -263,11 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    vf.add_argument("-s", "--source", required=True, metavar="DSN", help="source connection string")
-    vf.add_argument("-d", "--dest", required=True, metavar="DSN", help="destination connection string")
+    vf.add_argument("-s", "--source", metavar="DSN", help=SOURCE_HELP)
+    vf.add_argument("-d", "--dest", metavar="DSN", help=DEST_HELP)
     _add_selection(vf)
     vf.add_argument(
-        "-p", "--parallel", type=_positive, default=4, metavar="N", help="tables compared at once (default 4)"
+        "-p",
+        "-j",
+        "--parallel",
+        "--jobs",
+        dest="parallel",
+        type=_parallel,
+        default=4,
+        metavar="N",
+        help="tables compared at once (default 4)",
     )
     vf.add_argument("--report", metavar="FILE", help="write the results as JSON to FILE ('-' for stdout)")
 
@@ -290,7 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep", action="store_true", help="leave the clusters running and print their connection strings"
     )
     dm.add_argument(
-        "-p", "--parallel", type=_positive, default=4, metavar="N", help="workers for the copy (default 4)"
+        "-p",
+        "-j",
+        "--parallel",
+        "--jobs",
+        dest="parallel",
+        type=_parallel,
+        default=4,
+        metavar="N",
+        help="workers for the copy (default 4)",
     )
     for sp in (cp, rc, ls, dm, vf):
         _add_debug(sp)
@@ -310,7 +349,34 @@ def version_text() -> str:
     )
 
 
+def _resolve_connections(args: argparse.Namespace) -> None:
+    """--source/--dest default to $PGCOPY_SOURCE/$PGCOPY_DEST, then to libpq's environment."""
+    from pgcopy.connections import resolve
+
+    if hasattr(args, "source"):
+        args.source = resolve(args.source, "PGCOPY_SOURCE")
+    if hasattr(args, "dest"):
+        args.dest = resolve(args.dest, "PGCOPY_DEST")
+
+
+def _check_output_files(args: argparse.Namespace, log: Logger) -> None:
+    """File options are opened or checked now, before anything changes anywhere."""
+    report = getattr(args, "report", None)
+    if report and report != "-":
+        parent = os.path.dirname(os.path.abspath(report))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            raise UsageError(f"--report {report}: directory {parent} does not exist or is not writable")
+    log_file = getattr(args, "log_file", None)
+    if log_file:
+        try:
+            log.logfile = open(log_file, "a")  # noqa: SIM115 -- closed at exit by main()
+        except OSError as exc:
+            raise UsageError(f"--log-file {log_file}: {exc.strerror}") from None
+
+
 def _dispatch(args: argparse.Namespace, log: Logger) -> int:
+    _resolve_connections(args)
+    _check_output_files(args, log)
     if args.command == "version":
         print(version_text())
         return 0
@@ -324,8 +390,6 @@ def _dispatch(args: argparse.Namespace, log: Logger) -> int:
         from pgcopy.options import copy_options
         from pgcopy.ui import resolve_output
 
-        if args.log_file:
-            log.logfile = open(args.log_file, "a")  # noqa: SIM115 -- closed at exit by main()
         args.output = resolve_output(args.output, log)
         opts = copy_options(args)
         if args.batch_size and args.copy_pipe:
@@ -368,6 +432,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         safe_write(sys.stderr, "pgcopy: interrupted\n")
         return 130
+    except psycopg2.Error as exc:  # anywhere, unexpected: still one line
+        if debug:
+            traceback.print_exc()
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        safe_write(sys.stderr, f"pgcopy: error: {line}\n")
+        _to_logfile(log, f"pgcopy: error: {line}")
+        return 1
     finally:
         if log.logfile is not None:
             log.logfile.close()

@@ -19,9 +19,11 @@ reject the ``options`` startup parameter):
 
 from __future__ import annotations
 
+import getpass
 import os
 import secrets
 import socket
+import sys
 from dataclasses import dataclass
 
 import psycopg2
@@ -67,6 +69,17 @@ class Session:
 
     def with_encoding(self, encoding: str) -> Session:
         return Session(self.run_id, encoding)
+
+
+def resolve(value: str | None, env_name: str) -> str:
+    """What the user named: the option, else ``$env_name``, else "" (libpq then takes
+    everything from PGHOST, PGDATABASE, PGSERVICE... as psql does); a bare word is a
+    database name, as in ``psql shop``."""
+    if value is None:
+        value = os.environ.get(env_name, "")
+    if value and "=" not in value and "://" not in value:
+        return psycopg2.extensions.make_dsn(dbname=value)
+    return value
 
 
 def common_encoding(src, dst) -> str:
@@ -158,6 +171,22 @@ def connect(
         conn.close()
         raise PgcopyError(f"cannot set up the {side} session ({where}): {_one_line(exc)}") from None
     return conn
+
+
+def connect_asking(
+    dsn: str, side: str, session: Session | None = None, *, readonly: bool = False
+) -> tuple[psycopg2.extensions.connection, str]:
+    """:func:`connect`, but when the server wants a password that libpq does not have and
+    stdin is a terminal, ask once (not echoed), as psql does; returns the connection and
+    the connection string that now carries the password, for the run's other sessions."""
+    try:
+        return connect(dsn, side, session, readonly=readonly), dsn
+    except PgcopyError as exc:
+        if "no password supplied" not in str(exc) or not sys.stdin.isatty():
+            raise
+    password = getpass.getpass(f"Password for {side} {describe(dsn)}: ")
+    dsn = psycopg2.extensions.make_dsn(dsn, password=password)
+    return connect(dsn, side, session, readonly=readonly), dsn
 
 
 def error_line(exc: Exception) -> str:

@@ -38,6 +38,8 @@ class RunReport:
     exit_code: int | None = None
     error: str | None = None
     phases: dict[str, float] = field(default_factory=dict)  # seconds per phase, in run order
+    plan: dict | None = None  # a dry run's full plan (see plan_dict)
+    problems: list[str] = field(default_factory=list)  # a refused preflight's problems
     _current: tuple[str, float] | None = field(default=None, repr=False)
 
     def mark(self, phase: str | None) -> None:
@@ -97,6 +99,45 @@ class RunReport:
         self.formats = {f: sum(1 for r in done if r.format == f) for f in {r.format for r in done}}
         self.worker_peak_rss_kb = max((u["maxrss_kb"] for u in outcome.worker_usage), default=0)
         self.worker_cpu_seconds = sum(u["cpu_seconds"] for u in outcome.worker_usage)
+
+    def set_plan(self, plan, snapshot: bool, checks: list[str]) -> None:
+        """The machine-readable plan of a dry run: everything the run would do, in order."""
+        self.plan = {
+            "tables": [
+                {
+                    "table": t.qualname,
+                    "order": i + 1,
+                    "bytes": t.est_bytes,
+                    "rows_estimate": t.est_rows,
+                    "destination_rows_estimate": t.dest_est_rows,
+                    "format": t.format,
+                    "format_reason": t.format_reason,
+                    "columns": list(t.columns),
+                    "triggers_held_off": [{"name": tr.name, "state": tr.enabled} for tr in t.triggers],
+                    "indexes_rebuilt": [ix.name for ix in t.indexes],
+                    "not_valid_checks_set_aside": [c.name for c in t.checks],
+                }
+                for i, t in enumerate(plan.tasks)
+            ],
+            "fkeys": [
+                {
+                    "name": fk.name,
+                    "table": qualname(fk.table),
+                    "references": qualname(fk.ref_table),
+                    "definition": fk.definition,
+                    "validated": fk.validated,
+                }
+                for fk in plan.fkeys
+            ],
+            "sequences": [qualname(s.key) for s in plan.sequences],
+            "matviews": [qualname(m) for m in plan.matviews],
+            "large_objects": plan.large_objects,
+            "replica_mode": plan.replica,
+            "snapshot": snapshot,
+            "checks_passed": checks,
+            "problems": [],
+        }
+        self.tables_total = len(plan.tasks)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -156,6 +156,10 @@ class Cluster:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def keep(self) -> None:
+        """Leave the cluster running after this process exits (pgcopy demo --keep)."""
+        atexit.unregister(self.destroy)
+
     def clone(self, *, standby: bool = False) -> Cluster:
         """A physical copy made with pg_basebackup (same system identifier and database
         oids), started on its own port: an independent server, or a standby of this one."""

@@ -19,9 +19,9 @@ def test_version(capsys):
 
 def test_usage_error_exit_2(capsys):
     with pytest.raises(SystemExit) as exc:
-        main(["list"])
+        main(["list", "--bogus"])
     assert exc.value.code == 2
-    assert "--source" in capsys.readouterr().err
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
 def test_python_m_and_bin_script():

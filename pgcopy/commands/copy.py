@@ -25,7 +25,15 @@ from psycopg2 import sql
 from pgcopy import failpoints, fmt, runlock
 from pgcopy import fkeys as fkmod
 from pgcopy.catalog import ForeignKey, database_identity, qualname, read_sizes, regclass_literal
-from pgcopy.connections import Session, common_encoding, connect, describe, describe_conn, error_line
+from pgcopy.connections import (
+    Session,
+    common_encoding,
+    connect,
+    connect_asking,
+    describe,
+    describe_conn,
+    error_line,
+)
 from pgcopy.coordinator import LoadOutcome, run_load, spawn_context, workers_for
 from pgcopy.errors import (
     EXIT_OK,
@@ -42,6 +50,7 @@ from pgcopy.journal import Journal
 from pgcopy.log import Logger, safe_write
 from pgcopy.options import CopyOptions
 from pgcopy.plan import Plan, PlanInputs, SequenceValue, build_plan
+from pgcopy.preflight import CHECKS
 from pgcopy.progress import ProgressBus
 from pgcopy.report import RunReport
 from pgcopy.stream import StreamSpec
@@ -148,8 +157,10 @@ class _Tee:
         return getattr(self._view, name)
 
 
-def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions) -> None:
-    p = print
+def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions, stream) -> None:
+    def p(text: str) -> None:
+        safe_write(stream, text + "\n")
+
     if opts.batch_size:
         how = f"row mode, batches of {opts.batch_size} rows"
     else:
@@ -230,6 +241,7 @@ def copy(opts: CopyOptions, log: Logger) -> int:
         return report.exit_code
     except PgcopyError as exc:
         report.exit_code, report.error = exc.exit_code, str(exc)
+        report.problems = list(getattr(exc, "problems", []))
         raise
     finally:
         if opts.report_file:
@@ -259,6 +271,8 @@ class CopyRun:
         self.journal_restored = 0  # FKs of an interrupted run put back before the prompt
         self.snapshot: str | None = None
         self.stop = StopFlag()
+        # the plan and statistics for humans; stderr when stdout carries the JSON report
+        self.human = sys.stderr if opts.report_file == "-" else sys.stdout
 
     # --- the whole run -------------------------------------------------------------
 
@@ -269,7 +283,9 @@ class CopyRun:
             self.finish_interrupted()
             plan = self.snapshot_and_plan()
             if self.opts.dry_run:
-                _print_plan(plan, self.snapshot, self.opts)
+                self.report.set_plan(plan, self.snapshot is not None, [c.__name__ for c in CHECKS])
+                self.report.large_objects = plan.large_objects
+                _print_plan(plan, self.snapshot, self.opts, self.human)
                 self.log.done("dry run: nothing was changed")
                 return EXIT_OK
             plan = self.read_sequences(plan)
@@ -314,9 +330,9 @@ class CopyRun:
             view.stop()
             self.stop.uninstall()
             self.report.seconds = time.monotonic() - started
-        _out(self.report.box())
+        safe_write(self.human, self.report.box() + "\n")
         for w in self.report.warnings:
-            _out(f"warning: {w}")
+            safe_write(self.human, f"warning: {w}\n")
         return code
 
     def phases(self, plan: Plan, view, bus) -> int:
@@ -338,8 +354,11 @@ class CopyRun:
 
     def connect(self) -> None:
         o = self.opts
-        self.src = connect(o.source, "source", self.session)
-        self.dst = connect(o.dest, "destination", self.session, readonly=o.dry_run)
+        self.src, source = connect_asking(o.source, "source", self.session)
+        self.dst, dest = connect_asking(o.dest, "destination", self.session, readonly=o.dry_run)
+        self.opts = replace(o, source=source, dest=dest)  # a typed password reaches the workers
+        self.report.options["source"] = describe_conn(self.src)
+        self.report.options["dest"] = describe_conn(self.dst)
         enc = common_encoding(self.src, self.dst)
         self.session = self.session.with_encoding(enc)
         for conn in (self.src, self.dst):
@@ -369,6 +388,7 @@ class CopyRun:
                 [f"the destination {describe_conn(self.dst)} is a read-only standby (in recovery)"]
             )
         self.dst.commit()
+        self.check_connections()
         runlock.acquire(self.dst, describe_conn(self.dst))
         dst_id = database_identity(dcur)
         self.dst.commit()
@@ -379,6 +399,31 @@ class CopyRun:
                 f"{other} is the journal of a database with this identity reached under another "
                 "name (or a clone of it); if it is this one, run pgcopy recover with that name"
             )
+
+    def check_connections(self) -> None:
+        """--parallel against what each server has free: each worker holds one session per
+        side, plus the coordinator's catalog session and the early FK restore's."""
+        p = self.opts.parallel
+        problems = []
+        for conn, side, need in (
+            (self.src, "source", p + 1),
+            (self.dst, "destination", p + 1 + max(1, p // 2)),
+        ):
+            cur = conn.cursor()
+            cur.execute(
+                """SELECT current_setting('max_connections')::int
+                          - current_setting('superuser_reserved_connections')::int,
+                          (SELECT count(*) FROM pg_stat_activity WHERE datid IS NOT NULL)"""
+            )
+            limit, used = cur.fetchone()
+            conn.commit()
+            if limit - used < need:
+                problems.append(
+                    f"the {side} has {max(0, limit - used)} free connections ({limit} allowed, {used} in use); "
+                    f"--parallel {p} needs {need} more: lower --parallel"
+                )
+        if problems:
+            raise PreflightError(problems)
 
     # --- STEP 2 --------------------------------------------------------------------
 
@@ -624,6 +669,7 @@ class CopyRun:
     def finish(self, outcome: LoadOutcome, restored: fkmod.RestoreOutcome) -> int:
         report = self.report
         report.mark(None)
+        self.log.info("STEP 8: report")
         if report.phases:
             self.log.info("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in report.phases.items()))
         for name, err in report.tables_failed:
@@ -637,11 +683,6 @@ class CopyRun:
         if report.tables_failed or report.tables_not_copied or report.fkeys_not_valid:
             return EXIT_PARTIAL
         return EXIT_OK
-
-
-def _out(text: str) -> None:
-    """stdout may be a closed pipe (`| head`): the run goes on, the line is dropped."""
-    safe_write(sys.stdout, text + "\n")
 
 
 def _set_sequences(dst, plan: Plan, done_keys, log: Logger) -> list[str]:

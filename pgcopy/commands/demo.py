@@ -48,6 +48,8 @@ def demo(scale: int, keep: bool, parallel: int, log: Logger) -> int:
             raise PgcopyError("verification failed: " + "; ".join(diffs))
         log.done("verified: every destination table has the same row count and checksum as the source")
         if keep:
+            source.keep()
+            dest.keep()
             print(f"source:      {source.dsn('postgres')}")
             print(f"destination: {dest.dsn('postgres')}")
             print(f"stop them with: pg_ctl -D {source.datadir} stop; pg_ctl -D {dest.datadir} stop")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from psycopg2 import sql
 
 from pgcopy import catalog, fmt, patterns
-from pgcopy.connections import connect
+from pgcopy.connections import connect_asking
 from pgcopy.errors import PreflightError
 from pgcopy.log import Logger
 
@@ -25,7 +25,7 @@ class ListOptions:
 
 
 def list_tables(opts: ListOptions, log: Logger) -> int:
-    conn = connect(opts.source, "source", readonly=True)
+    conn, _ = connect_asking(opts.source, "source", readonly=True)
     try:
         cur = conn.cursor()
         tables = [t for t in catalog.read_tables(cur) if opts.schema is None or t.schema == opts.schema]

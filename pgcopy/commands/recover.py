@@ -10,7 +10,7 @@ from __future__ import annotations
 from pgcopy import fkeys as fkmod
 from pgcopy import runlock
 from pgcopy.catalog import ForeignKey, database_identity, read_foreign_keys
-from pgcopy.connections import Session, connect, describe_conn
+from pgcopy.connections import Session, connect, connect_asking, describe_conn
 from pgcopy.errors import EXIT_OK, EXIT_PARTIAL, PgcopyError
 from pgcopy.journal import Journal
 from pgcopy.log import Logger
@@ -29,7 +29,7 @@ def _fkeys(dsn: str, role: str, session: Session) -> list[ForeignKey]:
 
 def recover(dest: str, source: str | None, state_dir: str | None, lock_timeout: str, log: Logger) -> int:
     session = Session.new()
-    conn = connect(dest, "destination", session)  # holds the run lock until we return
+    conn, dest = connect_asking(dest, "destination", session)  # holds the run lock until we return
     try:
         where = describe_conn(conn)
         runlock.acquire(conn, where)

@@ -13,11 +13,11 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from pgcopy import catalog, digest, patterns
 from pgcopy.catalog import Key, qualname
-from pgcopy.connections import Session, common_encoding, connect, describe_conn, error_line
+from pgcopy.connections import Session, common_encoding, connect, connect_asking, describe_conn, error_line
 from pgcopy.errors import EXIT_OK, EXIT_PARTIAL, PreflightError
 from pgcopy.log import Logger
 
@@ -73,8 +73,9 @@ class _Sides(threading.local):
 def verify(opts: VerifyOptions, log: Logger) -> int:
     started = time.monotonic()
     session = Session.new()
-    src = connect(opts.source, "source", session, readonly=True)
-    dst = connect(opts.dest, "destination", session, readonly=True)
+    src, source = connect_asking(opts.source, "source", session, readonly=True)
+    dst, dest = connect_asking(opts.dest, "destination", session, readonly=True)
+    opts = replace(opts, source=source, dest=dest)
     report = VerifyReport(describe_conn(src), describe_conn(dst))
     opened: list = []
     try:
