@@ -287,10 +287,21 @@ DELSET_15 = """ARRAY(SELECT a.attname FROM unnest(con.confdelsetcols) WITH ORDIN
                JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.i)"""
 
 
-def read_foreign_keys(cur) -> list[ForeignKey]:
-    """Top-level FKs (partition clones, conparentid <> 0, come back with their parent)."""
+def read_foreign_keys(cur, tables: Iterable[Key] | None = None) -> list[ForeignKey]:
+    """Top-level FKs (partition clones, conparentid <> 0, come back with their parent);
+    only those on ``tables`` when given (one query, however many)."""
     delset = DELSET_15 if cur.connection.server_version >= 150000 else "ARRAY[]::name[]"
-    cur.execute(FKEYS_SQL.format(delset=delset))
+    query = FKEYS_SQL.format(delset=delset)
+    params: tuple = ()
+    if tables is not None:
+        keys = list(tables)
+        query = query.replace(
+            " WHERE con.contype = 'f'",
+            " JOIN unnest(%s::text[], %s::text[]) k(s, t) ON k.s = n.nspname AND k.t = c.relname"
+            " WHERE con.contype = 'f'",
+        )
+        params = ([k[0] for k in keys], [k[1] for k in keys])
+    cur.execute(query, params or None)
     out = []
     for row in cur.fetchall():
         (

@@ -146,8 +146,8 @@ def pin(conn, side: str, session: Session, *, readonly: bool = False) -> None:
         settings.append(("row_security", "off"))
     if side == "source" or readonly:
         settings.append(("default_transaction_read_only", "on"))
-    for name, value in settings:
-        cur.execute(f"SET {name} = %s", (value,))  # names are our constants
+    # one round trip: names are our constants, values are passed as parameters
+    cur.execute(" ".join(f"SET {name} = %s;" for name, _ in settings), [v for _, v in settings])
     conn.commit()
 
 

@@ -110,3 +110,38 @@ def pgbench(bindir, dsn: str, scale: int, schema_only: bool = False) -> None:
         check=True,
         capture_output=True,
     )
+
+
+def _many_name(i: int) -> str:
+    return f"s2.t{i}" if i % 7 == 0 and i else f"t{i}"
+
+
+def many_tables_schema(n: int) -> str:
+    """n small tables in two schemas, each referencing the previous one, a self-reference
+    every 50 tables and a three-table FK cycle; every table has a serial (issue 11's shape)."""
+    parts = ["CREATE SCHEMA s2; CREATE TABLE t0 (id serial PRIMARY KEY, v int);"]
+    for i in range(1, n):
+        me = _many_name(i)
+        self_ref = f", parent int REFERENCES {me}(id)" if i % 50 == 0 else ""
+        parts.append(
+            f"CREATE TABLE {me} (id serial PRIMARY KEY, prev int REFERENCES {_many_name(i - 1)}(id){self_ref});"
+        )
+    parts.append(
+        "CREATE TABLE c1 (id int PRIMARY KEY, nxt int);"
+        "CREATE TABLE c2 (id int PRIMARY KEY, nxt int REFERENCES c1(id));"
+        "CREATE TABLE c3 (id int PRIMARY KEY, nxt int REFERENCES c2(id));"
+        "ALTER TABLE c1 ADD FOREIGN KEY (nxt) REFERENCES c3(id);"
+    )
+    return "\n".join(parts)
+
+
+def many_tables_seed(n: int, rows: int = 5) -> str:
+    parts = [f"INSERT INTO t0 (v) SELECT g FROM generate_series(1, {rows}) g;"]
+    parts += [
+        f"INSERT INTO {_many_name(i)} (prev) SELECT g FROM generate_series(1, {rows}) g;" for i in range(1, n)
+    ]
+    parts.append(
+        "INSERT INTO c1 VALUES (1, NULL); INSERT INTO c2 VALUES (1, 1); INSERT INTO c3 VALUES (1, 1);"
+    )
+    parts.append("UPDATE c1 SET nxt = 1;")
+    return "\n".join(parts)

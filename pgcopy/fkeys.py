@@ -82,9 +82,11 @@ def drop_all(conn, fkeys: list[ForeignKey], lock_timeout: str) -> None:
         conn.commit()
 
 
-def _present(conn) -> dict[tuple, ForeignKey]:
+def _present(conn, fkeys: list[ForeignKey]) -> dict[tuple, ForeignKey]:
+    """The FKs now on the referencing tables of ``fkeys`` (not the whole catalog)."""
     cur = conn.cursor()
-    out = {(fk.table, fk.name): fk for fk in catalog.read_foreign_keys(cur)}
+    tables = {fk.table for fk in fkeys}
+    out = {(fk.table, fk.name): fk for fk in catalog.read_foreign_keys(cur, tables)}
     conn.commit()
     return out
 
@@ -119,7 +121,7 @@ def _add(cur, fk: ForeignKey, validated_now: bool) -> None:
 
 def _add_missing(conn, fkeys: list[ForeignKey], out: RestoreOutcome) -> list[ForeignKey]:
     """Re-create absent FKs; return those to validate (absent or present NOT VALID)."""
-    present = _present(conn)
+    present = _present(conn, fkeys)
     partitioned = _partitioned(conn, fkeys)
     to_add, to_validate = [], []
     for fk in fkeys:
@@ -245,7 +247,7 @@ def restore_all(
     conn = connect(dsn, "destination", session)
     try:
         session_setup(conn.cursor(), lock_timeout)
-        present = _present(conn)
+        present = _present(conn, fkeys)
     finally:
         conn.close()
     missing_keys = {(fk.table, fk.name) for fk, _ in out.missing}

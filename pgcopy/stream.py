@@ -207,11 +207,12 @@ def set_sequences(dcur, task: CopyTask) -> None:
         )
 
 
-def analyze(dst, key, lock_timeout: str) -> None:
-    """After the commit, so the table is done whatever happens here."""
+def analyze(dst, keys, lock_timeout: str) -> None:
+    """After the commits, so the tables are done whatever happens here; several small
+    tables in one transaction (one commit instead of one per table)."""
     cur = dst.cursor()
     cur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
-    cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(*key)))
+    cur.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(sql.Identifier(*k) for k in keys)))
     dst.commit()
 
 

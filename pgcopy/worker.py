@@ -98,6 +98,7 @@ def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array, stop, par
     die_with_parent(parent_pid)
     slot = Slot(bus_array, wid) if bus_array is not None else NullSlot()
     src = dst = None
+    pending: list = []  # loaded tables not yet analyzed
     while not stop.is_set():
         item = tasks.get()
         if item is None or stop.is_set():
@@ -126,20 +127,36 @@ def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array, stop, par
             continue
         failpoints.hit("after-commit", in_worker=True)
         if spec.stream.analyze and not stop.is_set():
-            try:
-                analyze(dst, task.key, spec.stream.lock_timeout)
-            except Exception as exc:
-                dst.rollback()
-                results.put(
-                    (
-                        "log",
-                        wid,
-                        ("WARN", f"{qualname(task.key)} loaded, but ANALYZE failed: {error_line(exc)}"),
-                    )
-                )
+            pending.append(task.key)
+            if len(pending) >= ANALYZE_BATCH or task.est_bytes >= ANALYZE_ALONE_BYTES:
+                dst = _analyze(spec, dst, pending, results, wid)
+    if pending and not stop.is_set():
+        dst = _analyze(spec, dst, pending, results, wid)
     _close(*(c for c in (src, dst) if c is not None))
     slot.exited()
     results.put(("exit", wid, usage()))
+
+
+# ANALYZE runs after the commits, a few tables per transaction: thousands of tiny tables
+# then cost one commit per batch, and a batch's locks stay well inside the lock budget.
+ANALYZE_BATCH = 20
+ANALYZE_ALONE_BYTES = 8 << 20  # a bigger table is analyzed (with what is pending) at once
+
+
+def _analyze(spec: WorkerSpec, dst, pending: list, results, wid: int):
+    """ANALYZE the pending tables; a failure is a warning (the tables are loaded)."""
+    keys = list(pending)
+    pending.clear()
+    try:
+        if dst is None:  # closed after another table failed
+            dst = connect(spec.dest, "destination", spec.session)
+        analyze(dst, keys, spec.stream.lock_timeout)
+    except Exception as exc:
+        if dst is not None:
+            dst.rollback()
+        names = ", ".join(qualname(k) for k in keys)
+        results.put(("log", wid, ("WARN", f"loaded, but ANALYZE failed for {names}: {error_line(exc)}")))
+    return dst
 
 
 def usage() -> dict:

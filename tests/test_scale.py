@@ -10,6 +10,7 @@ import time
 import psycopg2
 import pytest
 
+from pgcopy import datasets
 from pgcopy.sandbox import FAST_SETTINGS, throwaway_cluster
 from tests.fix_clusters import Db
 from tests.helpers import OWNER, OWNER_PW, checksums, copy
@@ -22,37 +23,6 @@ def small_clusters():
     settings = dict(FAST_SETTINGS, max_connections="30", max_locks_per_transaction="64")
     with throwaway_cluster(settings) as a, throwaway_cluster(settings) as b:
         yield a, b
-
-
-def _schema(n: int) -> str:
-    """A chain of n tables, each referencing the previous one, a self-reference every 50
-    and a 3-table cycle; every table has a serial."""
-    parts = ["CREATE SCHEMA s2; CREATE TABLE t0 (id serial PRIMARY KEY, v int);"]
-    for i in range(1, n):
-        schema = "s2." if i % 7 == 0 else ""
-        prev = f"{'s2.' if (i - 1) % 7 == 0 and i - 1 else ''}t{i - 1}"
-        self_ref = f", parent int REFERENCES {schema}t{i}(id)" if i % 50 == 0 else ""
-        parts.append(
-            f"CREATE TABLE {schema}t{i} (id serial PRIMARY KEY, prev int REFERENCES {prev}(id){self_ref});"
-        )
-    parts.append(
-        "CREATE TABLE c1 (id int PRIMARY KEY, nxt int); CREATE TABLE c2 (id int PRIMARY KEY, nxt int REFERENCES c1(id));"
-        "CREATE TABLE c3 (id int PRIMARY KEY, nxt int REFERENCES c2(id));"
-        "ALTER TABLE c1 ADD FOREIGN KEY (nxt) REFERENCES c3(id);"
-    )
-    return "\n".join(parts)
-
-
-def _data(n: int) -> str:
-    parts = ["INSERT INTO t0 (v) SELECT g FROM generate_series(1, 5) g;"]
-    for i in range(1, n):
-        name = f"{'s2.' if i % 7 == 0 else ''}t{i}"
-        parts.append(f"INSERT INTO {name} (prev) SELECT g FROM generate_series(1, 5) g;")
-    parts.append(
-        "INSERT INTO c1 VALUES (1, NULL); INSERT INTO c2 VALUES (1, 1); INSERT INTO c3 VALUES (1, 1);"
-    )
-    parts.append("UPDATE c1 SET nxt = 1;")
-    return "\n".join(parts)
 
 
 def _fresh(cluster, name: str, owner: str | None) -> Db:
@@ -100,8 +70,8 @@ def test_many_tables_on_a_default_lock_table(small_clusters, tmp_path, as_owner)
     dst = _fresh(small_clusters[1], "scale_dst", owner)
     prefix = f"SET ROLE {owner};\n" if owner else ""
     for db in (src, dst):
-        db.execute(prefix + _schema(TABLES))
-    src.execute(prefix + _data(TABLES))
+        db.execute(prefix + datasets.many_tables_schema(TABLES))
+    src.execute(prefix + datasets.many_tables_seed(TABLES))
     fks = dst.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f'")
     assert fks > 600
     watch = LockWatch(src)

@@ -1,0 +1,177 @@
+"""Thousands of small tables with foreign keys, on servers with default lock settings.
+
+    .venv/bin/python benchmarks/many_tables.py --tables 3000 --jobs 2
+
+Starts its own source and destination clusters (max_locks_per_transaction 64,
+max_connections 100, fsync on), builds ``datasets.many_tables_schema`` on both sides
+(owned by a non-superuser), seeds the source, then times, on the same data in one run:
+
+- pgcopy as the tables' owner and as superuser (every FK dropped, re-added, validated);
+- pg_dump -Fd -j N --data-only + pg_restore -j N --data-only --disable-triggers (superuser).
+
+Each method starts from an emptied destination and is verified by per-table checksums.
+Also reports the most locks any pgcopy session held on the source (sampled from pg_locks).
+Results print as a Markdown table and land in benchmarks/results/many-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg2
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pgcopy import datasets, sandbox, verify  # noqa: E402
+
+OWNER, OWNER_PW, DB = "bench_owner", "bench-pw", "many"
+SETTINGS = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+
+
+def psql(cluster, db: str, text: str, role: str | None = None) -> None:
+    prefix = f"SET ROLE {role};\n" if role else ""
+    cmd = [
+        str(cluster.bindir / "psql"),
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        cluster.dsn(db),
+        "-f",
+        "-",
+    ]
+    subprocess.run(cmd, input=prefix + text, text=True, check=True, capture_output=True)
+
+
+def empty(cluster) -> None:
+    conn = psycopg2.connect(cluster.dsn(DB))
+    cur = conn.cursor()
+    cur.execute(
+        "SELECT string_agg(format('%I.%I', n.nspname, c.relname), ', ') FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'r' AND n.nspname IN ('public', 's2')"
+    )
+    names = cur.fetchone()[0]
+    conn.close()
+    psql(cluster, DB, f"TRUNCATE {names}")
+
+
+class Locks(threading.Thread):
+    def __init__(self, cluster):
+        super().__init__(daemon=True)
+        self.dsn, self.peak, self.done = cluster.dsn(DB), 0, False
+
+    def run(self) -> None:
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = True
+        cur = conn.cursor()
+        while not self.done:
+            cur.execute(
+                "SELECT coalesce(max(n), 0) FROM (SELECT count(*) n FROM pg_locks l JOIN pg_stat_activity a "
+                "ON a.pid = l.pid WHERE a.application_name LIKE 'pgcopy:%' GROUP BY l.pid) x"
+            )
+            self.peak = max(self.peak, cur.fetchone()[0])
+            time.sleep(0.05)
+        conn.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tables", type=int, default=3000)
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args()
+    src, dst = sandbox.start_cluster(SETTINGS), sandbox.start_cluster(SETTINGS)
+    tmp = Path(tempfile.mkdtemp(prefix="pgcopy-many-"))
+    try:
+        for c in (src, dst):
+            psql(
+                c,
+                "postgres",
+                f"CREATE ROLE {OWNER} LOGIN PASSWORD '{OWNER_PW}'; CREATE DATABASE {DB} OWNER {OWNER}",
+            )
+            psql(c, DB, datasets.many_tables_schema(args.tables), OWNER)
+        psql(src, DB, datasets.many_tables_seed(args.tables), OWNER)
+        psql(src, DB, "VACUUM ANALYZE")
+        conn = psycopg2.connect(src.dsn(DB))
+        expected = verify.checksums(conn)
+        cur = conn.cursor()
+        cur.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f'")
+        fks = cur.fetchone()[0]
+        conn.close()
+        py, j = shlex.quote(sys.executable), args.jobs
+        pgcopy = f"{py} -m pgcopy copy --yes --output plain -p {j} --state-dir {tmp}/state"
+        b = dst.bindir
+        methods = {
+            f"pgcopy -p {j} (owner)": f"{pgcopy} -s {shlex.quote(src.dsn(DB, OWNER, OWNER_PW))} -d {shlex.quote(dst.dsn(DB, OWNER, OWNER_PW))}",
+            f"pgcopy -p {j} (superuser)": f"{pgcopy} -s {shlex.quote(src.dsn(DB))} -d {shlex.quote(dst.dsn(DB))}",
+            f"pg_dump+pg_restore -j {j} --disable-triggers": (
+                f"rm -rf {tmp}/dump && {b}/pg_dump -Fd -j {j} --data-only -f {tmp}/dump {shlex.quote(src.dsn(DB))} && "
+                f"{b}/pg_restore -j {j} --data-only --disable-triggers -d {shlex.quote(dst.dsn(DB))} {tmp}/dump"
+            ),
+        }
+        rows = []
+        for name, cmd in methods.items():
+            empty(dst)
+            locks = Locks(src)
+            locks.start()
+            t0 = time.monotonic()
+            proc = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True)
+            wall = time.monotonic() - t0
+            locks.done = True
+            locks.join(5)
+            conn = psycopg2.connect(dst.dsn(DB))
+            diffs = verify.differences(expected, verify.checksums(conn))
+            cur = conn.cursor()
+            cur.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated")
+            valid = cur.fetchone()[0]
+            conn.close()
+            ok = proc.returncode == 0 and not diffs and valid == fks
+            error = (
+                ""
+                if ok
+                else (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+                + (f"; {len(diffs)} tables differ" if diffs else "")
+            )
+            rows.append(
+                {
+                    "method": name,
+                    "ok": ok,
+                    "seconds": round(wall, 2),
+                    "peak_locks_per_pgcopy_session": locks.peak if "pgcopy" in name else None,
+                    "error": error,
+                }
+            )
+            print(f"{name:<45} {'ok' if ok else 'FAILED'} {wall:7.1f}s {error}", file=sys.stderr)
+        meta = {
+            "tables": args.tables,
+            "fkeys": fks,
+            "jobs": j,
+            "settings": SETTINGS,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        out = ROOT / "benchmarks" / "results" / f"many-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2))
+        print("| method | ok | seconds | peak locks per pgcopy session |\n| --- | --- | --- | --- |")
+        for r in rows:
+            print(
+                f"| {r['method']} | {r['ok']} | {r['seconds']} | {r['peak_locks_per_pgcopy_session'] or '-'} |"
+            )
+        return 0 if all(r["ok"] for r in rows if r["method"].startswith("pgcopy")) else 1
+    finally:
+        src.destroy()
+        dst.destroy()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
