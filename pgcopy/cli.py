@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import psycopg2
 
-from pgcopy import __version__
+from pgcopy import __version__, config
 from pgcopy.codec import CODECS
 from pgcopy.errors import EXIT_CODES, PgcopyError, UsageError
 from pgcopy.log import Logger, safe_write
@@ -78,6 +78,16 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
         default=[],
         help="leave these tables out (same syntax; wins over --include); repeatable",
     )
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file of option defaults and [profiles.NAME] (default $PGCOPY_CONFIG, else ./pgcopy.toml "
+        "when present); the command line wins",
+    )
+    p.add_argument("--profile", metavar="NAME", help="use [profiles.NAME] of the config file")
 
 
 def _add_debug(p: argparse.ArgumentParser) -> None:
@@ -235,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="before each table commits, compare its row count and content digest with the source's "
         "in the run's snapshot (computed on the servers); a mismatch rolls the table back (exit 4)",
     )
+    cp.add_argument(
+        "--dest-allow",
+        action="append",
+        default=[],
+        metavar="PATTERNS",
+        help="refuse (exit 2, even with --yes) a destination whose host, as connected, matches none of "
+        "these comma-separated globs (e.g. 'staging-*.internal'); usually set in a config file",
+    )
     cp.add_argument("--no-analyze", action="store_true", help="do not ANALYZE loaded tables")
     cp.add_argument(
         "--no-refresh-matviews",
@@ -331,7 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="workers for the copy (default 4)",
     )
-    for sp in (cp, rc, ls, dm, vf):
+    cf = sub.add_parser(
+        "config",
+        help="show the options a config file and profile give a command",
+        description="Print the effective options of `copy` (or COMMAND) after the config file and "
+        "profile are applied, passwords masked.",
+    )
+    cf.add_argument("action", choices=("show",))
+    cf.add_argument("target", nargs="?", default="copy", choices=("copy", "verify"), metavar="COMMAND")
+    for sp in (cp, vf, cf):
+        _add_config(sp)
+    for sp in (cp, rc, ls, dm, vf, cf):
         _add_debug(sp)
     return parser
 
@@ -406,6 +434,8 @@ def _dispatch(args: argparse.Namespace, log: Logger) -> int:
             args.source, args.dest, tuple(args.include), tuple(args.exclude), args.parallel, args.report
         )
         return verify(vopts, log)
+    if args.command == "config":
+        return _config_show(args)
     if args.command == "demo":
         from pgcopy.commands.demo import demo
 
@@ -413,8 +443,56 @@ def _dispatch(args: argparse.Namespace, log: Logger) -> int:
     raise NotImplementedError(args.command)
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _with_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Apply the config file's defaults to the subcommand about to be parsed."""
+    subs = _subparsers(parser)
+    command = next((a for a in argv if a in subs), None)
+    if command not in ("copy", "verify", "config"):
+        return
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--profile")
+    known, _ = pre.parse_known_args(argv)
+    path = config.locate(known.config)
+    if path is None:
+        if known.profile:
+            raise UsageError("--profile needs a config file (--config, $PGCOPY_CONFIG or ./pgcopy.toml)")
+        return
+    target = command
+    if command == "config":
+        rest = argv[argv.index("config") + 1 :]
+        target = next((a for a in rest if a in ("copy", "verify")), "copy")
+    config.apply(subs[target], config.load(path, known.profile), path)
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    parser = build_parser()
+    argv = [args.target] + (["--config", args.config] if args.config else [])
+    argv += ["--profile", args.profile] if args.profile else []
+    _with_config(parser, argv)
+    shown = vars(parser.parse_args(argv))
+    for key in sorted(shown):
+        if key in ("command", "config", "profile", "debug"):
+            continue
+        value = shown[key]
+        print(f"{key} = {config.mask(value) if isinstance(value, str) else value}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        _with_config(parser, argv)
+    except UsageError as exc:
+        parser.exit(exc.exit_code, f"pgcopy: error: {exc}\n")
     args = parser.parse_args(argv)
     debug = args.debug or bool(os.environ.get("PGCOPY_DEBUG"))
     log = Logger(debug_enabled=debug)

@@ -51,6 +51,7 @@ class CopyOptions:
     report_file: str | None = None
     index_rebuild_bytes: int | None = 64 << 20  # None: never rebuild indexes
     verify: bool = False
+    dest_allow: tuple[str, ...] = ()  # host globs the destination must match
 
 
 def default_state_dir() -> Path:
@@ -85,4 +86,5 @@ def copy_options(args: argparse.Namespace) -> CopyOptions:
         report_file=args.report,
         index_rebuild_bytes=None if args.no_index_rebuild else int(args.index_rebuild_threshold * (1 << 20)),
         verify=args.verify,
+        dest_allow=tuple(p.strip() for v in args.dest_allow for p in v.split(",") if p.strip()),
     )

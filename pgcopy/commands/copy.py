@@ -14,6 +14,7 @@ dies with the coordinator's connection.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import signal
 import sys
@@ -382,6 +383,7 @@ class CopyRun:
             raise PreflightError(
                 [f"source and destination are the same database ({describe_conn(self.dst)})"]
             )
+        self.check_dest_allowed(dcur)
         dcur.execute("SELECT pg_is_in_recovery()")
         if dcur.fetchone()[0]:
             raise PreflightError(
@@ -398,6 +400,22 @@ class CopyRun:
             self.log.warn(
                 f"{other} is the journal of a database with this identity reached under another "
                 "name (or a clone of it); if it is this one, run pgcopy recover with that name"
+            )
+
+    def check_dest_allowed(self, dcur) -> None:
+        """The guard for scheduled runs: the destination's live host must match dest_allow."""
+        if not self.opts.dest_allow:
+            return
+        dcur.execute("SELECT host(inet_server_addr())")
+        addr = dcur.fetchone()[0]
+        self.dst.commit()
+        names = {self.dst.info.host, addr} - {None}
+        if not any(fnmatch.fnmatchcase(n, p) for n in names for p in self.opts.dest_allow):
+            raise PreflightError(
+                [
+                    f"destination host {' / '.join(sorted(names))} ({describe_conn(self.dst)}) is not in dest_allow "
+                    f"({', '.join(self.opts.dest_allow)}): refusing to overwrite it"
+                ]
             )
 
     def check_connections(self) -> None:
