@@ -80,6 +80,13 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_parallel(p: argparse.ArgumentParser, help: str) -> None:
+    """-p (the reference tool's), -j/--jobs (pg_dump's), --parallel: one bounded option."""
+    p.add_argument(
+        "-p", "-j", "--parallel", "--jobs", dest="parallel", type=_parallel, default=4, metavar="N", help=help
+    )
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -121,16 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cp.add_argument("-s", "--source", metavar="DSN", help=SOURCE_HELP + "; only read")
     cp.add_argument("-d", "--dest", metavar="DSN", help=DEST_HELP + "; its selected tables are overwritten")
-    cp.add_argument(
-        "-p",
-        "-j",
-        "--parallel",
-        "--jobs",
-        dest="parallel",
-        type=_parallel,
-        default=4,
-        metavar="N",
-        help=f"worker processes, each with one source and one destination connection (default 4, at most "
+    _add_parallel(
+        cp,
+        f"worker processes, each with one source and one destination connection (default 4, at most "
         f"{MAX_PARALLEL}; checked against both servers' free connections)",
     )
     _add_selection(cp)
@@ -307,17 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("-s", "--source", metavar="DSN", help=SOURCE_HELP)
     vf.add_argument("-d", "--dest", metavar="DSN", help=DEST_HELP)
     _add_selection(vf)
-    vf.add_argument(
-        "-p",
-        "-j",
-        "--parallel",
-        "--jobs",
-        dest="parallel",
-        type=_parallel,
-        default=4,
-        metavar="N",
-        help="tables compared at once (default 4)",
-    )
+    _add_parallel(vf, "tables compared at once (default 4)")
     vf.add_argument("--report", metavar="FILE", help="write the results as JSON to FILE ('-' for stdout)")
 
     sub.add_parser("version", help="print pgcopy, Python, psycopg2 and libpq versions")
@@ -338,17 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument(
         "--keep", action="store_true", help="leave the clusters running and print their connection strings"
     )
-    dm.add_argument(
-        "-p",
-        "-j",
-        "--parallel",
-        "--jobs",
-        dest="parallel",
-        type=_parallel,
-        default=4,
-        metavar="N",
-        help="workers for the copy (default 4)",
-    )
+    _add_parallel(dm, "workers for the copy (default 4)")
     cf = sub.add_parser(
         "config",
         help="show the options a config file and profile give a command",

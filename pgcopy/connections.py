@@ -109,7 +109,7 @@ def describe(dsn: str) -> str:
     if "service" in p and not {"host", "dbname"} <= p.keys():
         return f"service={p['service']}"
     env = os.environ
-    user = p.get("user") or env.get("PGUSER") or "(default user)"
+    user = p.get("user") or env.get("PGUSER") or getpass.getuser()  # libpq's default too
     host = p.get("host") or p.get("hostaddr") or env.get("PGHOST") or "localhost"
     port = p.get("port") or env.get("PGPORT") or "5432"
     dbname = p.get("dbname") or env.get("PGDATABASE") or user

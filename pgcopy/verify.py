@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-from psycopg2 import sql
-
-from pgcopy import catalog
+from pgcopy import catalog, digest
 from pgcopy.catalog import Key
 
-# Order-independent: the sum of each row's 64-bit md5 prefix, with the row count, so big
-# tables need no sort and no giant string.
-CHECKSUM_SQL = (
-    "SELECT count(*), coalesce(sum(('x' || substr(md5(t::text), 1, 16))::bit(64)::bigint::numeric), 0)::text "
-    "FROM ONLY {} t"
-)
 
-
-def checksums(conn) -> dict[Key, tuple[int, str]]:
+def checksums(conn) -> dict[Key, tuple[int, int]]:
+    """Per leaf table: row count and the order-independent digest of :mod:`pgcopy.digest`
+    over every column (the same computation as ``pgcopy verify``)."""
     cur = conn.cursor()
+    tables = [t for t in catalog.read_tables(cur) if t.kind != "partitioned parent"]
+    columns = catalog.read_columns(cur, [t.oid for t in tables])
     out = {}
-    for t in catalog.read_tables(cur):
-        if t.kind == "partitioned parent":
-            continue
-        cur.execute(sql.SQL(CHECKSUM_SQL).format(t.ident))
-        count, total = cur.fetchone()
-        out[t.key] = (count, total)
+    for t in tables:
+        d = digest.digest(cur, t.key, tuple(c.name for c in columns.get(t.oid, [])), False)
+        out[t.key] = (d.rows, d.value)
     conn.rollback()
     return out
 

@@ -127,22 +127,13 @@ COORDINATOR_RAISES = {"after-journal", "after-drop", "during-sequences", "during
 def test_failpoint_then_recover_then_rerun(src, dst, state, point, action):
     before = prepare(src, dst)
     env = dict(os.environ, PGCOPY_FAILPOINT=f"{point}:{action}")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pgcopy", "copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "2"]
-        + ["--state-dir", str(state)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    out, err = proc.communicate(timeout=120)
+    run = Running(["copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "2"], state, env=env)
+    code, _, err = run.finish(timeout=120)
     if action != "raise":
-        assert proc.returncode == -signal.SIGKILL, err
+        assert code == -signal.SIGKILL, err
     elif point in COORDINATOR_RAISES:
-        assert proc.returncode == 1 and f"failpoint {point}" in err, err
-    assert wait_until(lambda: group_gone(proc.pid)), "a pgcopy process outlived the run"
+        assert code == 1 and f"failpoint {point}" in err, err
+    assert wait_until(lambda: group_gone(run.proc.pid)), "a pgcopy process outlived the run"
     assert wait_until(lambda: no_pgcopy_backends(dst)), "a pgcopy backend outlived the run"
     assert_whole(src, dst, before, state, strict=False)
 
