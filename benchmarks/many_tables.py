@@ -1,6 +1,6 @@
 """Thousands of small tables with foreign keys, on servers with default lock settings.
 
-    .venv/bin/python benchmarks/many_tables.py --tables 3000 --jobs 2
+    .venv/bin/python benchmarks/many_tables.py --tables 1000,3000,10000 --jobs 2
 
 Starts its own source and destination clusters (max_locks_per_transaction 64,
 max_connections 100, fsync on), builds ``datasets.many_tables_schema`` on both sides
@@ -10,7 +10,9 @@ max_connections 100, fsync on), builds ``datasets.many_tables_schema`` on both s
 - pg_dump -Fd -j N --data-only + pg_restore -j N --data-only --disable-triggers (superuser).
 
 Each method starts from an emptied destination and is verified by per-table checksums.
-Also reports the most locks any pgcopy session held on the source (sampled from pg_locks).
+Also reports the most locks any pgcopy session held on the source (sampled from pg_locks),
+pgcopy's phase timings (from its --report) and the peak RSS summed over every process of
+each method (sampled every 50 ms).  Each table count gets fresh clusters.
 Results print as a Markdown table and land in benchmarks/results/many-<timestamp>.json.
 """
 
@@ -33,6 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pgcopy import datasets, sandbox, verify  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run import RssSampler  # noqa: E402
 
 OWNER, OWNER_PW, DB = "bench_owner", "bench-pw", "many"
 SETTINGS = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
@@ -87,9 +92,29 @@ class Locks(threading.Thread):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tables", type=int, default=3000)
+    ap.add_argument("--tables", default="3000", help="comma-separated table counts (default 3000)")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args()
+    rows = []
+    for n in (int(x) for x in args.tables.split(",")):
+        rows += measure(n, args.jobs)
+    meta = {"jobs": args.jobs, "settings": SETTINGS, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    out = ROOT / "benchmarks" / "results" / f"many-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2))
+    print(
+        "| tables | FKs | method | ok | seconds | load s | FK restore s | peak RSS MB | peak locks per pgcopy session |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    )
+    for r in rows:
+        ph = r["phases"]
+        print(
+            f"| {r['tables']} | {r['fkeys']} | {r['method']} | {r['ok']} | {r['seconds']} | {ph.get('load', '-')} | "
+            f"{ph.get('restore foreign keys', '-')} | {r['peak_rss_mb']} | {r['peak_locks_per_pgcopy_session'] or '-'} |"
+        )
+    return 0 if all(r["ok"] for r in rows if r["method"].startswith("pgcopy")) else 1
+
+
+def measure(ntables: int, j: int) -> list[dict]:
     src, dst = sandbox.start_cluster(SETTINGS), sandbox.start_cluster(SETTINGS)
     tmp = Path(tempfile.mkdtemp(prefix="pgcopy-many-"))
     try:
@@ -99,8 +124,8 @@ def main() -> int:
                 "postgres",
                 f"CREATE ROLE {OWNER} LOGIN PASSWORD '{OWNER_PW}'; CREATE DATABASE {DB} OWNER {OWNER}",
             )
-            psql(c, DB, datasets.many_tables_schema(args.tables), OWNER)
-        psql(src, DB, datasets.many_tables_seed(args.tables), OWNER)
+            psql(c, DB, datasets.many_tables_schema(ntables), OWNER)
+        psql(src, DB, datasets.many_tables_seed(ntables), OWNER)
         psql(src, DB, "VACUUM ANALYZE")
         conn = psycopg2.connect(src.dsn(DB))
         expected = verify.checksums(conn)
@@ -108,8 +133,8 @@ def main() -> int:
         cur.execute("SELECT count(*) FROM pg_constraint WHERE contype = 'f'")
         fks = cur.fetchone()[0]
         conn.close()
-        py, j = shlex.quote(sys.executable), args.jobs
-        pgcopy = f"{py} -m pgcopy copy --yes --output plain -p {j} --state-dir {tmp}/state"
+        py = shlex.quote(sys.executable)
+        pgcopy = f"{py} -m pgcopy copy --yes --output plain -p {j} --state-dir {tmp}/state --report {tmp}/report.json"
         b = dst.bindir
         methods = {
             f"pgcopy -p {j} (owner)": f"{pgcopy} -s {shlex.quote(src.dsn(DB, OWNER, OWNER_PW))} -d {shlex.quote(dst.dsn(DB, OWNER, OWNER_PW))}",
@@ -122,11 +147,18 @@ def main() -> int:
         rows = []
         for name, cmd in methods.items():
             empty(dst)
+            (tmp / "report.json").unlink(missing_ok=True)
             locks = Locks(src)
             locks.start()
             t0 = time.monotonic()
-            proc = subprocess.run(["bash", "-c", cmd], cwd=ROOT, capture_output=True, text=True)
+            proc = subprocess.Popen(
+                ["bash", "-c", cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            rss = RssSampler(proc.pid)
+            rss.start()
+            _, stderr = proc.communicate()
             wall = time.monotonic() - t0
+            peak_rss, _ = rss.stop()
             locks.done = True
             locks.join(5)
             conn = psycopg2.connect(dst.dsn(DB))
@@ -139,34 +171,26 @@ def main() -> int:
             error = (
                 ""
                 if ok
-                else (proc.stderr.strip().splitlines() or ["?"])[-1][:200]
+                else (stderr.strip().splitlines() or ["?"])[-1][:200]
                 + (f"; {len(diffs)} tables differ" if diffs else "")
             )
+            report = tmp / "report.json"
+            phases = json.loads(report.read_text()).get("phases", {}) if report.exists() else {}
             rows.append(
                 {
+                    "tables": ntables,
+                    "fkeys": fks,
                     "method": name,
                     "ok": ok,
                     "seconds": round(wall, 2),
+                    "phases": phases,
+                    "peak_rss_mb": round(peak_rss / 1e6),
                     "peak_locks_per_pgcopy_session": locks.peak if "pgcopy" in name else None,
                     "error": error,
                 }
             )
-            print(f"{name:<45} {'ok' if ok else 'FAILED'} {wall:7.1f}s {error}", file=sys.stderr)
-        meta = {
-            "tables": args.tables,
-            "fkeys": fks,
-            "jobs": j,
-            "settings": SETTINGS,
-            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        out = ROOT / "benchmarks" / "results" / f"many-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2))
-        print("| method | ok | seconds | peak locks per pgcopy session |\n| --- | --- | --- | --- |")
-        for r in rows:
-            print(
-                f"| {r['method']} | {r['ok']} | {r['seconds']} | {r['peak_locks_per_pgcopy_session'] or '-'} |"
-            )
-        return 0 if all(r["ok"] for r in rows if r["method"].startswith("pgcopy")) else 1
+            print(f"{ntables:>6} {name:<45} {'ok' if ok else 'FAILED'} {wall:7.1f}s {error}", file=sys.stderr)
+        return rows
     finally:
         src.destroy()
         dst.destroy()

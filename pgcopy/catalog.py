@@ -502,3 +502,52 @@ def read_rebuildable_indexes(cur, oids: Iterable[int]) -> dict[int, tuple[Index,
             Index(name, idef, con, condef, clustered, replident, comment, con_comment)
         )
     return {relid: tuple(idx) for relid, idx in out.items() if relid not in skip}
+
+
+@dataclass(frozen=True)
+class LoadFacts:
+    """What decides how a destination table is emptied and how many locks its load takes."""
+
+    deletable: bool  # DELETE privilege and no ON DELETE rule: DELETE may stand in for TRUNCATE
+    relations: int  # the table, its TOAST table and index, and its indexes: lock entries
+
+
+def read_load_facts(cur, oids: Iterable[int]) -> dict[int, LoadFacts]:
+    cur.execute(
+        """SELECT c.oid,
+                  has_table_privilege(c.oid, 'DELETE')
+                    AND NOT EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.ev_type = '4'),
+                  1 + (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid)
+                    + CASE WHEN c.reltoastrelid <> 0 THEN 2 ELSE 0 END
+             FROM pg_class c WHERE c.oid = ANY(%s)""",
+        (list(oids),),
+    )
+    return {oid: LoadFacts(bool(ok), int(n)) for oid, ok, n in cur.fetchall()}
+
+
+def locks_per_transaction(conn) -> int:
+    """max_locks_per_transaction: each session's share of the server's lock table."""
+    cur = conn.cursor()
+    cur.execute("SELECT current_setting('max_locks_per_transaction')::int")
+    value = cur.fetchone()[0]
+    conn.commit()
+    return value
+
+
+def lock_holders(conn, key: Key) -> str:
+    """'; held by pid N (user, application, state), ...' for the sessions holding a lock on
+    the table, to append to a lock_timeout message; '' when none or unknown."""
+    try:
+        cur = conn.cursor()
+        cur.execute(
+            """SELECT DISTINCT a.pid, a.usename, a.application_name, a.state
+                 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                WHERE l.relation = (quote_ident(%s) || '.' || quote_ident(%s))::regclass
+                  AND l.granted AND a.pid <> pg_backend_pid()""",
+            key,
+        )
+        holders = [f"pid {p} ({u}, {app or '-'}, {st})" for p, u, app, st in cur.fetchall()]
+        conn.rollback()
+    except Exception:
+        return ""
+    return f"; held by {', '.join(holders)}" if holders else ""

@@ -121,8 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         "copy",
         help="replace the rows of the selected destination tables with the source's",
         description="Replace the rows of every selected destination table with the source's "
-        "rows, read from one snapshot. Each table is loaded in its own transaction "
-        "(TRUNCATE ONLY + COPY FREEZE), so it ends fully old or fully new.",
+        "rows, read from one snapshot. Each table is loaded in one transaction "
+        "(TRUNCATE ONLY + COPY FREEZE; small tables DELETE + COPY, several to a transaction), "
+        "so it ends fully old or fully new.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

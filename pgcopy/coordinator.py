@@ -1,6 +1,6 @@
 """Runs the load phase: worker processes, a task queue, a result queue.
 
-    coordinator ──tasks (CopyTask…, then one None per worker)──▶ worker 1..N
+    coordinator ──items (one table, or a batch of small ones; then one None per worker)──▶ worker 1..N
          ▲                                                         │
          └──────── results ("start"/"done"/"failed"/"log"/"exit") ─┘
 
@@ -76,18 +76,21 @@ def run_load(
     bus: ProgressBus | None = None,
     backends: Backends | None = None,
     all_reading: Callable[[], None] | None = None,
+    batches: list[list[int]] | None = None,
 ) -> LoadOutcome:
-    """Load every task; ``all_reading`` is called once every table has begun its source
-    read (or failed), when the run's snapshot is no longer needed for new imports."""
+    """Load every task; ``batches`` groups task indices loaded in one transaction (see
+    ``plan.batches``; default: one table each).  ``all_reading`` is called once every table
+    has begun its source read (or failed), when the run's snapshot is no longer needed."""
     ctx = spawn_context()
     stop_event = ctx.Event()
-    nworkers = workers_for(parallel, tasks)
+    items = batches if batches is not None else [[i] for i in range(len(tasks))]
+    nworkers = workers_for(parallel, items)
     task_q = ctx.Queue()
     # Bounded, yet a put can never block: a run sends at most one start and one result per
     # table and one exit per worker, so a slow coordinator or terminal never stalls a worker.
     result_q = ctx.Queue(maxsize=2 * len(tasks) + nworkers + 16)
-    for item in enumerate(tasks):
-        task_q.put(item)
+    for item in items:
+        task_q.put([(i, tasks[i]) for i in item])
     for _ in range(nworkers):
         task_q.put(None)
     procs = {
@@ -103,7 +106,7 @@ def run_load(
         p.start()
 
     out = LoadOutcome()
-    in_flight: dict[int, tuple[str, str]] = {}
+    in_flight: dict[int, list[tuple[str, str]]] = {}  # worker -> its tables started, not finished
     finished: set[tuple[str, str]] = set()
     alive = set(procs)
     begun: set[tuple[str, str]] = set()  # tables whose source read has started (or that failed)
@@ -120,8 +123,7 @@ def run_load(
                         _drain(result_q, out, in_flight, finished, alive, reporter)
                         if wid in alive:  # died without saying goodbye
                             alive.discard(wid)
-                            key = in_flight.pop(wid, None)
-                            if key is not None:
+                            for key in in_flight.pop(wid, []):
                                 res = TableResult(key, error=f"worker died (exit code {procs[wid].exitcode})")
                                 out.failed.append(res)
                                 finished.add(key)
@@ -154,10 +156,10 @@ def run_load(
         if backends is not None and aborting:
             backends.wait_gone()
         if out.stopped:  # tables failed by the cancel were rolled back, not broken
-            out.rolled_back = sorted({*in_flight.values(), *out.cancelled})
+            out.rolled_back = sorted({*_keys(in_flight), *out.cancelled})
             out.failed = [r for r in out.failed if r.key not in out.cancelled]
         else:
-            out.rolled_back = sorted(in_flight.values())
+            out.rolled_back = sorted(_keys(in_flight))
         finished |= set(out.rolled_back)
         out.not_started = [t.key for t in tasks if t.key not in finished]
         task_q.cancel_join_thread()
@@ -165,16 +167,25 @@ def run_load(
     return out
 
 
+def _keys(in_flight: dict[int, list]) -> set:
+    return {key for keys in in_flight.values() for key in keys}
+
+
+def _settled(in_flight: dict[int, list], wid: int, key) -> None:
+    if key in in_flight.get(wid, ()):
+        in_flight[wid].remove(key)
+
+
 def _handle(kind, wid, payload, out: LoadOutcome, in_flight, finished, alive, reporter: Reporter) -> None:
     if kind == "start":
-        in_flight[wid] = payload
+        in_flight.setdefault(wid, []).append(payload)
         reporter.table_started(payload)
     elif kind == "failed" and out.stopped:
-        in_flight.pop(wid, None)
+        _settled(in_flight, wid, payload.key)
         finished.add(payload.key)
         out.cancelled.add(payload.key)
     elif kind in ("done", "failed"):
-        in_flight.pop(wid, None)
+        _settled(in_flight, wid, payload.key)
         finished.add(payload.key)
         (out.done if kind == "done" else out.failed).append(payload)
         (reporter.table_done if kind == "done" else reporter.table_failed)(payload)

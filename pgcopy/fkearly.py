@@ -30,6 +30,7 @@ class EarlyRestorer:
         lock_timeout: str,
         session: Session,
         log,
+        on_settled: fkmod.Settled | None = None,
     ):
         self.dsn, self.parallel, self.lock_timeout, self.session, self.log = (
             dsn,
@@ -44,6 +45,7 @@ class EarlyRestorer:
             for k in (leaf, *parents):
                 covers.setdefault(k, set()).add(leaf)
         self.waiting = {fk: covers.get(fk.table, set()) | covers.get(fk.ref_table, set()) for fk in fkeys}
+        self.on_settled = on_settled
         self.finished: set[Key] = set()
         self.restored = 0
         self._lock = threading.Lock()
@@ -81,7 +83,9 @@ class EarlyRestorer:
             if not ready:
                 continue
             try:
-                out = fkmod.restore_all(self.dsn, ready, self.parallel, self.lock_timeout, self.session)
+                out = fkmod.restore_all(
+                    self.dsn, ready, self.parallel, self.lock_timeout, self.session, self.on_settled
+                )
                 self.restored += len(out.restored)
                 self.log.debug(f"{len(out.restored)} of {len(ready)} foreign keys restored during the load")
             except Exception as exc:  # STEP 6 does it again, and reports

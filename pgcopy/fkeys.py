@@ -14,6 +14,8 @@ validated, so a crash can never downgrade an FK for good.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -28,14 +30,12 @@ from pgcopy.connections import Session, connect, error_line
 # A batch uses at most half of one slot's share, so pgcopy never crowds out other sessions.
 LOCKS_PER_FK = 6
 
+Settled = Callable[[ForeignKey, float], None]  # an FK and the seconds its validation took
+
 
 def batch_size(conn) -> int:
     """FKs per transaction for this server's lock budget."""
-    cur = conn.cursor()
-    cur.execute("SELECT current_setting('max_locks_per_transaction')::int")
-    per_slot = cur.fetchone()[0]
-    conn.commit()
-    return max(1, per_slot // 2 // LOCKS_PER_FK)
+    return max(1, catalog.locks_per_transaction(conn) // 2 // LOCKS_PER_FK)
 
 
 @dataclass
@@ -153,8 +153,9 @@ def _add_missing(conn, fkeys: list[ForeignKey], out: RestoreOutcome) -> list[For
 class _Validator:
     """VALIDATE on reused connections, one per thread; FKs of one table in order."""
 
-    def __init__(self, dsn: str, session: Session, lock_timeout: str):
+    def __init__(self, dsn: str, session: Session, lock_timeout: str, on_settled: Settled | None = None):
         self.dsn, self.session, self.lock_timeout = dsn, session, lock_timeout
+        self.on_settled = on_settled
         self._local = threading.local()
         self._conns: list = []
         self._lock = threading.Lock()
@@ -178,6 +179,7 @@ class _Validator:
             except Exception as exc:
                 out.append((fk, str(exc)))
                 continue
+            t0 = time.monotonic()
             try:
                 conn.cursor().execute(_alter(fk, "VALIDATE CONSTRAINT {}"))
                 failpoints.hit("during-validate")
@@ -186,6 +188,8 @@ class _Validator:
             except Exception as exc:
                 conn.rollback()
                 out.append((fk, error_line(exc)))
+            if self.on_settled is not None:
+                self.on_settled(fk, time.monotonic() - t0)
         return out
 
     def cancel(self) -> None:
@@ -204,14 +208,16 @@ class _Validator:
                 pass
 
 
-def _validate(dsn, session, lock_timeout, fkeys: list[ForeignKey], parallel: int) -> dict[tuple, str]:
+def _validate(
+    dsn, session, lock_timeout, fkeys: list[ForeignKey], parallel: int, on_settled: Settled | None
+) -> dict[tuple, str]:
     groups: dict[tuple, list[ForeignKey]] = {}
     for fk in fkeys:
         groups.setdefault(fk.table, []).append(fk)
     failed: dict[tuple, str] = {}
     if not groups:
         return failed
-    v = _Validator(dsn, session, lock_timeout)
+    v = _Validator(dsn, session, lock_timeout, on_settled)
     try:
         with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(groups)))) as pool:
             try:
@@ -229,9 +235,15 @@ def _validate(dsn, session, lock_timeout, fkeys: list[ForeignKey], parallel: int
 
 
 def restore_all(
-    dsn: str, fkeys: list[ForeignKey], parallel: int, lock_timeout: str, session: Session | None = None
+    dsn: str,
+    fkeys: list[ForeignKey],
+    parallel: int,
+    lock_timeout: str,
+    session: Session | None = None,
+    on_settled: Settled | None = None,
 ) -> RestoreOutcome:
-    """Put every FK of ``fkeys`` back exactly as recorded, then check what is there."""
+    """Put every FK of ``fkeys`` back exactly as recorded, then check what is there.
+    ``on_settled(fk, seconds)`` hears of each FK once nothing more will be done to it."""
     session = session or Session.new()
     out = RestoreOutcome()
     conn = connect(dsn, "destination", session)
@@ -242,7 +254,12 @@ def restore_all(
     finally:
         conn.close()
     failpoints.hit("after-add")
-    failed = _validate(dsn, session, lock_timeout, to_validate, parallel)
+    if on_settled is not None:
+        pending = {(fk.table, fk.name) for fk in to_validate}
+        for fk in fkeys:
+            if (fk.table, fk.name) not in pending:
+                on_settled(fk, 0.0)
+    failed = _validate(dsn, session, lock_timeout, to_validate, parallel, on_settled)
 
     conn = connect(dsn, "destination", session)
     try:

@@ -43,6 +43,17 @@ class CopyTask:
     checks: tuple[catalog.CheckConstraint, ...] = ()
     # sequences this table owns, set inside its load transaction (see stream.set_sequences)
     sequences: tuple[SequenceValue, ...] = ()
+    # how the destination is emptied: 'truncate', or 'delete' for a small table (see SMALL_BYTES)
+    clear: str = "truncate"
+    relations: int = 1  # destination relations the load locks (table, TOAST, indexes)
+
+    @property
+    def small(self) -> bool:
+        return self.data_bytes <= SMALL_BYTES
+
+    @property
+    def locks(self) -> int:
+        return self.relations + len(self.sequences)
 
     @property
     def qualname(self) -> str:
@@ -61,6 +72,42 @@ class Plan:
     owned_sequences: set[Key] = field(default_factory=set)  # destination sequences the role owns
     sequence_values: dict[Key, SequenceValue] = field(default_factory=dict)  # read after the snapshot
     sequences_in_load: set[Key] = field(default_factory=set)  # set inside their table's load
+
+
+# Small tables cost more in per-table overhead than in data.  On both sides at most this
+# big, a table is emptied with DELETE instead of TRUNCATE (no new relation files to create,
+# sync and unlink: ~1.7 ms instead of ~6 ms a table with fsync on) and loads in a batch with
+# other small tables, one destination transaction and one commit for the batch.
+SMALL_BYTES = 1 << 20
+BATCH_TABLES = 16
+BATCH_BYTES = 2 << 20
+
+
+def batches(tasks: list[CopyTask], lock_budget: int, piped_only: bool = False) -> list[list[int]]:
+    """Task indices to load together: big tables alone, small ones in batches of at most
+    BATCH_TABLES tables, BATCH_BYTES of data and ``lock_budget`` lock entries (a batch's
+    transaction holds its tables' locks to the commit).  Order is kept (largest first).
+    ``piped_only`` (row mode, or a codec: options of the pipe) loads every table alone."""
+    out: list[list[int]] = []
+    group: list[int] = []
+    nbytes = locks = 0
+    for i, task in enumerate(tasks):
+        if piped_only or not task.small:
+            out.append([i])
+            continue
+        if group and (
+            len(group) >= BATCH_TABLES
+            or nbytes + task.data_bytes > BATCH_BYTES
+            or locks + task.locks > lock_budget
+        ):
+            out.append(group)
+            group, nbytes, locks = [], 0, 0
+        group.append(i)
+        nbytes += task.data_bytes
+        locks += task.locks
+    if group:
+        out.append(group)
+    return out
 
 
 def replica_allowed(cur) -> bool:
@@ -135,9 +182,12 @@ def _tasks(c: preflight.Catalogs, inputs: PlanInputs) -> list[CopyTask]:
         big = [t for t in c.selected if t.data_bytes >= inputs.index_rebuild_bytes and t.key in c.owned]
         found = catalog.read_rebuildable_indexes(c.dst_cur, [c.dst_oid(t.key) for t in big])
         rebuild = {t.key: found[c.dst_oid(t.key)] for t in big if c.dst_oid(t.key) in found}
+    facts = catalog.read_load_facts(c.dst_cur, [c.dst_oid(t.key) for t in c.selected])
     tasks = []
     for t in c.selected:
         dst = c.dst_by_key[t.key]
+        fact = facts.get(dst.oid, catalog.LoadFacts(False, 1))
+        small = t.data_bytes <= SMALL_BYTES and dst.data_bytes <= SMALL_BYTES
         cols = [col for col in c.src_cols.get(t.oid, []) if not col.generated]
         fmt, reason = decide(t)
         tasks.append(
@@ -155,6 +205,8 @@ def _tasks(c: preflight.Catalogs, inputs: PlanInputs) -> list[CopyTask]:
                 data_bytes=t.data_bytes,
                 indexes=rebuild.get(t.key, ()),
                 checks=c.checks.get(dst.oid, ()),
+                clear="delete" if small and fact.deletable and t.key not in rebuild else "truncate",
+                relations=fact.relations,
             )
         )
     tasks.sort(key=lambda task: (-task.est_bytes, task.key))  # largest first

@@ -14,12 +14,19 @@ from collections import deque
 from dataclasses import dataclass
 
 # slot layout
-STATE, TASK, BYTES, WIRE, ROWS, STARTED = range(6)
-FIELDS = 6
-IDLE, COPYING, DONE, FAILED, EXITED = 0.0, 1.0, 2.0, 3.0, 4.0
+STATE, TASK, BYTES, WIRE, ROWS, STARTED, INDEXING_SINCE = range(7)
+FIELDS = 7
+IDLE, COPYING, DONE, FAILED, EXITED, INDEXING = 0.0, 1.0, 2.0, 3.0, 4.0, 5.0
 
 # the binary COPY stream of a table was ~0.9x its heap+TOAST size when measured
 STREAM_PER_TABLE_BYTE = 0.9
+
+# Until the run has measured its own (see Rate), the work after the rows is estimated at
+# these speeds per connection, measured on the benchmark machine (2 cores, fsync on):
+INDEX_BYTES_PER_S = 40e6  # CREATE INDEX, per byte of the index built (source's index size)
+FK_BYTES_PER_S = 150e6  # VALIDATE CONSTRAINT, per byte of the referencing table
+FK_FIXED_S = 0.004  # per FK: the statement, its locks and its commit
+STREAM_BYTES_PER_S = 60e6  # one COPY stream, only until the run's own rate is known
 
 
 class ProgressBus:
@@ -51,6 +58,11 @@ class Slot:
         a[b + STARTED] = time.monotonic()  # CLOCK_MONOTONIC: comparable across processes
         a[b + STATE] = COPYING
 
+    def indexing(self) -> None:
+        """The rows are in; the table's indexes are being rebuilt."""
+        self._a[self._base + INDEXING_SINCE] = time.monotonic()
+        self._a[self._base + STATE] = INDEXING
+
     def add(self, nbytes: int, wire: int, rows: int = 0) -> None:
         a, b = self._a, self._base
         a[b + BYTES] += nbytes
@@ -70,6 +82,7 @@ class NullSlot:
     """For code paths without a bus (a stream run on its own)."""
 
     def begin(self, task_index: int) -> None: ...
+    def indexing(self) -> None: ...
     def add(self, nbytes: int, wire: int, rows: int = 0) -> None: ...
     def end(self, ok: bool, rows: int = 0) -> None: ...
     def exited(self) -> None: ...
@@ -81,6 +94,7 @@ class Expected:
 
     bytes: float
     rows: float  # reltuples; < 0 when unknown
+    index_bytes: float = 0.0  # indexes rebuilt in the load transaction
 
 
 @dataclass(frozen=True)
@@ -91,59 +105,118 @@ class InFlight:
     fraction: float  # of this table, capped below 1 until COPY reports the end
     seconds: float
     rate: float  # bytes/s for this table
+    indexing: bool = False  # the rows are in, the indexes are being rebuilt
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    fraction: float
+    fraction: float  # of the whole run's estimated work (rows, index rebuilds, FK validation)
     bytes: float
     rows: float  # finished tables: COPY's counts; in flight: estimated from bytes
     total_bytes: float
     rate: float  # bytes/s over the window
     rows_rate: float
-    eta: float | None  # seconds
+    eta: float | None  # seconds, to the end of FK validation
     tables_done: int
     tables_failed: int
     tables_total: int
     in_flight: list[InFlight]
+    fks_done: int = 0
+    fks_total: int = 0
+    post_seconds: float = 0.0  # of the ETA: index rebuilds and FK validation still to do
+
+
+class Rate:
+    """Bytes per second of one kind of work on one connection: a default until the run
+    has measured some of its own, then what was measured."""
+
+    def __init__(self, default: float):
+        self.default = default
+        self.bytes = 0.0
+        self.seconds = 0.0
+
+    def add(self, nbytes: float, seconds: float) -> None:
+        if nbytes > 0 and seconds > 0:
+            self.bytes += nbytes
+            self.seconds += seconds
+
+    @property
+    def value(self) -> float:
+        return self.bytes / self.seconds if self.seconds >= 0.05 else self.default
 
 
 class ProgressModel:
-    """Totals and ETA; feed it finished tables and bus readings."""
+    """Totals and ETA; feed it finished tables, validated FKs and bus readings.
+
+    Work is counted in estimated seconds: the rows at the measured stream rate, index
+    rebuilds and FK validations at their own rates (see Rate) over the connections that
+    do them.  The ETA is the sum, so it only reaches 0:00 when the last FK is validated."""
 
     WINDOW = 10.0  # seconds of history for the rate
 
-    def __init__(self, expected: list[Expected], now: float | None = None):
+    def __init__(
+        self,
+        expected: list[Expected],
+        fk_bytes: list[float] | None = None,
+        workers: int = 1,
+        fk_workers: int = 1,
+        now: float | None = None,
+    ):
         self.expected = expected
+        self.fk_bytes = list(fk_bytes or [])
+        self.workers, self.fk_workers = max(workers, 1), max(fk_workers, 1)
         self.actual: dict[int, tuple[float, float]] = {}  # task -> (bytes, rows) once finished
         self.failed: set[int] = set()
+        self.fks_done: set[int] = set()
+        self.index_rate = Rate(INDEX_BYTES_PER_S)
+        self.fk_rate = Rate(FK_BYTES_PER_S)
         self.samples: deque[tuple[float, float, float]] = deque()
         self.start = time.monotonic() if now is None else now
 
-    def finished(self, task: int, nbytes: float, rows: float, ok: bool = True) -> None:
+    def finished(
+        self, task: int, nbytes: float, rows: float, ok: bool = True, index_seconds: float = 0.0
+    ) -> None:
         if ok:
             self.actual[task] = (nbytes, rows)
+            self.index_rate.add(self.expected[task].index_bytes, index_seconds)
         else:
             self.failed.add(task)
+
+    def fk_done(self, i: int, seconds: float) -> None:
+        """FK ``i`` is settled (validated, failed, or already as it was)."""
+        if i not in self.fks_done:
+            self.fks_done.add(i)
+            self.fk_rate.add(self.fk_bytes[i], max(seconds - FK_FIXED_S, 0.0))
 
     def _expected_bytes(self, i: int) -> float:
         return max(self.expected[i].bytes, 1.0)
 
+    def _fk_seconds(self, indices) -> float:
+        rate = self.fk_rate.value
+        return sum(self.fk_bytes[i] / rate + FK_FIXED_S for i in indices) / self.fk_workers
+
+    def _index_seconds(self, nbytes: float) -> float:
+        return nbytes / self.index_rate.value / self.workers
+
     def snapshot(self, slots: list[tuple[float, ...]], now: float | None = None) -> Snapshot:
         now = time.monotonic() if now is None else now
         flights = []
+        index_spent = 0.0  # seconds already spent on the rebuilds in flight
         for s in slots:
-            if s[STATE] != COPYING:
+            if s[STATE] not in (COPYING, INDEXING):
                 continue
             i = int(s[TASK])
             if i in self.actual or i in self.failed or i >= len(self.expected):
                 continue
             exp = self.expected[i]
-            frac = min(s[BYTES] / self._expected_bytes(i), 0.99)
+            indexing = s[STATE] == INDEXING
+            frac = 0.99 if indexing else min(s[BYTES] / self._expected_bytes(i), 0.99)
             per_row = exp.bytes / exp.rows if exp.rows > 0 else 0
             rows = s[ROWS] or (s[BYTES] / per_row if per_row else 0.0)
             secs = max(now - s[STARTED], 1e-6)
-            flights.append(InFlight(i, s[BYTES], rows, frac, secs, s[BYTES] / secs))
+            if indexing:
+                index_spent += min(max(now - s[INDEXING_SINCE], 0.0), exp.index_bytes / self.index_rate.value)
+            flights.append(InFlight(i, s[BYTES], rows, frac, secs, s[BYTES] / secs, indexing))
         done_bytes = sum(b for b, _ in self.actual.values())
         done_rows = sum(r for _, r in self.actual.values())
         fl_bytes = sum(f.bytes for f in flights)
@@ -165,21 +238,49 @@ class ProgressModel:
         span = now - t0
         rate = (moved - b0) / span if span > 0 else 0.0
         rows_rate = (rows - r0) / span if span > 0 else 0.0
-        remaining = max(total - moved, 0.0)
-        eta = remaining / rate if rate > 0 else None
         ndone = len(self.actual)
+        all_loaded = ndone + len(self.failed) == len(self.expected)
+
+        # the work after the rows, in seconds
+        index_total = self._index_seconds(sum(e.index_bytes for e in self.expected))
+        index_left = self._index_seconds(
+            sum(
+                e.index_bytes
+                for i, e in enumerate(self.expected)
+                if i not in self.actual and i not in self.failed
+            )
+        )
+        index_left = max(index_left - index_spent / self.workers, 0.0)
+        fk_total = self._fk_seconds(range(len(self.fk_bytes)))
+        fk_left = self._fk_seconds(i for i in range(len(self.fk_bytes)) if i not in self.fks_done)
+        post_left = index_left + fk_left
+
+        remaining = max(total - moved, 0.0)
+        if all_loaded:
+            rows_left: float | None = 0.0
+        else:
+            rows_left = remaining / rate if rate > 0 else None
+        eta = None if rows_left is None else rows_left + post_left
+        # the rows' share of the work, at the run's average stream rate so far
+        elapsed = now - self.start
+        stream_rate = moved / elapsed if moved > 0 and elapsed > 0 else STREAM_BYTES_PER_S * self.workers
+        work_total = total / stream_rate + index_total + fk_total
+        work_done = moved / stream_rate + (index_total - index_left) + (fk_total - fk_left)
         return Snapshot(
-            fraction=min(moved / total, 1.0) if total else 1.0,
+            fraction=min(work_done / work_total, 1.0) if work_total > 0 else 1.0,
             bytes=moved,
             rows=rows,
             total_bytes=total,
             rate=rate,
             rows_rate=rows_rate,
-            eta=0.0 if ndone + len(self.failed) == len(self.expected) else eta,
+            eta=eta,
             tables_done=ndone,
             tables_failed=len(self.failed),
             tables_total=len(self.expected),
             in_flight=flights,
+            fks_done=len(self.fks_done),
+            fks_total=len(self.fk_bytes),
+            post_seconds=post_left,
         )
 
 

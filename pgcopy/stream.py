@@ -59,6 +59,8 @@ class TableResult:
     side: str | None = None  # 'source' or 'destination' when it failed
     verified: bool = False
     verify_seconds: float = 0.0
+    index_seconds: float = 0.0  # rebuilding the indexes dropped for the load
+    batched: bool = False  # loaded with other small tables in one transaction (pgcopy.batch)
 
 
 class SourceFailed(Exception):
@@ -96,54 +98,61 @@ class CountingReader:
 
 
 def copy_statements(task: CopyTask) -> tuple[sql.Composed, sql.Composed]:
-    """(COPY TO, COPY FROM) with the same explicit column list on both ends."""
+    """(COPY TO, COPY FROM) with the same explicit column list on both ends.  FREEZE needs
+    the table truncated in this transaction, so a table emptied by DELETE goes without."""
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in task.columns)
     table = sql.Identifier(*task.key)
     fmt = sql.SQL(task.format)
+    freeze = sql.SQL(", FREEZE" if task.clear == "truncate" else "")
     return (
         sql.SQL("COPY {} ({}) TO STDOUT (FORMAT {})").format(table, cols, fmt),
-        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {}, FREEZE)").format(table, cols, fmt),
+        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {}{})").format(table, cols, fmt, freeze),
     )
 
 
-def copy_table(src, dst, task: CopyTask, spec: StreamSpec, slot=None) -> TableResult:
-    """Load one table in one destination transaction; raises on any failure (nothing committed)."""
-    started = time.monotonic()
-    table = sql.Identifier(*task.key)
-    dcur = dst.cursor()
-    scur = src.cursor()
+def begin_load(dcur, spec: StreamSpec) -> None:
+    """Settings for a destination load transaction (one table, or a batch of small ones)."""
     dcur.execute("SET LOCAL lock_timeout = %s", (spec.lock_timeout,))
     if spec.replica:
         dcur.execute("SET LOCAL session_replication_role = replica")
+
+
+def empty_table(dcur, task: CopyTask) -> bool:
+    """Hold off triggers, empty the table, set aside NOT VALID CHECKs, and drop the indexes
+    to rebuild; True when they were dropped.  Everything here is undone by a rollback."""
+    table = sql.Identifier(*task.key)
     if task.triggers:
         # inside the load transaction, so no failure can leave them disabled
         dcur.execute(sql.SQL("ALTER TABLE ONLY {} DISABLE TRIGGER USER").format(table))
-    dcur.execute(sql.SQL("TRUNCATE ONLY {}").format(table))
+    if task.clear == "delete":
+        # the same lock TRUNCATE takes: nobody sees or writes the table until the commit
+        dcur.execute(
+            sql.SQL("LOCK TABLE ONLY {0} IN ACCESS EXCLUSIVE MODE; DELETE FROM ONLY {0}").format(table)
+        )
+    else:
+        dcur.execute(sql.SQL("TRUNCATE ONLY {}").format(table))
     for chk in task.checks:
         # COPY would test the new rows against a NOT VALID CHECK the old rows may violate
         dcur.execute(
             sql.SQL("ALTER TABLE ONLY {} DROP CONSTRAINT {}").format(table, sql.Identifier(chk.name))
         )
-    rebuilt = _drop_indexes(dcur, task) if task.indexes else False
+    return _drop_indexes(dcur, task) if task.indexes else False
 
-    fmt = task.format
-    slot = slot or NullSlot()
-    if not task.columns:  # a table without columns: nothing to stream, only a row count
-        scur.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(table))
-        src_rows = scur.fetchone()[0]
-        dcur.execute(sql.SQL("INSERT INTO {} SELECT FROM generate_series(1, %s)").format(table), (src_rows,))
-        dst_rows, nbytes, wire = dcur.rowcount, 0, 0
-    elif spec.batch_size:
-        from pgcopy.rowmode import copy_rows
 
-        src_rows, dst_rows, nbytes = copy_rows(src, dcur, task, spec.batch_size, slot)
-        wire, fmt = nbytes, "rows"
-    else:
-        src_rows, dst_rows, nbytes, wire = _stream(scur, dcur, task, spec.codec, slot)
-    if src_rows != dst_rows:
-        raise RuntimeError(f"row count mismatch: source sent {src_rows}, destination loaded {dst_rows}")
+@dataclass(frozen=True)
+class Completion:
+    verified: bool = False
+    verify_seconds: float = 0.0
+    index_seconds: float = 0.0
+
+
+def complete_table(scur, dcur, task: CopyTask, spec: StreamSpec, rebuilt: bool) -> Completion:
+    """After the rows: indexes, checks, sequences, the digest check, trigger states."""
+    table = sql.Identifier(*task.key)
+    t0 = time.monotonic()
     if rebuilt:
         _create_indexes(dcur, task)
+    index_seconds = time.monotonic() - t0 if rebuilt else 0.0
     _add_checks(dcur, task)
     set_sequences(dcur, task)
     verified, verify_seconds = _verify(scur, dcur, task, spec) if spec.verify else (False, 0.0)
@@ -153,6 +162,46 @@ def copy_table(src, dst, task: CopyTask, spec: StreamSpec, slot=None) -> TableRe
                 table, sql.Identifier(trig.name)
             )
         )
+    return Completion(verified, verify_seconds, index_seconds)
+
+
+def check_counts(src_rows: int, dst_rows: int) -> None:
+    if src_rows != dst_rows:
+        raise RuntimeError(f"row count mismatch: source sent {src_rows}, destination loaded {dst_rows}")
+
+
+def copy_empty_rows(scur, dcur, task: CopyTask) -> tuple[int, int]:
+    """A table without columns: nothing to stream, only a row count."""
+    table = sql.Identifier(*task.key)
+    scur.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(table))
+    src_rows = scur.fetchone()[0]
+    dcur.execute(sql.SQL("INSERT INTO {} SELECT FROM generate_series(1, %s)").format(table), (src_rows,))
+    return src_rows, dcur.rowcount
+
+
+def copy_table(src, dst, task: CopyTask, spec: StreamSpec, slot=None) -> TableResult:
+    """Load one table in one destination transaction; raises on any failure (nothing committed)."""
+    started = time.monotonic()
+    dcur = dst.cursor()
+    scur = src.cursor()
+    begin_load(dcur, spec)
+    rebuilt = empty_table(dcur, task)
+    fmt = task.format
+    slot = slot or NullSlot()
+    if not task.columns:
+        src_rows, dst_rows = copy_empty_rows(scur, dcur, task)
+        nbytes = wire = 0
+    elif spec.batch_size:
+        from pgcopy.rowmode import copy_rows
+
+        src_rows, dst_rows, nbytes = copy_rows(src, dcur, task, spec.batch_size, slot)
+        wire, fmt = nbytes, "rows"
+    else:
+        src_rows, dst_rows, nbytes, wire = _stream(scur, dcur, task, spec.codec, slot)
+    check_counts(src_rows, dst_rows)
+    if rebuilt:
+        slot.indexing()
+    done = complete_table(scur, dcur, task, spec, rebuilt)
     dst.commit()
     return TableResult(
         task.key,
@@ -161,8 +210,9 @@ def copy_table(src, dst, task: CopyTask, spec: StreamSpec, slot=None) -> TableRe
         wire,
         time.monotonic() - started,
         fmt,
-        verified=verified,
-        verify_seconds=verify_seconds,
+        verified=done.verified,
+        verify_seconds=done.verify_seconds,
+        index_seconds=done.index_seconds,
     )
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import psycopg2
 
 from pgcopy import failpoints
-from pgcopy.catalog import qualname
+from pgcopy.batch import copy_batch
+from pgcopy.catalog import lock_holders, qualname
 from pgcopy.connections import Session, connect, error_line
 from pgcopy.progress import NullSlot, Slot
 from pgcopy.stream import StreamSpec, TableResult, analyze, copy_table
@@ -97,44 +98,113 @@ def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array, stop, par
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     die_with_parent(parent_pid)
     slot = Slot(bus_array, wid) if bus_array is not None else NullSlot()
-    src = dst = None
-    pending: list = []  # loaded tables not yet analyzed
+    w = Worker(wid, spec, results, slot, stop)
     while not stop.is_set():
-        item = tasks.get()
+        item = tasks.get()  # a list of (index, task): one table, or a batch of small ones
         if item is None or stop.is_set():
             break
-        index, task = item
-        slot.begin(index)
+        w.run(item)
+    w.finish()
+
+
+class Worker:
+    """One source and one destination connection, reopened after a failure."""
+
+    def __init__(self, wid: int, spec: WorkerSpec, results, slot, stop):
+        self.wid, self.spec, self.results, self.slot, self.stop = wid, spec, results, slot, stop
+        self.src = self.dst = None
+        self.pending: list = []  # loaded tables not yet analyzed
+
+    def put(self, kind: str, payload) -> None:
+        self.results.put((kind, self.wid, payload))
+
+    def run(self, item: list) -> None:
         try:
-            if src is None:
-                src, dst = _open(spec)
-            _begin_read(src, spec.snapshot)
-            # only now: the coordinator may release the snapshot once every table has started
-            results.put(("start", wid, task.key))
-            res = copy_table(src, dst, task, spec.stream, slot)
-            src.rollback()
-            slot.end(True, res.rows)
-            results.put(("done", wid, res))
+            if self.src is None:
+                self.src, self.dst = _open(self.spec)
+            _begin_read(self.src, self.spec.snapshot)
         except Exception as exc:
-            msg, side = error_line(exc), _side(exc, src, dst)
-            # the connections may be mid-COPY: start clean for the next table
-            _close(*(c for c in (src, dst) if c is not None))
-            src = dst = None
+            self._reset()
+            for _, task in item:
+                self.put("failed", TableResult(task.key, error=error_line(exc)))
+            return
+        # only now: the coordinator may release the snapshot once every table has started
+        for _, task in item:
+            self.put("start", task.key)
+        if len(item) == 1:
+            self._one(*item[0])
+        else:
+            self._batch(item)
+
+    def _one(self, index: int, task) -> None:
+        self.slot.begin(index)
+        try:
+            res = copy_table(self.src, self.dst, task, self.spec.stream, self.slot)
+        except Exception as exc:
+            msg, side = error_line(exc), _side(exc, self.src, self.dst)
+            self._reset()  # the connections may be mid-COPY: start clean for the next table
             if isinstance(exc, psycopg2.errors.LockNotAvailable):
-                msg += _lock_holders(spec, task.key)  # after closing: still one connection per side
-            slot.end(False)
-            results.put(("failed", wid, TableResult(task.key, error=msg, side=side)))
-            continue
+                msg += _lock_holders(self.spec, task.key)  # after closing: still one connection per side
+            self.slot.end(False)
+            self.put("failed", TableResult(task.key, error=msg, side=side))
+            return
+        self._end_read()
+        self.slot.end(True, res.rows)
+        self.put("done", res)
+        self._committed([task], big=task.est_bytes >= ANALYZE_ALONE_BYTES)
+
+    def _batch(self, item: list) -> None:
+        tasks = dict(item)
+        reported: set[int] = set()
+        committed: list = []
+
+        def report(index: int, res: TableResult) -> None:
+            reported.add(index)
+            self.slot.begin(index)
+            self.slot.end(res.error is None, res.rows)
+            self.put("done" if res.error is None else "failed", res)
+            if res.error is None:
+                committed.append(tasks[index])
+
+        try:
+            copy_batch(self.src, self.dst, item, self.spec.stream, self.slot, self.stop.is_set, report)
+        except Exception as exc:  # a connection broke outside a table's load
+            self._reset()
+            self.slot.end(False)
+            for index, task in item:
+                if index not in reported:
+                    self.put("failed", TableResult(task.key, error=error_line(exc)))
+            return
+        self._end_read()
+        if committed:
+            self._committed(committed, big=False)
+
+    def _committed(self, tasks: list, big: bool) -> None:
         failpoints.hit("after-commit", in_worker=True)
-        if spec.stream.analyze and not stop.is_set():
-            pending.append(task.key)
-            if len(pending) >= ANALYZE_BATCH or task.est_bytes >= ANALYZE_ALONE_BYTES:
-                dst = _analyze(spec, dst, pending, results, wid)
-    if pending and not stop.is_set():
-        dst = _analyze(spec, dst, pending, results, wid)
-    _close(*(c for c in (src, dst) if c is not None))
-    slot.exited()
-    results.put(("exit", wid, usage()))
+        if self.spec.stream.analyze and not self.stop.is_set():
+            self.pending += [t.key for t in tasks]
+            if len(self.pending) >= ANALYZE_BATCH or big:
+                self.dst = _analyze(self.spec, self.dst, self.pending, self.results, self.wid)
+
+    def _end_read(self) -> None:
+        """End the source transaction (the tables are committed whatever happens here)."""
+        try:
+            if self.dst.closed:
+                raise psycopg2.InterfaceError("destination connection closed")
+            self.src.rollback()
+        except psycopg2.Error:
+            self._reset()
+
+    def _reset(self) -> None:
+        _close(*(c for c in (self.src, self.dst) if c is not None))
+        self.src = self.dst = None
+
+    def finish(self) -> None:
+        if self.pending and not self.stop.is_set():
+            self.dst = _analyze(self.spec, self.dst, self.pending, self.results, self.wid)
+        _close(*(c for c in (self.src, self.dst) if c is not None))
+        self.slot.exited()
+        self.put("exit", usage())
 
 
 # ANALYZE runs after the commits, a few tables per transaction: thousands of tiny tables
@@ -170,17 +240,8 @@ def _lock_holders(spec: WorkerSpec, key) -> str:
     try:
         conn = connect(spec.dest, "destination", spec.session)
         try:
-            cur = conn.cursor()
-            cur.execute(
-                """SELECT DISTINCT a.pid, a.usename, a.application_name, a.state
-                     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                    WHERE l.relation = (quote_ident(%s) || '.' || quote_ident(%s))::regclass
-                      AND l.granted AND a.pid <> pg_backend_pid()""",
-                key,
-            )
-            holders = [f"pid {p} ({u}, {app or '-'}, {st})" for p, u, app, st in cur.fetchall()]
+            return lock_holders(conn, key)
         finally:
             conn.close()
     except Exception:
         return ""
-    return f"; held by {', '.join(holders)}" if holders else ""

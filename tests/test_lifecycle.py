@@ -194,9 +194,9 @@ def test_output_into_head(src, dst, state):
 
 
 def test_ctrl_c_after_tables_committed_sets_their_sequences(src, dst, state):
-    """With one worker, every other table commits before the blocked one; Ctrl-C then."""
+    """Every other table has committed while one waits for its lock; Ctrl-C then."""
     before = prepare(src, dst)
-    with copy_blocked_on_empty_src(src, dst, state, "-p", "1") as run:
+    with copy_blocked_on_empty_src(src, dst, state, "-p", "2") as run:
         os.kill(run.proc.pid, signal.SIGINT)
         rc, out, err = run.finish()
     assert rc == 130, err

@@ -30,7 +30,7 @@ def _write_slot(array):
 
 
 def slot(task, nbytes, started=0.0, state=COPYING):
-    return (state, float(task), float(nbytes), float(nbytes), 0.0, started)
+    return (state, float(task), float(nbytes), float(nbytes), 0.0, started, 0.0)
 
 
 def test_fraction_rate_and_eta():
@@ -82,3 +82,75 @@ def test_duration_format():
     assert duration(None) == "--:--"
     assert duration(75) == "1:15"
     assert duration(3723) == "1:02:03"
+
+
+# --- the work after the rows: index rebuilds and FK validation ------------------------
+
+
+def test_eta_covers_index_rebuilds_and_fk_validation():
+    """Rows done is not the end: the ETA keeps the rebuilds and validations still to do."""
+    from pgcopy.progress import FK_BYTES_PER_S, FK_FIXED_S, INDEX_BYTES_PER_S
+
+    exp = [Expected(1000, 10, index_bytes=INDEX_BYTES_PER_S * 2), Expected(1000, 10)]
+    m = ProgressModel(exp, fk_bytes=[FK_BYTES_PER_S * 3], workers=2, fk_workers=1, now=0.0)
+    m.snapshot([slot(0, 0), slot(1, 0)], now=0.0)
+    s = m.snapshot([slot(0, 500), slot(1, 500)], now=1.0)  # 1000 B/s, 1000 B to go
+    index_s = 2 / 2  # 2 s of one connection's rebuild, over 2 workers
+    fk_s = 3 + FK_FIXED_S
+    assert s.eta == pytest.approx(1.0 + index_s + fk_s)
+    assert s.post_seconds == pytest.approx(index_s + fk_s)
+    # every row in: the ETA is what is left after the rows, never 0:00 yet
+    m.finished(0, 1000, 10, index_seconds=2.0)
+    m.finished(1, 1000, 10)
+    s = m.snapshot([], now=4.0)
+    assert s.eta == pytest.approx(fk_s) and s.fraction < 1.0
+    assert s.fks_done == 0 and s.fks_total == 1
+    m.fk_done(0, fk_s)
+    s = m.snapshot([], now=7.0)
+    assert s.eta == 0.0 and s.fraction == 1.0 and s.fks_done == 1
+
+
+def test_post_data_rates_are_corrected_as_measured():
+    from pgcopy.progress import FK_FIXED_S, INDEX_BYTES_PER_S
+
+    exp = [Expected(100, 1, index_bytes=1e6), Expected(100, 1, index_bytes=1e6)]
+    m = ProgressModel(exp, fk_bytes=[1e6, 1e6, 1e6], workers=1, fk_workers=1, now=0.0)
+    assert m.index_rate.value == INDEX_BYTES_PER_S  # nothing measured yet
+    m.finished(0, 100, 1, index_seconds=0.5)  # measured: 2 MB/s
+    assert m.index_rate.value == pytest.approx(2e6)
+    m.fk_done(0, 0.1 + FK_FIXED_S)  # measured: 10 MB/s
+    m.fk_done(1, 0.1 + FK_FIXED_S)
+    m.snapshot([slot(1, 0)], now=0.0)
+    s = m.snapshot([slot(1, 100)], now=1.0)  # table 1 streamed, not finished
+    # table 1's rebuild at the measured 2 MB/s, the last FK at the measured 10 MB/s
+    assert s.post_seconds == pytest.approx(0.5 + 0.1 + FK_FIXED_S)
+    m.fk_done(1, 99.0)  # settled twice (early restore, then STEP 6): counted once
+    assert m.fk_rate.value == pytest.approx(10e6)
+
+
+def test_a_rebuild_in_flight_counts_down_and_shows():
+    from pgcopy.progress import INDEXING, INDEXING_SINCE
+
+    exp = [Expected(1000, 10, index_bytes=4e6)]
+    m = ProgressModel(exp, workers=1, now=0.0)
+    m.index_rate.add(1e6, 1.0)  # 1 MB/s: a 4 s rebuild
+    m.index_rate.add(0, 0)  # nothing measured is ignored
+    building = [INDEXING, 0.0, 1000.0, 1000.0, 0.0, 0.0, 0.0]
+    building[INDEXING_SINCE] = 10.0
+    s = m.snapshot([tuple(building)], now=11.0)
+    assert s.in_flight[0].indexing and s.in_flight[0].fraction == 0.99
+    assert s.post_seconds == pytest.approx(3.0)
+    s = m.snapshot([tuple(building)], now=20.0)  # slower than estimated: never below 0
+    assert s.post_seconds == 0.0
+
+
+def test_phase_label_and_progress_line():
+    from pgcopy.ui.base import progress_line
+
+    m = ProgressModel([Expected(1000, 10)], fk_bytes=[10.0, 10.0], now=0.0)
+    m.finished(0, 1000, 10)
+    m.fk_done(0, 0.01)
+    s = m.snapshot([], now=1.0)
+    line = progress_line(s, ["public.t"], "restoring and validating foreign keys")
+    assert "restoring and validating foreign keys" in line and "1/1 tables" in line and "1/2 FKs" in line
+    assert "ETA 0:00" in line  # one tiny FK left: under a second, but not --:--

@@ -72,11 +72,14 @@ def test_progress_bar_pinned_above_scrolling_logs(src, dst, state):
         wait_blocked(dst)
         time.sleep(0.5)
         screen = t.screen()
-        assert re.match(r"^\s*\d+\.\d% [█░]+ \d+/18 tables .* MB/s\s+ETA ", screen[0]), screen[0]
+        # the phase and the FKs settled so far are on the bar
+        assert re.match(
+            r"^\s*\d+\.\d% [█░]+ copying rows \| \d+/18 tables, \d+/10 FKs .* MB/s\s+ETA ", screen[0]
+        ), screen[0]
         logs = [line for line in screen[1:] if LINE.match(line)]
         # more log lines than the screen holds have scrolled under the bar, which stayed put
         assert len(logs) == 29 and any("Copying table public.empty_src" in line for line in logs)
-        assert not any("Completed public.order_items" in line for line in logs)
+        assert not any("STEP 1:" in line for line in logs)  # the first line scrolled away
         assert t.fmt("#{scroll_region_upper}") == "1"
         # a smaller window: the scroll region and the bar follow it
         subprocess.run(["tmux", "resize-window", "-t", t.name, "-x", "80", "-y", "20"], check=True)
@@ -94,6 +97,33 @@ def test_progress_bar_pinned_above_scrolling_logs(src, dst, state):
         )
     finally:
         lock.close()
+        t.kill()
+    assert checksums(dst) == checksums(src)
+
+
+LONG = "a_table_with_a_rather_long_name_to_make_its_log_lines_wrap_ok"
+
+
+def test_progress_bar_scrolls_the_screen_and_wraps_long_lines(src, dst, state):
+    """What was on the terminal is pushed into its scrollback, not overwritten by the bar;
+    a log line longer than the window wraps onto the next row instead of being cut."""
+    load_fidelity(src, dst)
+    for db in (src, dst):
+        db.execute(f"CREATE TABLE {LONG} (id int PRIMARY KEY, note text)")
+    src.execute(f"INSERT INTO {LONG} SELECT g, 'n' FROM generate_series(1, 5) g")
+    command = "clear; echo FIRST-LINE-BEFORE-PGCOPY; " + pgcopy_cmd(src, dst, state, "--output", "progress")
+    t = Tmux(f"wrap{time.monotonic_ns()}", command, width=100, height=80)
+    try:
+        t.wait_for("EXITED 0")
+        everything = subprocess.run(
+            ["tmux", "capture-pane", "-p", "-S", "-1000", "-t", t.name], capture_output=True, text=True
+        ).stdout.splitlines()
+        assert any("FIRST-LINE-BEFORE-PGCOPY" in line for line in everything), "\n".join(everything)
+        rows = t.screen()
+        (i,) = [n for n, line in enumerate(rows) if f"Completed public.{LONG}" in line]
+        assert len(rows[i]) == 100 and "[binary]" not in rows[i]
+        assert rows[i + 1].rstrip().endswith("[binary]"), rows[i : i + 2]  # the rest, on the next row
+    finally:
         t.kill()
     assert checksums(dst) == checksums(src)
 
@@ -157,7 +187,8 @@ def test_plain_output_lines_and_progress_lines(src, dst, state, tmp_path):
     assert all(LINE.match(line) or line.startswith(" " * 15) for line in lines), err
     progress = [line for line in lines if "tables |" in line]
     assert progress and re.search(
-        r"\d+\.\d% \| \d+/18 tables \| [\d,]+ rows \| [\d.]+ MB/s \| ETA [\d:-]+ \| in flight: ", progress[0]
+        r"\d+\.\d% \| copying rows \| \d+/18 tables \| \d+/10 FKs \| [\d,]+ rows \| [\d.]+ MB/s \| ETA [\d:-]+ \| in flight: ",
+        progress[0],
     )
     logged = (tmp_path / "run.log").read_text().splitlines()
     assert logged == lines  # the log file holds every line, in the same plain format

@@ -25,7 +25,14 @@ from psycopg2 import sql
 
 from pgcopy import failpoints, fmt, runlock
 from pgcopy import fkeys as fkmod
-from pgcopy.catalog import ForeignKey, database_identity, qualname, read_sizes, regclass_literal
+from pgcopy.catalog import (
+    ForeignKey,
+    database_identity,
+    locks_per_transaction,
+    qualname,
+    read_sizes,
+    regclass_literal,
+)
 from pgcopy.connections import (
     Session,
     common_encoding,
@@ -48,6 +55,7 @@ from pgcopy.journal import Journal
 from pgcopy.log import Logger, safe_write
 from pgcopy.options import CopyOptions
 from pgcopy.plan import Plan, PlanInputs, SequenceValue, build_plan
+from pgcopy.plan import batches as plan_batches
 from pgcopy.preflight import CHECKS
 from pgcopy.progress import ProgressBus
 from pgcopy.report import RunReport
@@ -56,6 +64,16 @@ from pgcopy.stream import StreamSpec
 from pgcopy.ui import make_view
 from pgcopy.ui.base import LogReporter
 from pgcopy.worker import WorkerSpec
+
+
+def fk_sizes(plan: Plan) -> dict[tuple, float]:
+    """(table, FK name) -> the referencing table's size (its leaves' when partitioned):
+    what a validation scans, for the ETA."""
+    size: dict = {}
+    for t in plan.tasks:
+        for k in (t.key, *plan.ancestors.get(t.key, ())):
+            size[k] = size.get(k, 0) + t.data_bytes
+    return {(fk.table, fk.name): float(size.get(fk.table, 0)) for fk in plan.fkeys}
 
 
 def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions, stream) -> None:
@@ -214,6 +232,7 @@ class CopyRun:
             bus,
             lambda: self.stop.request(signal.SIGINT),
             self.opts.progress_interval,
+            fk_sizes(plan),
         )
         if os.environ.get("PGCOPY_BENCH_NO_BUS"):
             # measurement switch for benchmarks/run.py: the same run without bus and display
@@ -499,8 +518,14 @@ class CopyRun:
         view.phase(None)
         self.report.mark("load")
         o = self.opts
+        # a batch of small tables holds their locks to its commit: half a session's share
+        batches = plan_batches(
+            plan.tasks, locks_per_transaction(self.dst) // 2, bool(o.batch_size or o.codec)
+        )
+        grouped = sum(len(b) for b in batches if len(b) > 1)
         self.log.info(
-            f"STEP 5: loading {len(plan.tasks)} tables with {workers_for(o.parallel, plan.tasks)} workers"
+            f"STEP 5: loading {len(plan.tasks)} tables with {workers_for(o.parallel, batches)} workers"
+            + (f" ({grouped} small tables in {sum(len(b) > 1 for b in batches)} batches)" if grouped else "")
             + (" (session_replication_role = replica)" if plan.replica else "")
         )
         to_utf8 = self.src.get_parameter_status("server_encoding") != self.dst.get_parameter_status(
@@ -517,12 +542,21 @@ class CopyRun:
             o.lock_timeout,
             self.session,
             self.log,
+            view.fk_settled,
         )
         backends = RunBackends(self.dst, self.session, early.request_stop, early.stop)
         early.start()
         try:
             outcome = run_load(
-                spec, plan.tasks, o.parallel, Tee(view, early), self.stop, bus, backends, self.release_source
+                spec,
+                plan.tasks,
+                o.parallel,
+                Tee(view, early),
+                self.stop,
+                bus,
+                backends,
+                self.release_source,
+                batches,
             )
         finally:
             early.stop()
@@ -551,7 +585,7 @@ class CopyRun:
         self.report.mark("restore foreign keys")
         self.log.info(f"STEP 6: restoring {len(fkeys)} foreign keys")
         o = self.opts
-        restored = fkmod.restore_all(o.dest, fkeys, o.parallel, o.lock_timeout, self.session)
+        restored = fkmod.restore_all(o.dest, fkeys, o.parallel, o.lock_timeout, self.session, view.fk_settled)
         fkmod.log_outcome(restored, self.log)
         self.report.fkeys_restored = [fkmod.describe(fk) for fk in restored.restored]
         self.report.fkeys_not_valid = [fkmod.describe(fk) for fk, _ in restored.not_valid]

@@ -21,15 +21,18 @@ def resolve_output(requested: str, log: Logger) -> str:
     return requested
 
 
-def make_view(output: str, log: Logger, tasks, bus, request_stop, interval: float) -> LogReporter:
+def make_view(
+    output: str, log: Logger, tasks, bus, request_stop, interval: float, fk_bytes=None
+) -> LogReporter:
+    """``fk_bytes``: (table, FK name) -> the referencing table's size, for the ETA."""
     if output == "progress":
         from pgcopy.ui.bar import BarView
 
-        return BarView(log, tasks, bus, request_stop)
+        return BarView(log, tasks, bus, request_stop, fk_bytes)
     if output == "interactive":
         from pgcopy.ui.interactive import InteractiveView
 
-        return InteractiveView(log, tasks, bus, request_stop)
+        return InteractiveView(log, tasks, bus, request_stop, fk_bytes)
     from pgcopy.ui.plain import PlainView
 
-    return PlainView(log, tasks, bus, request_stop, interval=interval)
+    return PlainView(log, tasks, bus, request_stop, fk_bytes, interval=interval)

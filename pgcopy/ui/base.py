@@ -40,6 +40,8 @@ class LogReporter(Reporter):
     def log(self, level: str, text: str) -> None:
         self.log_.emit(level, text)
 
+    def fk_settled(self, fk, seconds: float) -> None: ...
+
     # a plain reporter has no display to run
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -47,7 +49,9 @@ class LogReporter(Reporter):
 
 
 def expected_of(task: CopyTask) -> Expected:
-    return Expected(task.data_bytes * STREAM_PER_TABLE_BYTE, task.est_rows)
+    # rebuilt indexes are estimated from the source's: same definitions, same rows
+    index_bytes = max(task.est_bytes - task.data_bytes, 0) if task.indexes else 0
+    return Expected(task.data_bytes * STREAM_PER_TABLE_BYTE, task.est_rows, index_bytes)
 
 
 class LiveView(LogReporter):
@@ -56,14 +60,23 @@ class LiveView(LogReporter):
     TICK = 0.2
 
     def __init__(
-        self, log: Logger, tasks: list[CopyTask], bus: ProgressBus, request_stop: Callable[[], None]
+        self,
+        log: Logger,
+        tasks: list[CopyTask],
+        bus: ProgressBus,
+        request_stop: Callable[[], None],
+        fk_bytes: dict[tuple, float] | None = None,
     ):
         super().__init__(log)
         self.tasks = tasks
         self.bus = bus
         self.request_stop = request_stop
         self.index = {t.key: i for i, t in enumerate(tasks)}
-        self.model = ProgressModel([expected_of(t) for t in tasks])
+        fk_bytes = fk_bytes or {}
+        self.fk_index = {key: i for i, key in enumerate(fk_bytes)}
+        self.model = ProgressModel(
+            [expected_of(t) for t in tasks], list(fk_bytes.values()), bus.nworkers, bus.nworkers
+        )
         self.lock = threading.Lock()
         self.phase_text: str | None = None
         self.recent: deque[str] = deque(maxlen=200)
@@ -73,7 +86,7 @@ class LiveView(LogReporter):
     # events from the coordinator thread
     def table_done(self, r: TableResult) -> None:
         with self.lock:
-            self.model.finished(self.index[r.key], r.bytes, r.rows)
+            self.model.finished(self.index[r.key], r.bytes, r.rows, index_seconds=r.index_seconds)
         super().table_done(r)
 
     def table_failed(self, r: TableResult) -> None:
@@ -83,6 +96,20 @@ class LiveView(LogReporter):
 
     def phase(self, text: str) -> None:
         self.phase_text = text
+
+    def fk_settled(self, fk, seconds: float) -> None:  # from FK restore threads
+        i = self.fk_index.get((fk.table, fk.name))
+        if i is not None:
+            with self.lock:
+                self.model.fk_done(i, seconds)
+
+    def phase_label(self, s: Snapshot) -> str:
+        """What is running now."""
+        if self.phase_text:
+            return self.phase_text
+        if s.in_flight and all(f.indexing for f in s.in_flight):
+            return "rebuilding indexes"
+        return "copying rows"
 
     def snapshot(self) -> Snapshot:
         with self.lock:
@@ -120,13 +147,12 @@ class LiveView(LogReporter):
     def teardown(self) -> None: ...
 
 
-def progress_line(s: Snapshot, names: list[str], phase: str | None) -> str:
-    """One line: percent, tables, rows, MB/s, ETA, tables in flight."""
-    if phase:
-        return f"{phase} | {s.tables_done}/{s.tables_total} tables copied, {s.rows:,.0f} rows"
-    flying = ", ".join(names[f.task] for f in s.in_flight) or "-"
+def progress_line(s: Snapshot, names: list[str], phase: str) -> str:
+    """One line: percent of the run, phase, tables, FKs, rows, MB/s, ETA, tables in flight."""
+    flying = ", ".join(names[f.task] + (" (indexes)" if f.indexing else "") for f in s.in_flight) or "-"
     return (
-        f"{s.fraction * 100:5.1f}% | {s.tables_done}/{s.tables_total} tables"
+        f"{s.fraction * 100:5.1f}% | {phase} | {s.tables_done}/{s.tables_total} tables"
         + (f" ({s.tables_failed} failed)" if s.tables_failed else "")
+        + (f" | {s.fks_done}/{s.fks_total} FKs" if s.fks_total else "")
         + f" | {s.rows:,.0f} rows | {s.rate / 1e6:.1f} MB/s | ETA {duration(s.eta)} | in flight: {flying}"
     )

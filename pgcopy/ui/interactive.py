@@ -52,20 +52,21 @@ class InteractiveView(LiveView):
             + f"  {s.tables_done}/{s.tables_total} tables done, {s.tables_failed} failed, "
             f"{s.tables_total - s.tables_done - s.tables_failed - len(s.in_flight)} queued"
         ]
-        if self.phase_text:
-            out.append(f" {self.phase_text}")
-        else:
-            head = f" {s.fraction * 100:5.1f}% "
-            tail = f" {s.rate / 1e6:.1f} MB/s  {s.rows_rate:,.0f} rows/s  ETA {duration(s.eta)}"
-            out.append(head + bar(s.fraction, w - len(head) - len(tail) - 1) + tail)
+        head = f" {s.fraction * 100:5.1f}% "
+        tail = f" {s.rate / 1e6:.1f} MB/s  {s.rows_rate:,.0f} rows/s  ETA {duration(s.eta)}"
+        out.append(head + bar(s.fraction, w - len(head) - len(tail) - 1) + tail)
+        out.append(
+            f" now: {self.phase_label(s)}"
+            + (f"  ({s.fks_done}/{s.fks_total} foreign keys settled)" if s.fks_total else "")
+        )
         out.append(f" {fmt.size(s.bytes)} of ~{fmt.size(s.total_bytes)} streamed, {s.rows:,.0f} rows")
         out.append("")
         out.append(t.underline(" workers"))
         for f in s.in_flight:
             name = self.tasks[f.task].qualname
+            what = "rebuilding indexes" if f.indexing else f"{f.rate / 1e6:6.1f} MB/s"
             out.append(
-                f"  {name[:36]:<36} {bar(f.fraction, 12)} {f.fraction * 100:3.0f}% "
-                f"{f.rate / 1e6:6.1f} MB/s {duration(f.seconds):>7}"
+                f"  {name[:36]:<36} {bar(f.fraction, 12)} {f.fraction * 100:3.0f}% {what} {duration(f.seconds):>7}"
             )
         for _ in range(self.bus.nworkers - len(s.in_flight)):
             out.append("  (idle)")

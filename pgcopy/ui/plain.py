@@ -17,7 +17,8 @@ class PlainView(LiveView):
     def tick(self) -> None:
         if time.monotonic() >= self._next:
             self._next += self.interval
-            self.log_.info(progress_line(self.snapshot(), self.names, self.phase_text))
+            s = self.snapshot()
+            self.log_.info(progress_line(s, self.names, self.phase_label(s)))
 
     def teardown(self) -> None:
         pass

@@ -1,0 +1,221 @@
+"""Small tables, several per destination transaction.
+
+A small table costs more in per-table overhead (a commit, round trips, a thread and a
+pipe) than in data; thousands of them would take most of a run.  A worker takes a batch of
+them (see ``plan.batches``):
+
+1. reads every table of the batch from the source, in one transaction that imports the
+   run's snapshot, each into a spool (memory, disk past ``SPOOL_MEMORY``); a savepoint per
+   table keeps one unreadable table from failing the others;
+2. loads them all in one destination transaction and commits once;
+3. if a table fails there, rolls back and loads the batch again without it, so every table
+   still ends fully old or fully new and one bad table costs the others nothing.
+
+The source transaction stays open until the batch commits, for ``--verify``'s digests.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import psycopg2
+from psycopg2 import sql
+
+from pgcopy import failpoints
+from pgcopy.catalog import lock_holders
+from pgcopy.connections import error_line
+from pgcopy.plan import CopyTask
+from pgcopy.stream import (
+    CHUNK,
+    StreamSpec,
+    TableResult,
+    begin_load,
+    check_counts,
+    complete_table,
+    copy_empty_rows,
+    copy_statements,
+    empty_table,
+)
+
+SPOOL_MEMORY = 512 << 10  # per table; more spills to a temp file, so a batch stays small in memory
+
+
+@dataclass
+class Spooled:
+    index: int
+    task: CopyTask
+    data: tempfile.SpooledTemporaryFile | None  # None for a table without columns
+    rows: int
+    nbytes: int
+    read_seconds: float
+
+
+Report = Callable[[int, TableResult], None]  # called as soon as a table's outcome is final
+
+
+def read_batch(src, items: list[tuple[int, CopyTask]], slot, report: Report) -> list[Spooled]:
+    """Every table's rows from the source transaction already begun on ``src``."""
+    cur = src.cursor()
+    spooled: list[Spooled] = []
+    for index, task in items:
+        slot.begin(index)
+        t0 = time.monotonic()
+        cur.execute("SAVEPOINT pgcopy_read")
+        data = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) if task.columns else None
+        try:
+            if data is not None:
+                cur.copy_expert(copy_statements(task)[0], data, size=CHUNK)
+                rows, nbytes = cur.rowcount, data.tell()
+                data.seek(0)
+            else:
+                rows, nbytes = 0, 0
+            cur.execute("RELEASE SAVEPOINT pgcopy_read")
+        except psycopg2.Error as exc:
+            if data is not None:
+                data.close()
+            cur.execute("ROLLBACK TO SAVEPOINT pgcopy_read")
+            report(index, TableResult(task.key, error=error_line(exc), side="source"))
+            continue
+        slot.add(nbytes, nbytes)
+        spooled.append(Spooled(index, task, data, rows, nbytes, time.monotonic() - t0))
+    return spooled
+
+
+class TableFailed(Exception):
+    def __init__(self, index: int, cause: BaseException):
+        super().__init__(str(cause))
+        self.index, self.cause = index, cause
+
+
+def _rollback(dst) -> None:
+    if not dst.closed:
+        try:
+            dst.rollback()
+        except psycopg2.Error:
+            pass  # the connection is gone; copy_batch sees it closed
+
+
+def _lock_free(dcur, spooled: list[Spooled]) -> tuple[list[Spooled], list[Spooled]]:
+    """Lock the batch's tables without waiting: (locked, busy).  A busy table is loaded on
+    its own afterwards, so a lock held elsewhere never keeps the others locked (and their
+    readers waiting) for a lock timeout, nor makes them roll back with it at a stop."""
+    locked, busy = [], []
+    for s in spooled:
+        try:
+            dcur.execute(
+                sql.SQL("SAVEPOINT pgcopy_lock; LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE NOWAIT").format(
+                    sql.Identifier(*s.task.key)
+                )
+            )
+            locked.append(s)
+        except psycopg2.errors.LockNotAvailable:
+            dcur.execute("ROLLBACK TO SAVEPOINT pgcopy_lock")
+            busy.append(s)
+    return locked, busy
+
+
+def _load(src, dst, spooled: list[Spooled], spec: StreamSpec, slot, wait: bool) -> tuple[list, list[Spooled]]:
+    """One destination transaction for the tables; returns (results, busy tables left
+    out); raises TableFailed (rolled back).  Without ``wait`` busy tables are left out."""
+    scur, dcur = src.cursor(), dst.cursor()
+    out = []
+    busy: list[Spooled] = []
+    try:
+        begin_load(dcur, spec)
+        if not wait:
+            spooled, busy = _lock_free(dcur, spooled)
+    except Exception as exc:
+        _rollback(dst)
+        raise TableFailed(spooled[0].index, exc) from exc
+    for s in spooled:
+        t0 = time.monotonic()
+        slot.begin(s.index)  # the display shows the table being loaded (or waiting for its lock)
+        slot.add(s.nbytes, s.nbytes)
+        try:
+            rebuilt = empty_table(dcur, s.task)
+            if s.data is None:
+                src_rows, dst_rows = copy_empty_rows(scur, dcur, s.task)
+            else:
+                s.data.seek(0)
+                failpoints.hit("mid-copy", in_worker=True)
+                dcur.copy_expert(copy_statements(s.task)[1], s.data, size=CHUNK)
+                src_rows, dst_rows = s.rows, dcur.rowcount
+            check_counts(src_rows, dst_rows)
+            done = complete_table(scur, dcur, s.task, spec, rebuilt)
+        except Exception as exc:
+            _rollback(dst)
+            raise TableFailed(s.index, exc) from exc
+        seconds = s.read_seconds + time.monotonic() - t0
+        result = TableResult(
+            s.task.key,
+            dst_rows,
+            s.nbytes,
+            s.nbytes,
+            seconds,
+            s.task.format,
+            verified=done.verified,
+            verify_seconds=done.verify_seconds,
+            batched=True,
+        )
+        out.append((s.index, result))
+    dst.commit()
+    return out, busy
+
+
+def copy_batch(
+    src,
+    dst,
+    items: list[tuple[int, CopyTask]],
+    spec: StreamSpec,
+    slot,
+    stopped: Callable[[], bool],
+    report: Report,
+) -> None:
+    """Load a batch of small tables; every table's result, done or failed, goes to
+    ``report`` right after its commit or failure.  The source transaction must already be
+    begun (with the run's snapshot) on ``src``."""
+    spooled = read_batch(src, items, slot, report)
+    try:
+        busy = _load_until_done(src, dst, spooled, spec, slot, stopped, report, wait=False)
+        for s in busy:  # alone, waiting for its lock like any big table
+            _load_until_done(src, dst, [s], spec, slot, stopped, report, wait=True)
+    finally:
+        for s in spooled:
+            if s.data is not None:
+                s.data.close()
+
+
+def _load_until_done(
+    src, dst, group: list[Spooled], spec, slot, stopped, report: Report, wait: bool
+) -> list[Spooled]:
+    """Load ``group`` in one transaction, leaving out each table that fails and trying
+    again; reports every table's result and returns the busy ones left out."""
+    group = list(group)
+    while group:
+        try:
+            done, busy = _load(src, dst, group, spec, slot, wait)
+        except TableFailed as exc:
+            if stopped() or dst.closed or src.closed:
+                # a stop cancelled it, or a connection is gone: the whole group rolled back
+                for s in group:
+                    report(s.index, _failed(s.task, exc.cause, src))
+                return []
+            bad = next(s for s in group if s.index == exc.index)
+            res = _failed(bad.task, exc.cause, src)
+            if isinstance(exc.cause, psycopg2.errors.LockNotAvailable):
+                res = replace(res, error=res.error + lock_holders(dst, bad.task.key))
+            report(bad.index, res)
+            group.remove(bad)
+            continue
+        for index, res in done:
+            report(index, res)
+        return busy
+    return []
+
+
+def _failed(task: CopyTask, exc: BaseException, src) -> TableResult:
+    conn = getattr(getattr(exc, "cursor", None), "connection", None)
+    return TableResult(task.key, error=error_line(exc), side="source" if conn is src else "destination")

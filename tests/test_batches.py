@@ -1,0 +1,88 @@
+"""Small tables load in batches, one destination transaction each, emptied with DELETE where
+that is exactly equivalent; every table still ends fully old or fully new."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import checksums, copy
+
+N = 30
+
+
+@pytest.fixture
+def state(tmp_path):
+    return tmp_path / "state"
+
+
+def _tables(db, rows: str) -> None:
+    db.execute(
+        "".join(f"CREATE TABLE t{i} (id int PRIMARY KEY, v text);" for i in range(N))
+        + "".join(f"INSERT INTO t{i} SELECT g, {rows} FROM generate_series(1, 5) g;" for i in range(N))
+    )
+
+
+def test_one_bad_table_fails_alone_and_its_batch_mates_load(src, dst, state, tmp_path):
+    _tables(src, "'new ' || g")
+    _tables(dst, "'old ' || g")
+    src.execute("UPDATE t7 SET v = 'bad' WHERE id = 3")
+    dst.execute("ALTER TABLE t7 ADD CONSTRAINT no_bad CHECK (v <> 'bad')")
+    report = tmp_path / "r.json"
+    r = copy(src.dsn, dst.dsn, "--yes", "-p", "2", "--report", str(report), state_dir=state)
+    assert r.returncode == 4, r.stderr
+    assert f"({N} small tables in " in r.stderr  # they were batched
+    assert "Failed public.t7 (destination)" in r.stderr and "no_bad" in r.stderr
+    assert dst.query("SELECT v FROM t7 ORDER BY id")[0] == ("old 1",)  # fully old
+    ours, theirs = checksums(dst), checksums(src)
+    assert all(ours[t] == theirs[t] for t in theirs if t != "public.t7")
+    tables = {t["table"]: t for t in json.loads(report.read_text())["tables"]}
+    assert tables["public.t1"]["batched"] and tables["public.t1"]["emptied_by"] == "delete"
+    assert tables["public.t1"]["codec"] is None
+    assert tables["public.t7"]["status"] == "failed"
+
+
+def test_delete_stands_in_for_truncate_only_where_it_changes_nothing_else(src, dst, state, tmp_path):
+    """An ON DELETE rule would fire on DELETE (not on TRUNCATE): that table is truncated.
+    A row-level ON DELETE trigger is held off like every user trigger."""
+    for db in (src, dst):
+        db.execute(
+            "CREATE TABLE audit (what text);"
+            "CREATE TABLE ruled (id int PRIMARY KEY, v text);"
+            "CREATE TABLE trig (id int PRIMARY KEY, v text);"
+        )
+    src.execute("INSERT INTO ruled VALUES (1, 'new'); INSERT INTO trig VALUES (1, 'new')")
+    dst.execute(
+        "INSERT INTO ruled VALUES (1, 'old'), (2, 'old'); INSERT INTO trig VALUES (1, 'old'), (2, 'old');"
+        "CREATE RULE log_delete AS ON DELETE TO ruled DO ALSO INSERT INTO audit VALUES ('rule: ' || OLD.id);"
+        "CREATE FUNCTION log_trig() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$BEGIN INSERT INTO audit VALUES ('trigger: ' || OLD.id); RETURN OLD; END$$;"
+        "CREATE TRIGGER log_delete BEFORE DELETE ON trig FOR EACH ROW EXECUTE FUNCTION log_trig();"
+    )
+    plan = tmp_path / "plan.json"
+    r = copy(src.dsn, dst.dsn, "--dry-run", "--exclude", "audit", "--report", str(plan), state_dir=state)
+    assert r.returncode == 0, r.stderr
+    emptied = {t["table"]: t["emptied_by"] for t in json.loads(plan.read_text())["plan"]["tables"]}
+    assert emptied == {"public.ruled": "truncate", "public.trig": "delete"}
+    r = copy(src.dsn, dst.dsn, "--yes", "--exclude", "audit", state_dir=state)
+    assert r.returncode == 0, r.stderr
+    assert dst.query("SELECT * FROM audit") == []
+    assert dst.query("SELECT * FROM ruled") == [(1, "new")] and dst.query("SELECT * FROM trig") == [
+        (1, "new")
+    ]
+    assert dst.scalar("SELECT tgenabled FROM pg_trigger WHERE tgname = 'log_delete'") == "O"
+
+
+def test_without_delete_privilege_the_table_is_truncated(src, dst, state):
+    src.execute("CREATE TABLE nodel (id int PRIMARY KEY); INSERT INTO nodel VALUES (1), (2)")
+    dst.execute(
+        "CREATE TABLE nodel (id int PRIMARY KEY); INSERT INTO nodel VALUES (9);"
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'loader') THEN "
+        "CREATE ROLE loader LOGIN PASSWORD 'loader-pw'; END IF; END $$;"
+        "GRANT SELECT, INSERT, TRUNCATE ON nodel TO loader"
+    )
+    loader = dst.cluster.dsn(dst.dbname, user="loader", password="loader-pw")
+    r = copy(src.dsn, loader, "--yes", "--include", "nodel", state_dir=state)
+    assert r.returncode == 0, r.stderr
+    assert dst.query("SELECT id FROM nodel ORDER BY id") == [(1,), (2,)]
