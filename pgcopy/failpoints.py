@@ -10,7 +10,7 @@
 A point fires once per process.  Points, in run order: ``after-journal`` (journal written, FKs not yet dropped),
 ``after-drop``, ``mid-copy`` (a worker, after the first chunk of a table), ``after-commit``
 (a worker, right after a table's commit), ``after-add`` (FKs added NOT VALID, none
-validated), ``during-validate`` (a VALIDATE executed, not committed), ``during-sequences``
+validated), ``during-validate`` (a VALIDATE, or an ADD that validates, executed and not committed), ``during-sequences``
 (one sequence set), ``during-matviews`` (one REFRESH executed, not committed).
 """
 

@@ -31,6 +31,7 @@ class EarlyRestorer:
         session: Session,
         log,
         on_settled: fkmod.Settled | None = None,
+        quick: frozenset = frozenset(),
     ):
         self.dsn, self.parallel, self.lock_timeout, self.session, self.log = (
             dsn,
@@ -45,7 +46,7 @@ class EarlyRestorer:
             for k in (leaf, *parents):
                 covers.setdefault(k, set()).add(leaf)
         self.waiting = {fk: covers.get(fk.table, set()) | covers.get(fk.ref_table, set()) for fk in fkeys}
-        self.on_settled = on_settled
+        self.on_settled, self.quick = on_settled, quick
         self.finished: set[Key] = set()
         self.restored = 0
         self._lock = threading.Lock()
@@ -84,7 +85,13 @@ class EarlyRestorer:
                 continue
             try:
                 out = fkmod.restore_all(
-                    self.dsn, ready, self.parallel, self.lock_timeout, self.session, self.on_settled
+                    self.dsn,
+                    ready,
+                    self.parallel,
+                    self.lock_timeout,
+                    self.session,
+                    self.on_settled,
+                    self.quick,
                 )
                 self.restored += len(out.restored)
                 self.log.debug(f"{len(out.restored)} of {len(ready)} foreign keys restored during the load")

@@ -25,8 +25,12 @@ STREAM_PER_TABLE_BYTE = 0.9
 # these speeds per connection, measured on the benchmark machine (2 cores, fsync on):
 INDEX_BYTES_PER_S = 40e6  # CREATE INDEX, per byte of the index built (source's index size)
 FK_BYTES_PER_S = 150e6  # VALIDATE CONSTRAINT, per byte of the referencing table
-FK_FIXED_S = 0.004  # per FK: the statement, its locks and its commit
-STREAM_BYTES_PER_S = 60e6  # one COPY stream, only until the run's own rate is known
+FK_FIXED_S = 0.003  # per FK: the statements, their locks and commits
+# A table's load is estimated as a fixed cost (its statements, commit, ANALYZE; thousands of
+# tiny tables are all fixed cost) plus its stream at STREAM_BYTES_PER_S, on one worker.
+# Only the proportions matter: the ETA divides by the rate the run measures.
+TABLE_FIXED_S = 0.005
+STREAM_BYTES_PER_S = 60e6
 
 
 class ProgressBus:
@@ -161,7 +165,9 @@ class ProgressModel:
         workers: int = 1,
         fk_workers: int = 1,
         now: float | None = None,
+        table_fixed_s: float = TABLE_FIXED_S,
     ):
+        self.table_fixed_s = table_fixed_s
         self.expected = expected
         self.fk_bytes = list(fk_bytes or [])
         self.workers, self.fk_workers = max(workers, 1), max(fk_workers, 1)
@@ -170,7 +176,7 @@ class ProgressModel:
         self.fks_done: set[int] = set()
         self.index_rate = Rate(INDEX_BYTES_PER_S)
         self.fk_rate = Rate(FK_BYTES_PER_S)
-        self.samples: deque[tuple[float, float, float]] = deque()
+        self.samples: deque[tuple[float, float, float, float]] = deque()  # (when, bytes, rows, work)
         self.start = time.monotonic() if now is None else now
 
     def finished(
@@ -190,6 +196,10 @@ class ProgressModel:
 
     def _expected_bytes(self, i: int) -> float:
         return max(self.expected[i].bytes, 1.0)
+
+    def _work(self, nbytes: float) -> float:
+        """A table's load in estimated seconds of one worker."""
+        return self.table_fixed_s + nbytes / STREAM_BYTES_PER_S
 
     def _fk_seconds(self, indices) -> float:
         rate = self.fk_rate.value
@@ -224,20 +234,27 @@ class ProgressModel:
         # finished tables count what they really streamed; in flight, at least what was
         # expected; failed tables drop out of the total
         total = done_bytes
+        work_total = work_done = sum(self._work(b) for b, _ in self.actual.values())
         for i in range(len(self.expected)):
-            if i in self.actual or i in self.failed:
+            if i in self.actual or i in self.failed or i in busy:
                 continue
-            total += self._expected_bytes(i) if i not in busy else 0
-        total += sum(max(f.bytes, self._expected_bytes(f.task)) for f in flights)
+            total += self._expected_bytes(i)
+            work_total += self._work(self._expected_bytes(i))
+        for f in flights:
+            size = max(f.bytes, self._expected_bytes(f.task))
+            total += size
+            work_total += self._work(size)
+            work_done += self._work(size) * f.fraction
         moved = done_bytes + fl_bytes
         rows = done_rows + sum(f.rows_est for f in flights)
-        self.samples.append((now, moved, rows))
+        self.samples.append((now, moved, rows, work_done))
         while len(self.samples) > 2 and now - self.samples[0][0] > self.WINDOW:
             self.samples.popleft()
-        t0, b0, r0 = self.samples[0]
+        t0, b0, r0, w0 = self.samples[0]
         span = now - t0
         rate = (moved - b0) / span if span > 0 else 0.0
         rows_rate = (rows - r0) / span if span > 0 else 0.0
+        work_rate = (work_done - w0) / span if span > 0 else 0.0  # worker-seconds of load per second
         ndone = len(self.actual)
         all_loaded = ndone + len(self.failed) == len(self.expected)
 
@@ -255,19 +272,18 @@ class ProgressModel:
         fk_left = self._fk_seconds(i for i in range(len(self.fk_bytes)) if i not in self.fks_done)
         post_left = index_left + fk_left
 
-        remaining = max(total - moved, 0.0)
         if all_loaded:
             rows_left: float | None = 0.0
         else:
-            rows_left = remaining / rate if rate > 0 else None
+            rows_left = max(work_total - work_done, 0.0) / work_rate if work_rate > 0 else None
         eta = None if rows_left is None else rows_left + post_left
-        # the rows' share of the work, at the run's average stream rate so far
+        # the rows' share of the whole, in seconds at the run's average pace so far
         elapsed = now - self.start
-        stream_rate = moved / elapsed if moved > 0 and elapsed > 0 else STREAM_BYTES_PER_S * self.workers
-        work_total = total / stream_rate + index_total + fk_total
-        work_done = moved / stream_rate + (index_total - index_left) + (fk_total - fk_left)
+        pace = work_done / elapsed if work_done > 0 and elapsed > 0 else float(self.workers)
+        whole = work_total / pace + index_total + fk_total
+        done = work_done / pace + (index_total - index_left) + (fk_total - fk_left)
         return Snapshot(
-            fraction=min(work_done / work_total, 1.0) if work_total > 0 else 1.0,
+            fraction=min(done / whole, 1.0) if whole > 0 else 1.0,
             bytes=moved,
             rows=rows,
             total_bytes=total,

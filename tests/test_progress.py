@@ -34,7 +34,8 @@ def slot(task, nbytes, started=0.0, state=COPYING):
 
 
 def test_fraction_rate_and_eta():
-    m = ProgressModel([Expected(1000, 100), Expected(3000, 300)], now=0.0)
+    # no fixed cost per table: the bytes alone make the work
+    m = ProgressModel([Expected(1000, 100), Expected(3000, 300)], now=0.0, table_fixed_s=0.0)
     s = m.snapshot([slot(0, 0), slot(1, 0)], now=0.0)
     assert s.fraction == 0 and s.eta is None and s.total_bytes == 4000
     s = m.snapshot([slot(0, 500), slot(1, 500)], now=1.0)
@@ -58,7 +59,19 @@ def test_in_flight_table_larger_than_expected_never_exceeds_99_percent():
     m = ProgressModel([Expected(1000, 10)], now=0.0)
     s = m.snapshot([slot(0, 5000)], now=1.0)
     assert s.in_flight[0].fraction == 0.99
-    assert s.fraction == 1.0 and s.total_bytes == 5000
+    assert s.fraction == 0.99 and s.total_bytes == 5000  # 100% only once COPY says it is done
+
+
+def test_thousands_of_tiny_tables_are_counted_by_table_not_by_page():
+    """A tiny table's estimate is a page or more, its stream a few rows: the ETA follows the
+    tables done (their fixed cost), not the bytes, which would say 0% until the end."""
+    m = ProgressModel([Expected(40_000, 5) for _ in range(100)], workers=2, now=0.0)
+    m.snapshot([], now=0.0)
+    for i in range(50):
+        m.finished(i, 100, 5)
+    s = m.snapshot([], now=1.0)  # half the tables in one second
+    assert s.eta == pytest.approx(1.0, rel=0.2)  # the pages left still weigh a little
+    assert s.fraction == pytest.approx(0.5, rel=0.1)
 
 
 def test_failed_tables_leave_the_total_and_all_done_means_eta_zero():

@@ -54,7 +54,7 @@ from pgcopy.fkearly import EarlyRestorer
 from pgcopy.journal import Journal
 from pgcopy.log import Logger, safe_write
 from pgcopy.options import CopyOptions
-from pgcopy.plan import Plan, PlanInputs, SequenceValue, build_plan
+from pgcopy.plan import SMALL_BYTES, Plan, PlanInputs, SequenceValue, build_plan
 from pgcopy.plan import batches as plan_batches
 from pgcopy.preflight import CHECKS
 from pgcopy.progress import ProgressBus
@@ -66,14 +66,26 @@ from pgcopy.ui.base import LogReporter
 from pgcopy.worker import WorkerSpec
 
 
-def fk_sizes(plan: Plan) -> dict[tuple, float]:
-    """(table, FK name) -> the referencing table's size (its leaves' when partitioned):
-    what a validation scans, for the ETA."""
+def _loaded_sizes(plan: Plan) -> dict:
+    """Every loaded table (and partitioned parent: its leaves) -> its size on the source."""
     size: dict = {}
     for t in plan.tasks:
         for k in (t.key, *plan.ancestors.get(t.key, ())):
             size[k] = size.get(k, 0) + t.data_bytes
+    return size
+
+
+def fk_sizes(plan: Plan) -> dict[tuple, float]:
+    """(table, FK name) -> the referencing table's size: what a validation scans, for the ETA."""
+    size = _loaded_sizes(plan)
     return {(fk.table, fk.name): float(size.get(fk.table, 0)) for fk in plan.fkeys}
+
+
+def quick_fkeys(plan: Plan) -> frozenset:
+    """FKs whose two tables are both loaded and small: added validated in one statement."""
+    size = _loaded_sizes(plan)
+    small = {k for k, n in size.items() if n <= SMALL_BYTES}
+    return frozenset((fk.table, fk.name) for fk in plan.fkeys if fk.table in small and fk.ref_table in small)
 
 
 def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions, stream) -> None:
@@ -264,7 +276,7 @@ class CopyRun:
         except Exception as exc:  # a fatal error in the coordinator: stop, put things back
             error = exc
             self.log.error(f"stopping after an error: {error_line(exc)}")
-        restored = self.restore_fkeys(plan.fkeys, view)
+        restored = self.restore_fkeys(plan.fkeys, view, quick_fkeys(plan))
         self.sequences_and_matviews(plan, outcome, view)
         if error is not None:
             raise error
@@ -455,10 +467,10 @@ class CopyRun:
         }
         keys = {t.key for t in plan.tasks}
         in_load = {k: owner for k, owner in in_load.items() if owner in keys}
-        plan.tasks = [
-            replace(t, sequences=tuple(values[k] for k, owner in in_load.items() if owner == t.key))
-            for t in plan.tasks
-        ]
+        owned: dict = {}
+        for k, owner in in_load.items():
+            owned.setdefault(owner, []).append(values[k])
+        plan.tasks = [replace(t, sequences=tuple(owned.get(t.key, ()))) for t in plan.tasks]
         plan.sequence_values = values
         plan.sequences_in_load = set(in_load)
         return plan
@@ -543,6 +555,7 @@ class CopyRun:
             self.session,
             self.log,
             view.fk_settled,
+            quick_fkeys(plan),
         )
         backends = RunBackends(self.dst, self.session, early.request_stop, early.stop)
         early.start()
@@ -580,12 +593,16 @@ class CopyRun:
 
     # --- STEP 6 --------------------------------------------------------------------
 
-    def restore_fkeys(self, fkeys: list[ForeignKey], view) -> fkmod.RestoreOutcome:
+    def restore_fkeys(
+        self, fkeys: list[ForeignKey], view, quick: frozenset = frozenset()
+    ) -> fkmod.RestoreOutcome:
         view.phase("restoring and validating foreign keys")
         self.report.mark("restore foreign keys")
         self.log.info(f"STEP 6: restoring {len(fkeys)} foreign keys")
         o = self.opts
-        restored = fkmod.restore_all(o.dest, fkeys, o.parallel, o.lock_timeout, self.session, view.fk_settled)
+        restored = fkmod.restore_all(
+            o.dest, fkeys, o.parallel, o.lock_timeout, self.session, view.fk_settled, quick
+        )
         fkmod.log_outcome(restored, self.log)
         self.report.fkeys_restored = [fkmod.describe(fk) for fk in restored.restored]
         self.report.fkeys_not_valid = [fkmod.describe(fk) for fk, _ in restored.not_valid]
