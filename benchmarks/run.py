@@ -402,7 +402,10 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--jobs", type=int, default=2, help="parallel jobs for the tuned and peer methods (default 2)"
     )
-    ap.add_argument("--methods", help="comma-separated substrings selecting methods (default: all)")
+    ap.add_argument(
+        "--methods",
+        help="comma-separated substrings selecting methods, or =NAME for exactly NAME (default: all)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results directory")
     args = ap.parse_args(argv)
 
@@ -424,7 +427,11 @@ def main(argv=None) -> int:
         fks_expected = fk_validity(src, DB)
         all_methods = methods(src, dst, tables, args.jobs, tmp)
         wanted = [m.strip() for m in args.methods.split(",")] if args.methods else None
-        chosen = {k: v for k, v in all_methods.items() if not wanted or any(w in k for w in wanted)}
+        chosen = {
+            k: v
+            for k, v in all_methods.items()
+            if not wanted or any(k == w[1:] if w.startswith("=") else w in k for w in wanted)
+        }
         runs: list[Run] = []
         for rnd in range(args.repeat):
             order = list(chosen.items())

@@ -8,15 +8,18 @@ from pgcopy.catalog import Key
 
 def checksums(conn) -> dict[Key, tuple[int, int]]:
     """Per leaf table: row count and the order-independent digest of :mod:`pgcopy.digest`
-    over every column (the same computation as ``pgcopy verify``)."""
+    over every column (the same computation as ``pgcopy verify``).  For databases nobody
+    writes to (benchmarks, the demo): each table is read in its own transaction, so
+    thousands of tables never fill the server's lock table."""
     cur = conn.cursor()
     tables = [t for t in catalog.read_tables(cur) if t.kind != "partitioned parent"]
     columns = catalog.read_columns(cur, [t.oid for t in tables])
+    conn.rollback()
     out = {}
     for t in tables:
         d = digest.digest(cur, t.key, tuple(c.name for c in columns.get(t.oid, [])), False)
         out[t.key] = (d.rows, d.value)
-    conn.rollback()
+        conn.rollback()
     return out
 
 

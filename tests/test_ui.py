@@ -144,6 +144,7 @@ def test_interactive_view_and_q_cancels_cleanly(src, dst, state):
         screen = t.wait_for("q: cancel")
         assert screen[0].startswith("pgcopy copy") and "tables done" in screen[0]
         assert re.search(r"\d+\.\d% [█░]+ .*ETA", screen[1])
+        assert re.match(r"^ now: copying rows  \(\d+/10 foreign keys settled\)", screen[2]), screen[2]
         assert any("workers" in line for line in screen) and any(
             line.strip() == "(idle)" or "public.empty_src" in line for line in screen
         )
