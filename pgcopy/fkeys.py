@@ -121,14 +121,19 @@ def _add(cur, fk: ForeignKey, validated_now: bool) -> None:
 
 
 def _add_missing(
-    conn, fkeys: list[ForeignKey], out: RestoreOutcome, quick: frozenset = frozenset()
+    conn,
+    fkeys: list[ForeignKey],
+    out: RestoreOutcome,
+    quick: frozenset = frozenset(),
+    timings: dict | None = None,
 ) -> list[ForeignKey]:
     """Re-create absent FKs; return those to validate (absent or present NOT VALID).
 
     An FK in ``quick`` (both its tables small) is added validated in one statement: on
     tiny tables a separate VALIDATE and its commit cost more than the check itself, and
     holding both tables' locks for that check is brief.  If its rows do not hold, it is
-    added NOT VALID instead, and VALIDATE reports why."""
+    added NOT VALID instead, and VALIDATE reports why.  ``timings`` gets the seconds of
+    each FK added validated, for the ETA."""
     present = _present(conn, fkeys)
     partitioned = _partitioned(conn, fkeys)
     to_add, to_validate = [], []
@@ -145,6 +150,7 @@ def _add_missing(
         for fk in batch:
             key = (fk.table, fk.name)
             one_step = fk.validated and (key in partitioned or key in quick)
+            t0 = time.monotonic()
             cur.execute("SAVEPOINT pgcopy_fk")
             try:
                 try:
@@ -164,6 +170,8 @@ def _add_missing(
                 continue
             if fk.validated and not one_step:
                 to_validate.append(fk)
+            elif one_step and timings is not None:
+                timings[key] = time.monotonic() - t0
         conn.commit()
     return to_validate
 
@@ -266,11 +274,12 @@ def restore_all(
     ``quick``: (table, name) of FKs between small tables (see _add_missing)."""
     session = session or Session.new()
     out = RestoreOutcome()
+    timings: dict = {}
     conn = connect(dsn, "destination", session)
     try:
         session_setup(conn.cursor(), lock_timeout)
         conn.commit()
-        to_validate = _add_missing(conn, fkeys, out, quick)
+        to_validate = _add_missing(conn, fkeys, out, quick, timings)
     finally:
         conn.close()
     failpoints.hit("after-add")
@@ -278,7 +287,7 @@ def restore_all(
         pending = {(fk.table, fk.name) for fk in to_validate}
         for fk in fkeys:
             if (fk.table, fk.name) not in pending:
-                on_settled(fk, 0.0)
+                on_settled(fk, timings.get((fk.table, fk.name), 0.0))
     failed = _validate(dsn, session, lock_timeout, to_validate, parallel, on_settled)
 
     conn = connect(dsn, "destination", session)

@@ -166,8 +166,10 @@ class ProgressModel:
         fk_workers: int = 1,
         now: float | None = None,
         table_fixed_s: float = TABLE_FIXED_S,
+        fk_serial: set[int] | None = None,
     ):
         self.table_fixed_s = table_fixed_s
+        self.fk_serial = fk_serial or set()  # FKs restored on one connection (added validated)
         self.expected = expected
         self.fk_bytes = list(fk_bytes or [])
         self.workers, self.fk_workers = max(workers, 1), max(fk_workers, 1)
@@ -175,7 +177,8 @@ class ProgressModel:
         self.failed: set[int] = set()
         self.fks_done: set[int] = set()
         self.index_rate = Rate(INDEX_BYTES_PER_S)
-        self.fk_rate = Rate(FK_BYTES_PER_S)
+        # FKs: measured seconds against the estimate for the same FKs, corrects the rest
+        self.fk_measured = self.fk_estimated = 0.0
         self.samples: deque[tuple[float, float, float, float]] = deque()  # (when, bytes, rows, work)
         self.start = time.monotonic() if now is None else now
 
@@ -192,7 +195,9 @@ class ProgressModel:
         """FK ``i`` is settled (validated, failed, or already as it was)."""
         if i not in self.fks_done:
             self.fks_done.add(i)
-            self.fk_rate.add(self.fk_bytes[i], max(seconds - FK_FIXED_S, 0.0))
+            if seconds > 0:  # 0: nothing was done to it, or it was not timed
+                self.fk_measured += seconds
+                self.fk_estimated += self._fk_estimate(i)
 
     def _expected_bytes(self, i: int) -> float:
         return max(self.expected[i].bytes, 1.0)
@@ -201,9 +206,18 @@ class ProgressModel:
         """A table's load in estimated seconds of one worker."""
         return self.table_fixed_s + nbytes / STREAM_BYTES_PER_S
 
+    def _fk_estimate(self, i: int) -> float:
+        return FK_FIXED_S + self.fk_bytes[i] / FK_BYTES_PER_S
+
+    @property
+    def fk_factor(self) -> float:
+        """Measured over estimated, once enough FKs were timed; 1 until then."""
+        return self.fk_measured / self.fk_estimated if self.fk_estimated >= 0.05 else 1.0
+
     def _fk_seconds(self, indices) -> float:
-        rate = self.fk_rate.value
-        return sum(self.fk_bytes[i] / rate + FK_FIXED_S for i in indices) / self.fk_workers
+        return self.fk_factor * sum(
+            self._fk_estimate(i) / (1 if i in self.fk_serial else self.fk_workers) for i in indices
+        )
 
     def _index_seconds(self, nbytes: float) -> float:
         return nbytes / self.index_rate.value / self.workers

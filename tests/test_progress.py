@@ -124,21 +124,27 @@ def test_eta_covers_index_rebuilds_and_fk_validation():
 
 
 def test_post_data_rates_are_corrected_as_measured():
-    from pgcopy.progress import FK_FIXED_S, INDEX_BYTES_PER_S
+    from pgcopy.progress import FK_BYTES_PER_S, FK_FIXED_S, INDEX_BYTES_PER_S
 
     exp = [Expected(100, 1, index_bytes=1e6), Expected(100, 1, index_bytes=1e6)]
-    m = ProgressModel(exp, fk_bytes=[1e6, 1e6, 1e6], workers=1, fk_workers=1, now=0.0)
+    fk_est = FK_FIXED_S + 1e6 / FK_BYTES_PER_S
+    m = ProgressModel(exp, fk_bytes=[1e6] * 40, workers=1, fk_workers=1, now=0.0)
     assert m.index_rate.value == INDEX_BYTES_PER_S  # nothing measured yet
     m.finished(0, 100, 1, index_seconds=0.5)  # measured: 2 MB/s
     assert m.index_rate.value == pytest.approx(2e6)
-    m.fk_done(0, 0.1 + FK_FIXED_S)  # measured: 10 MB/s
-    m.fk_done(1, 0.1 + FK_FIXED_S)
+    for i in range(5):
+        m.fk_done(i, 3 * fk_est)  # too few timed to trust yet
+    assert m.fk_factor == 1.0
+    for i in range(5, 20):
+        m.fk_done(i, 3 * fk_est)  # FKs take three times the estimate here
+    m.fk_done(20, 0.0)  # settled without being timed: no evidence either way
+    assert m.fk_factor == pytest.approx(3.0)
     m.snapshot([slot(1, 0)], now=0.0)
     s = m.snapshot([slot(1, 100)], now=1.0)  # table 1 streamed, not finished
-    # table 1's rebuild at the measured 2 MB/s, the last FK at the measured 10 MB/s
-    assert s.post_seconds == pytest.approx(0.5 + 0.1 + FK_FIXED_S)
-    m.fk_done(1, 99.0)  # settled twice (early restore, then STEP 6): counted once
-    assert m.fk_rate.value == pytest.approx(10e6)
+    # table 1's rebuild at the measured 2 MB/s, the 19 FKs left at three times the estimate
+    assert s.post_seconds == pytest.approx(0.5 + 19 * 3 * fk_est)
+    m.fk_done(3, 99.0)  # settled twice (early restore, then STEP 6): counted once
+    assert m.fk_factor == pytest.approx(3.0)
 
 
 def test_a_rebuild_in_flight_counts_down_and_shows():
@@ -167,3 +173,16 @@ def test_phase_label_and_progress_line():
     line = progress_line(s, ["public.t"], "restoring and validating foreign keys")
     assert "restoring and validating foreign keys" in line and "1/1 tables" in line and "1/2 FKs" in line
     assert "ETA 0:00" in line  # one tiny FK left: under a second, but not --:--
+
+
+def test_fks_added_validated_run_on_one_connection():
+    """FKs between small tables are added validated one after another on one connection:
+    the others' validations spread over the FK workers."""
+    from pgcopy.progress import FK_FIXED_S
+
+    m = ProgressModel(
+        [Expected(100, 1)], fk_bytes=[0.0] * 4, workers=2, fk_workers=2, fk_serial={0, 1}, now=0.0
+    )
+    m.finished(0, 100, 1)
+    s = m.snapshot([], now=1.0)
+    assert s.post_seconds == pytest.approx(2 * FK_FIXED_S + 2 * FK_FIXED_S / 2)

@@ -245,6 +245,7 @@ class CopyRun:
             lambda: self.stop.request(signal.SIGINT),
             self.opts.progress_interval,
             fk_sizes(plan),
+            quick_fkeys(plan),
         )
         if os.environ.get("PGCOPY_BENCH_NO_BUS"):
             # measurement switch for benchmarks/run.py: the same run without bus and display

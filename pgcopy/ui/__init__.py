@@ -22,17 +22,18 @@ def resolve_output(requested: str, log: Logger) -> str:
 
 
 def make_view(
-    output: str, log: Logger, tasks, bus, request_stop, interval: float, fk_bytes=None
+    output: str, log: Logger, tasks, bus, request_stop, interval: float, fk_bytes=None, fk_quick=frozenset()
 ) -> LogReporter:
-    """``fk_bytes``: (table, FK name) -> the referencing table's size, for the ETA."""
+    """For the ETA: ``fk_bytes``, (table, FK name) -> the referencing table's size;
+    ``fk_quick``, the FKs added validated in one statement (on one connection)."""
     if output == "progress":
         from pgcopy.ui.bar import BarView
 
-        return BarView(log, tasks, bus, request_stop, fk_bytes)
+        return BarView(log, tasks, bus, request_stop, fk_bytes, fk_quick)
     if output == "interactive":
         from pgcopy.ui.interactive import InteractiveView
 
-        return InteractiveView(log, tasks, bus, request_stop, fk_bytes)
+        return InteractiveView(log, tasks, bus, request_stop, fk_bytes, fk_quick)
     from pgcopy.ui.plain import PlainView
 
-    return PlainView(log, tasks, bus, request_stop, fk_bytes, interval=interval)
+    return PlainView(log, tasks, bus, request_stop, fk_bytes, fk_quick, interval=interval)

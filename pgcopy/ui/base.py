@@ -66,6 +66,7 @@ class LiveView(LogReporter):
         bus: ProgressBus,
         request_stop: Callable[[], None],
         fk_bytes: dict[tuple, float] | None = None,
+        fk_quick: frozenset = frozenset(),
     ):
         super().__init__(log)
         self.tasks = tasks
@@ -75,7 +76,11 @@ class LiveView(LogReporter):
         fk_bytes = fk_bytes or {}
         self.fk_index = {key: i for i, key in enumerate(fk_bytes)}
         self.model = ProgressModel(
-            [expected_of(t) for t in tasks], list(fk_bytes.values()), bus.nworkers, bus.nworkers
+            [expected_of(t) for t in tasks],
+            list(fk_bytes.values()),
+            bus.nworkers,
+            bus.nworkers,
+            fk_serial={i for key, i in self.fk_index.items() if key in fk_quick},
         )
         self.lock = threading.Lock()
         self.phase_text: str | None = None
