@@ -74,10 +74,11 @@ class Plan:
     sequences_in_load: set[Key] = field(default_factory=set)  # set inside their table's load
 
 
-# Small tables cost more in per-table overhead than in data.  On both sides at most this
-# big, a table is emptied with DELETE instead of TRUNCATE (no new relation files to create,
-# sync and unlink: ~1.7 ms instead of ~6 ms a table with fsync on) and loads in a batch with
-# other small tables, one destination transaction and one commit for the batch.
+# Small tables cost more in per-table overhead than in data.  At most this big on the
+# source, a table loads in a batch with other small tables (one destination transaction and
+# one commit for the batch); at most this big on both sides, it is emptied with DELETE
+# instead of TRUNCATE (no new relation files to create, sync and unlink: ~1.7 ms instead of
+# ~6 ms a table with fsync on).
 SMALL_BYTES = 1 << 20
 BATCH_TABLES = 16
 BATCH_BYTES = 2 << 20

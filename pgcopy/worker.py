@@ -187,12 +187,14 @@ class Worker:
                 self.dst = _analyze(self.spec, self.dst, self.pending, self.results, self.wid)
 
     def _end_read(self) -> None:
-        """End the source transaction (the tables are committed whatever happens here)."""
+        """End the source transaction (the tables are committed whatever happens here);
+        a broken connection on either side is reopened for the next item."""
         try:
-            if self.dst.closed:
-                raise psycopg2.InterfaceError("destination connection closed")
             self.src.rollback()
         except psycopg2.Error:
+            self._reset()
+            return
+        if self.dst.closed:
             self._reset()
 
     def _reset(self) -> None:
@@ -202,7 +204,7 @@ class Worker:
     def finish(self) -> None:
         if self.pending and not self.stop.is_set():
             self.dst = _analyze(self.spec, self.dst, self.pending, self.results, self.wid)
-        _close(*(c for c in (self.src, self.dst) if c is not None))
+        self._reset()
         self.slot.exited()
         self.put("exit", usage())
 
