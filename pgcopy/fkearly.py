@@ -13,7 +13,6 @@ import threading
 
 from pgcopy import fkeys as fkmod
 from pgcopy.catalog import ForeignKey, Key
-from pgcopy.connections import Session
 
 POLL_SECONDS = 0.3
 
@@ -22,31 +21,15 @@ class EarlyRestorer:
     """A coordinator thread; ``table_finished`` is called for every table done or failed."""
 
     def __init__(
-        self,
-        dsn: str,
-        fkeys: list[ForeignKey],
-        ancestors: dict[Key, tuple[Key, ...]],
-        parallel: int,
-        lock_timeout: str,
-        session: Session,
-        log,
-        on_settled: fkmod.Settled | None = None,
-        quick: frozenset = frozenset(),
+        self, target: fkmod.RestoreTarget, fkeys: list[ForeignKey], ancestors: dict[Key, tuple[Key, ...]], log
     ):
-        self.dsn, self.parallel, self.lock_timeout, self.session, self.log = (
-            dsn,
-            parallel,
-            lock_timeout,
-            session,
-            log,
-        )
+        self.target, self.log = target, log
         # a key stands for the loaded tables it covers: itself, or a partitioned parent's leaves
         covers: dict[Key, set[Key]] = {}
         for leaf, parents in ancestors.items():
             for k in (leaf, *parents):
                 covers.setdefault(k, set()).add(leaf)
         self.waiting = {fk: covers.get(fk.table, set()) | covers.get(fk.ref_table, set()) for fk in fkeys}
-        self.on_settled, self.quick = on_settled, quick
         self.finished: set[Key] = set()
         self.restored = 0
         self._lock = threading.Lock()
@@ -84,15 +67,7 @@ class EarlyRestorer:
             if not ready:
                 continue
             try:
-                out = fkmod.restore_all(
-                    self.dsn,
-                    ready,
-                    self.parallel,
-                    self.lock_timeout,
-                    self.session,
-                    self.on_settled,
-                    self.quick,
-                )
+                out = fkmod.restore_all(self.target, ready)
                 self.restored += len(out.restored)
                 self.log.debug(f"{len(out.restored)} of {len(ready)} foreign keys restored during the load")
             except Exception as exc:  # STEP 6 does it again, and reports

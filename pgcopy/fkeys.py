@@ -34,6 +34,19 @@ LOCKS_PER_FK = 6
 Settled = Callable[[ForeignKey, float], None]  # an FK and the seconds its validation took
 
 
+@dataclass(frozen=True)
+class RestoreTarget:
+    """Where and how FKs are put back: the destination, the run's session, how many
+    validations at once, and what the progress display hears."""
+
+    dsn: str
+    lock_timeout: str
+    session: Session
+    parallel: int = 2
+    quick: frozenset = frozenset()  # (table, name) of FKs between small tables (see _add_missing)
+    on_settled: Settled | None = None  # (fk, seconds) once nothing more will be done to it
+
+
 def batch_size(conn) -> int:
     """FKs per transaction for this server's lock budget."""
     return max(1, catalog.locks_per_transaction(conn) // 2 // LOCKS_PER_FK)
@@ -179,9 +192,9 @@ def _add_missing(
 class _Validator:
     """VALIDATE on reused connections, one per thread; FKs of one table in order."""
 
-    def __init__(self, dsn: str, session: Session, lock_timeout: str, on_settled: Settled | None = None):
-        self.dsn, self.session, self.lock_timeout = dsn, session, lock_timeout
-        self.on_settled = on_settled
+    def __init__(self, target: RestoreTarget):
+        self.dsn, self.session, self.lock_timeout = target.dsn, target.session, target.lock_timeout
+        self.on_settled = target.on_settled
         self._local = threading.local()
         self._conns: list = []
         self._lock = threading.Lock()
@@ -234,18 +247,16 @@ class _Validator:
                 pass
 
 
-def _validate(
-    dsn, session, lock_timeout, fkeys: list[ForeignKey], parallel: int, on_settled: Settled | None
-) -> dict[tuple, str]:
+def _validate(target: RestoreTarget, fkeys: list[ForeignKey]) -> dict[tuple, str]:
     groups: dict[tuple, list[ForeignKey]] = {}
     for fk in fkeys:
         groups.setdefault(fk.table, []).append(fk)
     failed: dict[tuple, str] = {}
     if not groups:
         return failed
-    v = _Validator(dsn, session, lock_timeout, on_settled)
+    v = _Validator(target)
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(groups)))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(target.parallel, len(groups)))) as pool:
             try:
                 for results in pool.map(v.group, groups.values()):
                     for fk, err in results:
@@ -260,26 +271,21 @@ def _validate(
     return failed
 
 
-def restore_all(
-    dsn: str,
-    fkeys: list[ForeignKey],
-    parallel: int,
-    lock_timeout: str,
-    session: Session | None = None,
-    on_settled: Settled | None = None,
-    quick: frozenset = frozenset(),
-) -> RestoreOutcome:
-    """Put every FK of ``fkeys`` back exactly as recorded, then check what is there.
-    ``on_settled(fk, seconds)`` hears of each FK once nothing more will be done to it;
-    ``quick``: (table, name) of FKs between small tables (see _add_missing)."""
-    session = session or Session.new()
+def restore_all(target: RestoreTarget, fkeys: list[ForeignKey]) -> RestoreOutcome:
+    """Put every FK of ``fkeys`` back exactly as recorded, then check what is there."""
+    dsn, lock_timeout, session, on_settled = (
+        target.dsn,
+        target.lock_timeout,
+        target.session,
+        target.on_settled,
+    )
     out = RestoreOutcome()
     timings: dict = {}
     conn = connect(dsn, "destination", session)
     try:
         session_setup(conn.cursor(), lock_timeout)
         conn.commit()
-        to_validate = _add_missing(conn, fkeys, out, quick, timings)
+        to_validate = _add_missing(conn, fkeys, out, target.quick, timings)
     finally:
         conn.close()
     failpoints.hit("after-add")
@@ -288,7 +294,7 @@ def restore_all(
         for fk in fkeys:
             if (fk.table, fk.name) not in pending:
                 on_settled(fk, timings.get((fk.table, fk.name), 0.0))
-    failed = _validate(dsn, session, lock_timeout, to_validate, parallel, on_settled)
+    failed = _validate(target, to_validate)
 
     conn = connect(dsn, "destination", session)
     try:

@@ -395,9 +395,7 @@ class CopyRun:
             f"found the journal of an interrupted run ({journal.owner()}, {journal.path}): "
             f"restoring {len(fks)} foreign keys first"
         )
-        outcome = fkmod.restore_all(
-            self.opts.dest, fks, self.opts.parallel, self.opts.lock_timeout, self.session
-        )
+        outcome = fkmod.restore_all(self.fk_target(), fks)
         fkmod.log_outcome(outcome, self.log)
         self.journal_restored = len(outcome.restored) + len(outcome.not_valid)
         if outcome.complete:
@@ -547,16 +545,9 @@ class CopyRun:
         stream = StreamSpec(o.codec, o.batch_size, plan.replica, o.lock_timeout, o.analyze, o.verify, to_utf8)
         spec = WorkerSpec(o.source, o.dest, self.snapshot, stream, self.session)
         # FKs whose tables have all loaded are restored while the others still load
+        target = self.fk_target(quick=quick_fkeys(plan), on_settled=view.fk_settled)
         early = EarlyRestorer(
-            o.dest,
-            plan.fkeys,
-            plan.ancestors,
-            max(1, o.parallel // 2),
-            o.lock_timeout,
-            self.session,
-            self.log,
-            view.fk_settled,
-            quick_fkeys(plan),
+            replace(target, parallel=max(1, o.parallel // 2)), plan.fkeys, plan.ancestors, self.log
         )
         backends = RunBackends(self.dst, self.session, early.request_stop, early.stop)
         early.start()
@@ -594,16 +585,17 @@ class CopyRun:
 
     # --- STEP 6 --------------------------------------------------------------------
 
+    def fk_target(self, **kw) -> fkmod.RestoreTarget:
+        o = self.opts
+        return fkmod.RestoreTarget(o.dest, o.lock_timeout, self.session, o.parallel, **kw)
+
     def restore_fkeys(
         self, fkeys: list[ForeignKey], view, quick: frozenset = frozenset()
     ) -> fkmod.RestoreOutcome:
         view.phase("restoring and validating foreign keys")
         self.report.mark("restore foreign keys")
         self.log.info(f"STEP 6: restoring {len(fkeys)} foreign keys")
-        o = self.opts
-        restored = fkmod.restore_all(
-            o.dest, fkeys, o.parallel, o.lock_timeout, self.session, view.fk_settled, quick
-        )
+        restored = fkmod.restore_all(self.fk_target(quick=quick, on_settled=view.fk_settled), fkeys)
         fkmod.log_outcome(restored, self.log)
         self.report.fkeys_restored = [fkmod.describe(fk) for fk in restored.restored]
         self.report.fkeys_not_valid = [fkmod.describe(fk) for fk, _ in restored.not_valid]

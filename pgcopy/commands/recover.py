@@ -64,7 +64,7 @@ def _recover(dest, source, journal: Journal, where: str, lock_timeout, session, 
     log.info(
         f"restoring {len(fks)} foreign keys" + (f" recorded in {journal.path}" if journal.exists() else "")
     )
-    outcome = fkmod.restore_all(dest, fks, 2, lock_timeout, session)
+    outcome = fkmod.restore_all(fkmod.RestoreTarget(dest, lock_timeout, session), fks)
     fkmod.log_outcome(outcome, log)
     if not outcome.present:
         raise PgcopyError(
