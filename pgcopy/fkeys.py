@@ -1,9 +1,11 @@
 """Dropping foreign keys before the load and putting them back after it.
 
-Re-creation is ``ADD CONSTRAINT … NOT VALID`` (quick, one short lock) in batched
-transactions, then ``VALIDATE CONSTRAINT`` on a few reused connections in parallel; the
-FKs of one table are validated one after another (two VALIDATEs on one table wait on each
-other's lock).  Before PostgreSQL 18 an FK on a partitioned table cannot be NOT VALID, so
+Drops and re-creations (``ADD CONSTRAINT … NOT VALID``, or validated at once between small
+tables) run in transactions of a few FKs, within the server's lock budget, on a few reused
+sessions in parallel; each such transaction first locks its tables in one global order, so
+the sessions cannot deadlock on each other.  Then ``VALIDATE CONSTRAINT`` runs on the same
+sessions in parallel; the FKs of one table are validated one after another (two VALIDATEs
+on one table wait on each other's lock).  Before PostgreSQL 18 an FK on a partitioned table cannot be NOT VALID, so
 those are added validated in one step.
 
 An FK is restored only when it exists with exactly the journal's definition, validity and
@@ -15,11 +17,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg2
+import psycopg2.extensions
 from psycopg2 import sql
 
 from pgcopy import catalog, failpoints
@@ -85,15 +89,171 @@ def _batches(items: list, size: int):
         yield items[i : i + size]
 
 
-def drop_all(conn, fkeys: list[ForeignKey], lock_timeout: str) -> None:
-    """Drop in batched transactions (the journal, written first, holds all of them)."""
-    size = batch_size(conn)
+class _Sessions:
+    """Destination sessions shared by a restore's threads: one is made only when none is
+    idle, so there are never more than run at once, and they are reused across phases."""
+
+    def __init__(self, target: RestoreTarget):
+        self.target = target
+        self._idle: list = []
+        self._all: list = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def session(self) -> Iterator:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = connect(self.target.dsn, "destination", self.target.session)
+            with self._lock:
+                self._all.append(conn)
+            session_setup(conn.cursor(), self.target.lock_timeout)
+            conn.commit()
+        try:
+            yield conn
+        finally:
+            try:
+                if not conn.closed and conn.status != psycopg2.extensions.STATUS_READY:
+                    conn.rollback()
+            except psycopg2.Error:
+                pass
+            if not conn.closed:  # a broken session is never handed out again
+                with self._lock:
+                    self._idle.append(conn)
+
+    def cancel(self) -> None:
+        """Stop the statements in progress (Ctrl-C while waiting on the threads)."""
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.cancel()
+                except Exception:
+                    pass
+
+    def close(self) -> None:
+        for conn in self._all:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+
+def _each(sessions: _Sessions, items: list, fn: Callable) -> list:
+    """``fn(conn, item)`` for every item on up to ``parallel`` sessions at once; the results
+    in order.  The first error is raised once the items in progress have ended."""
+    n = max(1, min(sessions.target.parallel, len(items)))
+
+    def call(item):
+        with sessions.session() as conn:
+            return fn(conn, item)
+
+    if n == 1:
+        return [call(item) for item in items]
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        futures = [pool.submit(call, item) for item in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException as exc:
+            for f in futures:
+                f.cancel()
+            if isinstance(exc, KeyboardInterrupt):  # abandon: stop the server work first
+                sessions.cancel()
+            raise
+
+
+class _Redo(Exception):
+    """A batch to run again alone, without the upfront LOCK (see ``_locked``)."""
+
+
+def _locked(cur, batch: list[ForeignKey], mode: str) -> None:
+    """Lock every table of the batch up front, in one global (sorted) order: batches on
+    several sessions then never deadlock on each other, where each ALTER taking its two
+    tables' locks in its own order could.  Anything the LOCK cannot do (no privilege on a
+    referenced table, a lock timeout, a deadlock with someone else) sends the batch to the
+    serial pass instead, which runs without it, as before."""
+    tables = sorted({fk.table for fk in batch} | {fk.ref_table for fk in batch})
+    stmt = sql.SQL("LOCK TABLE ONLY {} IN " + mode + " MODE").format(
+        sql.SQL(", ").join(sql.Identifier(*t) for t in tables)
+    )
+    try:
+        cur.execute(stmt)
+    except psycopg2.Error as exc:
+        raise _Redo() from exc
+
+
+def _with_relatives(conn, fkeys: list[ForeignKey]) -> set[tuple]:
+    """FKs touching a partitioned table, a partition or an inheritance parent: an ALTER on
+    those also locks tables not named in the batch, in an order no sort can control, so
+    they run on one session, after the parallel batches."""
     cur = conn.cursor()
-    for batch in _batches(fkeys, size):
-        cur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
-        for fk in batch:
-            cur.execute(_alter(fk, "DROP CONSTRAINT IF EXISTS {}"))
+    cur.execute(
+        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'p' OR c.relispartition OR c.relhassubclass"""
+    )
+    rel = {tuple(r) for r in cur.fetchall()}
+    conn.commit()
+    return {(fk.table, fk.name) for fk in fkeys if fk.table in rel or fk.ref_table in rel}
+
+
+def _in_parallel(sessions: _Sessions, fkeys: list[ForeignKey], run: Callable) -> list:
+    """``run(cur, batch, lock)`` over lock-budget batches: on several sessions with the
+    batch's tables locked up front, then on one session without that LOCK for the FKs with
+    relatives and the batches that could not take it.  Returns every batch's result."""
+    with sessions.session() as conn:
+        size = batch_size(conn)
+        alone = _with_relatives(conn, fkeys)
+
+    def locked(conn, batch):
+        try:
+            out = run(conn.cursor(), batch, True)
+        except _Redo:
+            conn.rollback()
+            return _Redo
         conn.commit()
+        return out
+
+    batches = list(_batches([fk for fk in fkeys if (fk.table, fk.name) not in alone], size))
+    # FKs come sorted by table, so neighbouring batches often share a table (a chain's
+    # link): a stride keeps the batches that run at the same time apart, instead of one
+    # session waiting for the other's locks
+    stride = max(2, sessions.target.parallel)
+    batches = [b for r in range(stride) for b in batches[r::stride]]
+    redo = [fk for fk in fkeys if (fk.table, fk.name) in alone]
+    results = []
+    for batch, out in zip(batches, _each(sessions, batches, locked), strict=True):
+        if out is _Redo:
+            redo += batch
+        else:
+            results.append(out)
+    with sessions.session() as conn:
+        cur = conn.cursor()
+        for batch in _batches(redo, size):
+            results.append(run(cur, batch, False))
+            conn.commit()
+    return results
+
+
+def _drop_batch(cur, batch: list[ForeignKey], lock: bool) -> None:
+    if lock:
+        _locked(cur, batch, "ACCESS EXCLUSIVE")
+    try:  # one round trip for the whole batch
+        cur.execute(sql.SQL("; ").join(_alter(fk, "DROP CONSTRAINT IF EXISTS {}") for fk in batch))
+    except psycopg2.errors.DeadlockDetected as exc:
+        if lock:
+            raise _Redo() from exc
+        raise
+
+
+def drop_all(target: RestoreTarget, fkeys: list[ForeignKey]) -> None:
+    """Drop in batched transactions on ``target.parallel`` sessions (the journal, written
+    first, holds all of them)."""
+    if not fkeys:
+        return
+    sessions = _Sessions(target)
+    try:
+        _in_parallel(sessions, fkeys, _drop_batch)
+    finally:
+        sessions.close()
 
 
 def _present(conn, fkeys: list[ForeignKey]) -> dict[tuple, ForeignKey]:
@@ -103,6 +263,102 @@ def _present(conn, fkeys: list[ForeignKey]) -> dict[tuple, ForeignKey]:
     out = {(fk.table, fk.name): fk for fk in catalog.read_foreign_keys(cur, tables)}
     conn.commit()
     return out
+
+
+def _add(cur, fk: ForeignKey, validated_now: bool) -> None:
+    add = _alter(fk, "ADD CONSTRAINT {} ") + fk.ddl()
+    cur.execute(add if validated_now else add + sql.SQL(" NOT VALID"))
+    if fk.comment is not None:
+        cur.execute(
+            sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS %s").format(
+                sql.Identifier(fk.name), sql.Identifier(*fk.table)
+            ),
+            (fk.comment,),
+        )
+
+
+@dataclass
+class _Added:
+    """What one batch of ADDs left to do: FKs to validate, FKs that failed, and the seconds
+    of each FK added validated (for the ETA)."""
+
+    to_validate: list[ForeignKey] = field(default_factory=list)
+    missing: list[tuple[ForeignKey, str]] = field(default_factory=list)
+    timings: dict[tuple, float] = field(default_factory=dict)
+
+
+def _add_batch(cur, batch: list[ForeignKey], lock: bool, how: Callable[[ForeignKey], str]) -> _Added:
+    """ADD each FK of the batch as ``how(fk)`` says: "not valid", "validated", or "quick"
+    (validated, falling back to NOT VALID if the rows do not hold), each behind a
+    savepoint so one failing FK does not undo the others."""
+    if lock:
+        _locked(cur, batch, "SHARE ROW EXCLUSIVE")
+    out = _Added()
+    for fk in batch:
+        mode = how(fk)
+        t0 = time.monotonic()
+        cur.execute("SAVEPOINT pgcopy_fk")
+        try:
+            try:
+                _add(cur, fk, validated_now=mode != "not valid")
+            except psycopg2.errors.ForeignKeyViolation:
+                if mode != "quick":
+                    raise
+                cur.execute("ROLLBACK TO SAVEPOINT pgcopy_fk")
+                mode = "not valid"
+                _add(cur, fk, validated_now=False)
+            if mode != "not valid":
+                failpoints.hit("during-validate")  # a validating ADD executed, not committed
+            cur.execute("RELEASE SAVEPOINT pgcopy_fk")
+        except Exception as exc:
+            if lock and isinstance(exc, psycopg2.errors.DeadlockDetected):
+                raise _Redo() from exc
+            cur.execute("ROLLBACK TO SAVEPOINT pgcopy_fk")
+            out.missing.append((fk, error_line(exc)))
+            continue
+        if mode == "not valid":
+            if fk.validated:
+                out.to_validate.append(fk)
+        else:
+            out.timings[(fk.table, fk.name)] = time.monotonic() - t0
+    return out
+
+
+def _add_missing(
+    sessions: _Sessions, fkeys: list[ForeignKey], out: RestoreOutcome, quick: frozenset = frozenset()
+) -> tuple[list[ForeignKey], dict[tuple, float]]:
+    """Re-create absent FKs; return those to validate (absent or present NOT VALID) and the
+    seconds of each FK added validated.
+
+    An FK in ``quick`` (both its tables small) is added validated in one statement: on
+    tiny tables a separate VALIDATE and its commit cost more than the check itself, and
+    holding both tables' locks for that check is brief.  If its rows do not hold, it is
+    added NOT VALID instead, and VALIDATE reports why."""
+    with sessions.session() as conn:
+        present = _present(conn, fkeys)
+        partitioned = _partitioned(conn, fkeys)
+    to_add, to_validate = [], []
+    for fk in fkeys:
+        now = present.get((fk.table, fk.name))
+        if now is None:
+            to_add.append(fk)
+        elif now.definition != fk.definition:
+            out.missing.append((fk, f"another constraint of that name exists: {now.definition}"))
+        elif fk.validated and not now.validated:
+            to_validate.append(fk)
+
+    def how(fk: ForeignKey) -> str:
+        key = (fk.table, fk.name)
+        if not fk.validated:
+            return "not valid"
+        return "validated" if key in partitioned else "quick" if key in quick else "not valid"
+
+    timings: dict[tuple, float] = {}
+    for added in _in_parallel(sessions, to_add, lambda cur, b, lock: _add_batch(cur, b, lock, how)):
+        to_validate += added.to_validate
+        out.missing += added.missing
+        timings.update(added.timings)
+    return to_validate, timings
 
 
 def _partitioned(conn, fkeys: list[ForeignKey]) -> set[tuple]:
@@ -121,187 +377,68 @@ def _partitioned(conn, fkeys: list[ForeignKey]) -> set[tuple]:
     return {(fk.table, fk.name) for fk in fkeys if fk.table in parts or fk.ref_table in parts}
 
 
-def _add(cur, fk: ForeignKey, validated_now: bool) -> None:
-    add = _alter(fk, "ADD CONSTRAINT {} ") + fk.ddl()
-    cur.execute(add if validated_now else add + sql.SQL(" NOT VALID"))
-    if fk.comment is not None:
-        cur.execute(
-            sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS %s").format(
-                sql.Identifier(fk.name), sql.Identifier(*fk.table)
-            ),
-            (fk.comment,),
-        )
-
-
-def _add_missing(
-    conn,
-    fkeys: list[ForeignKey],
-    out: RestoreOutcome,
-    quick: frozenset = frozenset(),
-    timings: dict | None = None,
-) -> list[ForeignKey]:
-    """Re-create absent FKs; return those to validate (absent or present NOT VALID).
-
-    An FK in ``quick`` (both its tables small) is added validated in one statement: on
-    tiny tables a separate VALIDATE and its commit cost more than the check itself, and
-    holding both tables' locks for that check is brief.  If its rows do not hold, it is
-    added NOT VALID instead, and VALIDATE reports why.  ``timings`` gets the seconds of
-    each FK added validated, for the ETA."""
-    present = _present(conn, fkeys)
-    partitioned = _partitioned(conn, fkeys)
-    to_add, to_validate = [], []
-    for fk in fkeys:
-        now = present.get((fk.table, fk.name))
-        if now is None:
-            to_add.append(fk)
-        elif now.definition != fk.definition:
-            out.missing.append((fk, f"another constraint of that name exists: {now.definition}"))
-        elif fk.validated and not now.validated:
-            to_validate.append(fk)
-    cur = conn.cursor()
-    for batch in _batches(to_add, batch_size(conn)):
-        for fk in batch:
-            key = (fk.table, fk.name)
-            one_step = fk.validated and (key in partitioned or key in quick)
-            t0 = time.monotonic()
-            cur.execute("SAVEPOINT pgcopy_fk")
-            try:
+def _validate_group(sessions: _Sessions, fks: list[ForeignKey]) -> list[tuple[ForeignKey, str | None]]:
+    """VALIDATE the FKs of one table, one after another (two would wait on each other)."""
+    out: list[tuple[ForeignKey, str | None]] = []
+    on_settled = sessions.target.on_settled
+    try:
+        with sessions.session() as conn:
+            for fk in fks:
+                t0 = time.monotonic()
                 try:
-                    _add(cur, fk, validated_now=one_step)
-                except psycopg2.errors.ForeignKeyViolation:
-                    if key in partitioned:
-                        raise
-                    cur.execute("ROLLBACK TO SAVEPOINT pgcopy_fk")
-                    one_step = False
-                    _add(cur, fk, validated_now=False)
-                if one_step:
-                    failpoints.hit("during-validate")  # a validating ADD executed, not committed
-                cur.execute("RELEASE SAVEPOINT pgcopy_fk")
-            except Exception as exc:
-                cur.execute("ROLLBACK TO SAVEPOINT pgcopy_fk")
-                out.missing.append((fk, error_line(exc)))
-                continue
-            if fk.validated and not one_step:
-                to_validate.append(fk)
-            elif one_step and timings is not None:
-                timings[key] = time.monotonic() - t0
-        conn.commit()
-    return to_validate
+                    conn.cursor().execute(_alter(fk, "VALIDATE CONSTRAINT {}"))
+                    failpoints.hit("during-validate")
+                    conn.commit()
+                    out.append((fk, None))
+                except Exception as exc:
+                    conn.rollback()
+                    out.append((fk, error_line(exc)))
+                if on_settled is not None:
+                    on_settled(fk, time.monotonic() - t0)
+    except psycopg2.Error as exc:  # no session to be had, or it broke
+        out += [(fk, error_line(exc)) for fk in fks[len(out) :]]
+    return out
 
 
-class _Validator:
-    """VALIDATE on reused connections, one per thread; FKs of one table in order."""
-
-    def __init__(self, target: RestoreTarget):
-        self.dsn, self.session, self.lock_timeout = target.dsn, target.session, target.lock_timeout
-        self.on_settled = target.on_settled
-        self._local = threading.local()
-        self._conns: list = []
-        self._lock = threading.Lock()
-
-    def _conn(self):
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = connect(self.dsn, "destination", self.session)
-            session_setup(conn.cursor(), self.lock_timeout)
-            conn.commit()
-            self._local.conn = conn
-            with self._lock:
-                self._conns.append(conn)
-        return conn
-
-    def group(self, fks: list[ForeignKey]) -> list[tuple[ForeignKey, str | None]]:
-        out = []
-        for fk in fks:
-            try:
-                conn = self._conn()
-            except Exception as exc:
-                out.append((fk, str(exc)))
-                continue
-            t0 = time.monotonic()
-            try:
-                conn.cursor().execute(_alter(fk, "VALIDATE CONSTRAINT {}"))
-                failpoints.hit("during-validate")
-                conn.commit()
-                out.append((fk, None))
-            except Exception as exc:
-                conn.rollback()
-                out.append((fk, error_line(exc)))
-            if self.on_settled is not None:
-                self.on_settled(fk, time.monotonic() - t0)
-        return out
-
-    def cancel(self) -> None:
-        with self._lock:
-            for conn in self._conns:
-                try:
-                    conn.cancel()
-                except Exception:
-                    pass
-
-    def close(self) -> None:
-        for conn in self._conns:
-            try:
-                conn.close()
-            except Exception:
-                pass
-
-
-def _validate(target: RestoreTarget, fkeys: list[ForeignKey]) -> dict[tuple, str]:
+def _validate(sessions: _Sessions, fkeys: list[ForeignKey]) -> dict[tuple, str]:
     groups: dict[tuple, list[ForeignKey]] = {}
     for fk in fkeys:
         groups.setdefault(fk.table, []).append(fk)
     failed: dict[tuple, str] = {}
-    if not groups:
+    groups_list = list(groups.values())
+    n = max(1, min(sessions.target.parallel, len(groups_list)))
+    if not groups_list:
         return failed
-    v = _Validator(target)
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, min(target.parallel, len(groups)))) as pool:
-            try:
-                for results in pool.map(v.group, groups.values()):
-                    for fk, err in results:
-                        if err:
-                            failed[(fk.table, fk.name)] = err
-            except KeyboardInterrupt:  # abandon: stop the server work before leaving
-                v.cancel()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    finally:
-        v.close()
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        try:
+            for results in pool.map(lambda g: _validate_group(sessions, g), groups_list):
+                for fk, err in results:
+                    if err:
+                        failed[(fk.table, fk.name)] = err
+        except KeyboardInterrupt:  # abandon: stop the server work before leaving
+            sessions.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return failed
 
 
 def restore_all(target: RestoreTarget, fkeys: list[ForeignKey]) -> RestoreOutcome:
     """Put every FK of ``fkeys`` back exactly as recorded, then check what is there."""
-    dsn, lock_timeout, session, on_settled = (
-        target.dsn,
-        target.lock_timeout,
-        target.session,
-        target.on_settled,
-    )
     out = RestoreOutcome()
-    timings: dict = {}
-    conn = connect(dsn, "destination", session)
+    sessions = _Sessions(target)
     try:
-        session_setup(conn.cursor(), lock_timeout)
-        conn.commit()
-        to_validate = _add_missing(conn, fkeys, out, target.quick, timings)
+        to_validate, timings = _add_missing(sessions, fkeys, out, target.quick)
+        failpoints.hit("after-add")
+        if target.on_settled is not None:
+            pending = {(fk.table, fk.name) for fk in to_validate}
+            for fk in fkeys:
+                if (fk.table, fk.name) not in pending:
+                    target.on_settled(fk, timings.get((fk.table, fk.name), 0.0))
+        failed = _validate(sessions, to_validate)
+        with sessions.session() as conn:
+            present = _present(conn, fkeys)
     finally:
-        conn.close()
-    failpoints.hit("after-add")
-    if on_settled is not None:
-        pending = {(fk.table, fk.name) for fk in to_validate}
-        for fk in fkeys:
-            if (fk.table, fk.name) not in pending:
-                on_settled(fk, timings.get((fk.table, fk.name), 0.0))
-    failed = _validate(target, to_validate)
-
-    conn = connect(dsn, "destination", session)
-    try:
-        session_setup(conn.cursor(), lock_timeout)
-        present = _present(conn, fkeys)
-    finally:
-        conn.close()
+        sessions.close()
     missing_keys = {(fk.table, fk.name) for fk, _ in out.missing}
     for fk in fkeys:
         key = (fk.table, fk.name)

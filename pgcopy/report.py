@@ -161,12 +161,13 @@ class RunReport:
 
     def write(self, path: str) -> None:
         if path == "-":
-            print(json.dumps(self.to_dict(), indent=2))
+            print(_lines(self.to_dict()), end="")
             return
         tmp = f"{path}.tmp"
         with open(tmp, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-            fh.write("\n")
+            # one table per line, each encoded by json's C encoder (indent= is pure Python:
+            # 0.2 s per 1,000 tables)
+            fh.write(_lines(self.to_dict()))
         os.replace(tmp, path)
 
     def box(self) -> str:
@@ -204,3 +205,15 @@ class RunReport:
             out.append("║" + f"  {label + ':':<22}{value:>{width - 26}}  " + "║")
         out.append("╚" + "═" * width + "╝")
         return "\n".join(out)
+
+
+def _lines(d: dict) -> str:
+    """The report as JSON: top-level keys one per line, lists one item per line."""
+    out = []
+    for k, v in d.items():
+        if isinstance(v, list) and v:
+            items = ",\n    ".join(json.dumps(x) for x in v)
+            out.append(f"  {json.dumps(k)}: [\n    {items}\n  ]")
+        else:
+            out.append(f"  {json.dumps(k)}: {json.dumps(v)}")
+    return "{\n" + ",\n".join(out) + "\n}\n"

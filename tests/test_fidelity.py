@@ -282,6 +282,41 @@ def test_missing_references_privilege_refused_before_any_change(src, dst, state)
     assert (checksums(dst), fk_state(dst)) == before
 
 
+def test_fk_to_a_table_the_role_may_only_reference(src, dst, state):
+    """FK batches first lock their tables in one order (ACCESS EXCLUSIVE to drop, SHARE ROW
+    EXCLUSIVE to add); a role that may reference a table but not lock it gets those FKs
+    dropped and re-added without that LOCK, one batch at a time, instead of an error."""
+    for db in (src, dst):
+        db.execute(
+            "CREATE TABLE parent (id int PRIMARY KEY); CREATE TABLE child (id int, pid int REFERENCES parent(id));"
+            "CREATE TABLE other (id int PRIMARY KEY); CREATE TABLE other_child (id int, oid int REFERENCES other(id))"
+        )
+        db.execute("INSERT INTO parent VALUES (1), (2), (5); INSERT INTO other VALUES (1)")
+    src.execute("INSERT INTO child VALUES (1, 2); INSERT INTO other_child VALUES (1, 1)")
+    dst.execute("INSERT INTO child VALUES (9, 5)")
+    role_dsn = _role(dst, "refonly")
+    _role(src, "refonly")
+    for db in (src, dst):
+        db.execute(
+            "ALTER TABLE child OWNER TO refonly; ALTER TABLE other OWNER TO refonly;"
+            "ALTER TABLE other_child OWNER TO refonly; GRANT SELECT, REFERENCES ON parent TO refonly"
+        )
+    before = fk_state(dst)
+    r = copy(
+        src.cluster.dsn(src.dbname, user="refonly", password="pw"),
+        role_dsn,
+        "--yes",
+        "--exclude",
+        "parent",
+        "--debug",
+        state_dir=state,
+    )
+    assert r.returncode == 0, r.stderr
+    assert fk_state(dst) == before
+    assert dst.query("SELECT * FROM child") == [(1, 2)]
+    assert dst.query("SELECT * FROM other_child") == [(1, 1)]
+
+
 def test_large_objects_named_in_plan_and_report_matviews_only_dependent(src, dst, state, tmp_path):
     for db in (src, dst):
         db.execute(

@@ -518,7 +518,7 @@ class CopyRun:
         if plan.fkeys:
             self.journal.write(plan.fkeys, describe_conn(self.dst), self.session.app_name)
         failpoints.hit("after-journal")
-        fkmod.drop_all(self.dst, plan.fkeys, self.opts.lock_timeout)
+        fkmod.drop_all(self.fk_target(), plan.fkeys)
         failpoints.hit("after-drop")
         self.report.fkeys_dropped = [fkmod.describe(fk) for fk in plan.fkeys]
         self.report.triggers_held = sum(len(t.triggers) for t in plan.tasks)
