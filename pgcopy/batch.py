@@ -60,10 +60,12 @@ def read_batch(src, items: list[tuple[int, CopyTask]], slot, report: Report) -> 
     """Every table's rows from the source transaction already begun on ``src``."""
     cur = src.cursor()
     spooled: list[Spooled] = []
+    # a table that fails rolls back to this savepoint, which stays; one that succeeds
+    # releases it and sets the next in the same round trip
+    cur.execute("SAVEPOINT pgcopy_read")
     for index, task in items:
         slot.begin(index)
         t0 = time.monotonic()
-        cur.execute("SAVEPOINT pgcopy_read")
         data = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) if task.columns else None
         try:
             if data is not None:
@@ -72,7 +74,7 @@ def read_batch(src, items: list[tuple[int, CopyTask]], slot, report: Report) -> 
                 data.seek(0)
             else:
                 rows, nbytes = 0, 0
-            cur.execute("RELEASE SAVEPOINT pgcopy_read")
+            cur.execute("RELEASE SAVEPOINT pgcopy_read; SAVEPOINT pgcopy_read")
         except psycopg2.Error as exc:
             if data is not None:
                 data.close()
@@ -102,6 +104,15 @@ def _lock_free(dcur, spooled: list[Spooled]) -> tuple[list[Spooled], list[Spoole
     """Lock the batch's tables without waiting: (locked, busy).  A busy table is loaded on
     its own afterwards, so a lock held elsewhere never keeps the others locked (and their
     readers waiting) for a lock timeout, nor makes them roll back with it at a stop."""
+    try:  # the usual case, in one round trip: nobody else holds any of them
+        dcur.execute(
+            sql.SQL("SAVEPOINT pgcopy_lock; LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE NOWAIT").format(
+                sql.SQL(", ").join(sql.Identifier(*s.task.key) for s in spooled)
+            )
+        )
+        return spooled, []
+    except psycopg2.errors.LockNotAvailable:
+        dcur.execute("ROLLBACK TO SAVEPOINT pgcopy_lock")
     locked, busy = [], []
     for s in spooled:
         try:
