@@ -244,18 +244,22 @@ def _add_checks(dcur, task: CopyTask) -> None:
             )
 
 
-def set_sequences(dcur, task: CopyTask) -> None:
-    """The table's own sequences, in its load transaction: setval alone is not
-    transactional, but after ALTER SEQUENCE ... RESTART (which gives the sequence a new
-    relfilenode in this transaction) it is, so rows and sequence commit or vanish together."""
-    if not task.sequences:
-        return
+def sequence_statements(task: CopyTask) -> tuple[sql.Composed, list]:
+    """The statements (and parameters) that set the table's own sequences in its load
+    transaction: setval alone is not transactional, but after ALTER SEQUENCE ... RESTART
+    (which gives the sequence a new relfilenode in this transaction) it is, so rows and
+    sequence commit or vanish together."""
     stmts, params = [], []
     for seq in task.sequences:
         stmts.append(sql.SQL("ALTER SEQUENCE {} RESTART").format(sql.Identifier(*seq.key)))
         stmts.append(sql.SQL("SELECT setval({}, %s, %s)").format(sql.Literal(regclass_literal(seq.key))))
         params += [seq.last_value, seq.is_called]
-    dcur.execute(sql.SQL("; ").join(stmts), params)  # one round trip: thousands of tiny tables
+    return sql.SQL("; ").join(stmts), params
+
+
+def set_sequences(dcur, task: CopyTask) -> None:
+    if task.sequences:
+        dcur.execute(*sequence_statements(task))  # one round trip
 
 
 def analyze(dst, keys, lock_timeout: str) -> None:

@@ -43,6 +43,35 @@ def test_one_bad_table_fails_alone_and_its_batch_mates_load(src, dst, state, tmp
     assert tables["public.t7"]["status"] == "failed"
 
 
+def test_a_locked_sequence_fails_its_table_alone(src, dst, state):
+    """Plain tables of a batch are emptied, and their sequences set, in one statement each;
+    when such a statement fails, the batch is loaded again one statement per table, so the
+    table at fault fails alone (fully old, its sequence untouched) and the others load."""
+    for db, word in ((src, "new"), (dst, "old")):
+        db.execute(
+            "".join(f"CREATE TABLE s{i} (id serial PRIMARY KEY, v text);" for i in range(N))
+            + "".join(f"INSERT INTO s{i} (v) SELECT '{word}' FROM generate_series(1, 3);" for i in range(N))
+        )
+    src.execute("".join(f"SELECT setval('s{i}_id_seq', {100 + i});" for i in range(N)))
+    holder = dst.connect()
+    holder.autocommit = False
+    try:
+        # nextval's lock on the sequence, held open: ALTER SEQUENCE must wait for it
+        holder.cursor().execute("SELECT nextval('s5_id_seq')")
+        r = copy(src.dsn, dst.dsn, "--yes", "-p", "1", "--lock-timeout", "1s", state_dir=state)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert r.returncode == 4, r.stderr
+    assert f"({N} small tables in " in r.stderr
+    assert "Failed public.s5 (destination)" in r.stderr and "lock timeout" in r.stderr
+    assert dst.query("SELECT DISTINCT v FROM s5") == [("old",)]
+    assert dst.scalar("SELECT last_value FROM s5_id_seq") == 4  # the holder's nextval, not the source's 105
+    ours, theirs = checksums(dst), checksums(src)
+    assert all(ours[t] == theirs[t] for t in theirs if t != "public.s5")
+    assert dst.scalar("SELECT last_value FROM s6_id_seq") == 106
+
+
 def test_delete_stands_in_for_truncate_only_where_it_changes_nothing_else(src, dst, state, tmp_path):
     """An ON DELETE rule would fire on DELETE (not on TRUNCATE): that table is truncated.
     A row-level ON DELETE trigger is held off like every user trigger."""
