@@ -1,6 +1,7 @@
 """Thousands of small tables with foreign keys, on servers with default lock settings.
 
     .venv/bin/python benchmarks/many_tables.py --tables 1000,3000,10000 --jobs 2
+    .venv/bin/python benchmarks/run.py --many-tables 1000,3000,10000      (the same)
 
 Starts its own source and destination clusters (max_locks_per_transaction 64,
 max_connections 100, fsync on), builds ``datasets.many_tables_schema`` on both sides
@@ -96,16 +97,17 @@ class Locks(threading.Thread):
         conn.close()
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tables", default="3000", help="comma-separated table counts (default 3000)")
     ap.add_argument("--jobs", type=int, default=2)
-    args = ap.parse_args()
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results directory")
+    args = ap.parse_args(argv)
     rows = []
     for n in (int(x) for x in args.tables.split(",")):
         rows += measure(n, args.jobs)
     meta = {"jobs": args.jobs, "settings": SETTINGS, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    out = ROOT / "benchmarks" / "results" / f"many-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out = Path(args.out) / f"many-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2))
     print(
         "| tables | FKs | method | ok | seconds | load s | FK restore s | peak RSS MB | peak locks per pgcopy session |\n"

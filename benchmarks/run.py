@@ -407,7 +407,17 @@ def main(argv=None) -> int:
         help="comma-separated substrings selecting methods, or =NAME for exactly NAME (default: all)",
     )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results directory")
+    ap.add_argument(
+        "--many-tables",
+        metavar="N,N,...",
+        help="instead: the many-tables dataset (datasets.many_tables_schema) at these table counts, "
+        "on clusters with default lock settings (benchmarks/many_tables.py)",
+    )
     args = ap.parse_args(argv)
+    if args.many_tables:
+        import many_tables  # its clusters differ from SETTINGS: default lock settings
+
+        return many_tables.main(["--tables", args.many_tables, "--jobs", str(args.jobs), "--out", args.out])
 
     src = sandbox.start_cluster(SETTINGS)
     dst = sandbox.start_cluster(SETTINGS)

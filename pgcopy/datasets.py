@@ -112,13 +112,17 @@ def pgbench(bindir, dsn: str, scale: int, schema_only: bool = False) -> None:
     )
 
 
+RING = 50  # tables in the long FK cycle
+
+
 def _many_name(i: int) -> str:
     return f"s2.t{i}" if i % 7 == 0 and i else f"t{i}"
 
 
 def many_tables_schema(n: int) -> str:
     """n small tables in two schemas, each referencing the previous one, a self-reference
-    every 50 tables and a three-table FK cycle; every table has a serial (issue 11's shape)."""
+    every 50 tables, a three-table and a 50-table FK cycle; every table has a serial
+    (issue 11's shape)."""
     parts = ["CREATE SCHEMA s2; CREATE TABLE t0 (id serial PRIMARY KEY, v int);"]
     for i in range(1, n):
         me = _many_name(i)
@@ -132,6 +136,10 @@ def many_tables_schema(n: int) -> str:
         "CREATE TABLE c3 (id int PRIMARY KEY, nxt int REFERENCES c2(id));"
         "ALTER TABLE c1 ADD FOREIGN KEY (nxt) REFERENCES c3(id);"
     )
+    parts += [f"CREATE TABLE r{i} (id int PRIMARY KEY, nxt int);" for i in range(RING)]
+    parts += [
+        f"ALTER TABLE r{i} ADD FOREIGN KEY (nxt) REFERENCES r{(i + 1) % RING}(id);" for i in range(RING)
+    ]
     return "\n".join(parts)
 
 
@@ -144,4 +152,6 @@ def many_tables_seed(n: int, rows: int = 5) -> str:
         "INSERT INTO c1 VALUES (1, NULL); INSERT INTO c2 VALUES (1, 1); INSERT INTO c3 VALUES (1, 1);"
     )
     parts.append("UPDATE c1 SET nxt = 1;")
+    parts += [f"INSERT INTO r{i} VALUES (1, NULL), (2, NULL);" for i in range(RING)]
+    parts += [f"UPDATE r{i} SET nxt = 3 - id;" for i in range(RING)]
     return "\n".join(parts)

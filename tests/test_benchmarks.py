@@ -37,3 +37,26 @@ def test_benchmark_runner_tiny(tmp_path):
     assert result["meta"]["rows"] > 100_000 and result["meta"]["settings"]["fsync"] == "on"
     md = next(tmp_path.glob("*.md")).read_text()
     assert "| pgcopy -p 2 | 1/1 |" in md and "Failures:" in md
+
+
+def test_many_tables_benchmark_tiny(tmp_path):
+    """run.py --many-tables: default-settings clusters, pgcopy as owner and superuser and
+    pg_dump/pg_restore on the same tables, each verified, with phases and peak locks."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/run.py"), "--many-tables", "60", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(next(tmp_path.glob("many-*.json")).read_text())["runs"]
+    by = {r["method"]: r for r in runs}
+    assert set(by) == {
+        "pgcopy -p 2 (owner)",
+        "pgcopy -p 2 (superuser)",
+        "pg_dump+pg_restore -j 2 --disable-triggers",
+    }
+    assert all(r["ok"] for r in runs), runs
+    assert by["pgcopy -p 2 (owner)"]["tables"] == 60 and by["pgcopy -p 2 (owner)"]["fkeys"] > 100
+    assert by["pgcopy -p 2 (owner)"]["phases"]["load"] > 0
+    assert 0 < by["pgcopy -p 2 (owner)"]["peak_locks_per_pgcopy_session"] <= 40
