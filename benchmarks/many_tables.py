@@ -101,28 +101,36 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tables", default="3000", help="comma-separated table counts (default 3000)")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=1, help="rounds; the methods' order alternates")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results directory")
     args = ap.parse_args(argv)
     rows = []
     for n in (int(x) for x in args.tables.split(",")):
-        rows += measure(n, args.jobs)
-    meta = {"jobs": args.jobs, "settings": SETTINGS, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+        rows += measure(n, args.jobs, args.repeat)
+    meta = {
+        "jobs": args.jobs,
+        "repeat": args.repeat,
+        "settings": SETTINGS,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     out = Path(args.out) / f"many-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2))
     print(
-        "| tables | FKs | method | ok | seconds | load s | FK restore s | peak RSS MB | peak locks per pgcopy session |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| tables | FKs | method | round | ok | seconds | drop FKs s | load s | FK restore s | peak RSS MB | peak locks per pgcopy session |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     for r in rows:
         ph = r["phases"]
         print(
-            f"| {r['tables']} | {r['fkeys']} | {r['method']} | {r['ok']} | {r['seconds']} | {ph.get('load', '-')} | "
+            f"| {r['tables']} | {r['fkeys']} | {r['method']} | {r['round'] + 1} | {r['ok']} | {r['seconds']} | "
+            f"{ph.get('drop foreign keys', '-')} | {ph.get('load', '-')} | "
             f"{ph.get('restore foreign keys', '-')} | {r['peak_rss_mb']} | {r['peak_locks_per_pgcopy_session'] or '-'} |"
         )
     return 0 if all(r["ok"] for r in rows if r["method"].startswith("pgcopy")) else 1
 
 
-def measure(ntables: int, j: int) -> list[dict]:
+def measure(ntables: int, j: int, repeat: int = 1) -> list[dict]:
     src, dst = sandbox.start_cluster(SETTINGS), sandbox.start_cluster(SETTINGS)
     tmp = Path(tempfile.mkdtemp(prefix="pgcopy-many-"))
     try:
@@ -153,7 +161,9 @@ def measure(ntables: int, j: int) -> list[dict]:
             ),
         }
         rows = []
-        for name, cmd in methods.items():
+        order = list(methods.items())
+        rounds = [order if r % 2 == 0 else order[::-1] for r in range(repeat)]
+        for rnd, (name, cmd) in ((r, m) for r, ms in enumerate(rounds) for m in ms):
             empty(dst)
             (tmp / "report.json").unlink(missing_ok=True)
             locks = Locks(src)
@@ -189,6 +199,7 @@ def measure(ntables: int, j: int) -> list[dict]:
                     "tables": ntables,
                     "fkeys": fks,
                     "method": name,
+                    "round": rnd,
                     "ok": ok,
                     "seconds": round(wall, 2),
                     "phases": phases,

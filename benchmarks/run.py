@@ -417,7 +417,18 @@ def main(argv=None) -> int:
     if args.many_tables:
         import many_tables  # its clusters differ from SETTINGS: default lock settings
 
-        return many_tables.main(["--tables", args.many_tables, "--jobs", str(args.jobs), "--out", args.out])
+        return many_tables.main(
+            [
+                "--tables",
+                args.many_tables,
+                "--jobs",
+                str(args.jobs),
+                "--repeat",
+                str(args.repeat),
+                "--out",
+                args.out,
+            ]
+        )
 
     src = sandbox.start_cluster(SETTINGS)
     dst = sandbox.start_cluster(SETTINGS)

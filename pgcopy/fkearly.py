@@ -49,7 +49,8 @@ class EarlyRestorer:
         self._stop.set()
 
     def stop(self) -> None:
-        """No new batches; wait for the one in progress (a stop cancels its statements)."""
+        """No new batches; wait for the one in progress to end (a stop cancels its
+        statements), then STEP 6 restores what is left on all its sessions."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
@@ -62,14 +63,21 @@ class EarlyRestorer:
         return ready
 
     def _run(self) -> None:
-        while not self._stop.wait(POLL_SECONDS):
-            ready = self._ready()
-            if not ready:
-                continue
-            try:
-                out = fkmod.restore_all(self.target, ready)
-                self.restored += len(out.restored)
-                self.log.debug(f"{len(out.restored)} of {len(ready)} foreign keys restored during the load")
-            except Exception as exc:  # STEP 6 does it again, and reports
-                self.log.debug(f"early foreign key restore stopped: {exc}")
-                return
+        # the same sessions for every round; a stop ends the round between two batches
+        sessions = fkmod.Sessions(self.target, self._stop.is_set)
+        try:
+            while not self._stop.wait(POLL_SECONDS):
+                ready = self._ready()
+                if not ready:
+                    continue
+                try:
+                    out = fkmod.restore_all(self.target, ready, sessions)
+                    self.restored += len(out.restored)
+                    self.log.debug(
+                        f"{len(out.restored)} of {len(ready)} foreign keys restored during the load"
+                    )
+                except Exception as exc:  # STEP 6 does it again, and reports
+                    self.log.debug(f"early foreign key restore stopped: {exc}")
+                    return
+        finally:
+            sessions.close()

@@ -89,12 +89,14 @@ def _batches(items: list, size: int):
         yield items[i : i + size]
 
 
-class _Sessions:
+class Sessions:
     """Destination sessions shared by a restore's threads: one is made only when none is
-    idle, so there are never more than run at once, and they are reused across phases."""
+    idle, so there are never more than run at once, and they are reused across phases (and,
+    for the early restorer, across restores).  Once ``stopping()`` is true, no new batch or
+    VALIDATE starts: the restore returns with what it finished."""
 
-    def __init__(self, target: RestoreTarget):
-        self.target = target
+    def __init__(self, target: RestoreTarget, stopping: Callable[[], bool] = lambda: False):
+        self.target, self.stopping = target, stopping
         self._idle: list = []
         self._all: list = []
         self._lock = threading.Lock()
@@ -138,7 +140,7 @@ class _Sessions:
                 pass
 
 
-def _each(sessions: _Sessions, items: list, fn: Callable) -> list:
+def _each(sessions: Sessions, items: list, fn: Callable) -> list:
     """``fn(conn, item)`` for every item on up to ``parallel`` sessions at once; the results
     in order.  The first error is raised once the items in progress have ended."""
     n = max(1, min(sessions.target.parallel, len(items)))
@@ -195,7 +197,7 @@ def _with_relatives(conn, fkeys: list[ForeignKey]) -> set[tuple]:
     return {(fk.table, fk.name) for fk in fkeys if fk.table in rel or fk.ref_table in rel}
 
 
-def _in_parallel(sessions: _Sessions, fkeys: list[ForeignKey], run: Callable) -> list:
+def _in_parallel(sessions: Sessions, fkeys: list[ForeignKey], run: Callable) -> list:
     """``run(cur, batch, lock)`` over lock-budget batches: on several sessions with the
     batch's tables locked up front, then on one session without that LOCK for the FKs with
     relatives and the batches that could not take it.  Returns every batch's result."""
@@ -204,6 +206,8 @@ def _in_parallel(sessions: _Sessions, fkeys: list[ForeignKey], run: Callable) ->
         alone = _with_relatives(conn, fkeys)
 
     def locked(conn, batch):
+        if sessions.stopping():
+            return None
         try:
             out = run(conn.cursor(), batch, True)
         except _Redo:
@@ -223,11 +227,13 @@ def _in_parallel(sessions: _Sessions, fkeys: list[ForeignKey], run: Callable) ->
     for batch, out in zip(batches, _each(sessions, batches, locked), strict=True):
         if out is _Redo:
             redo += batch
-        else:
+        elif out is not None:
             results.append(out)
     with sessions.session() as conn:
         cur = conn.cursor()
         for batch in _batches(redo, size):
+            if sessions.stopping():
+                break
             results.append(run(cur, batch, False))
             conn.commit()
     return results
@@ -249,7 +255,7 @@ def drop_all(target: RestoreTarget, fkeys: list[ForeignKey]) -> None:
     first, holds all of them)."""
     if not fkeys:
         return
-    sessions = _Sessions(target)
+    sessions = Sessions(target)
     try:
         _in_parallel(sessions, fkeys, _drop_batch)
     finally:
@@ -265,16 +271,22 @@ def _present(conn, fkeys: list[ForeignKey]) -> dict[tuple, ForeignKey]:
     return out
 
 
-def _add(cur, fk: ForeignKey, validated_now: bool) -> None:
+def _add_statement(fk: ForeignKey, validated_now: bool) -> sql.Composed:
+    """ADD CONSTRAINT, and its COMMENT; the comment is a literal so that several of these
+    can go to the server as one string."""
     add = _alter(fk, "ADD CONSTRAINT {} ") + fk.ddl()
-    cur.execute(add if validated_now else add + sql.SQL(" NOT VALID"))
+    parts = [add if validated_now else add + sql.SQL(" NOT VALID")]
     if fk.comment is not None:
-        cur.execute(
-            sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS %s").format(
-                sql.Identifier(fk.name), sql.Identifier(*fk.table)
-            ),
-            (fk.comment,),
+        parts.append(
+            sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
+                sql.Identifier(fk.name), sql.Identifier(*fk.table), sql.Literal(fk.comment)
+            )
         )
+    return sql.SQL("; ").join(parts)
+
+
+def _add(cur, fk: ForeignKey, validated_now: bool) -> None:
+    cur.execute(_add_statement(fk, validated_now))
 
 
 @dataclass
@@ -285,6 +297,41 @@ class _Added:
     to_validate: list[ForeignKey] = field(default_factory=list)
     missing: list[tuple[ForeignKey, str]] = field(default_factory=list)
     timings: dict[tuple, float] = field(default_factory=dict)
+    settled: list[ForeignKey] = field(default_factory=list)  # nothing more to do to them
+
+
+def _add_together(
+    cur, batch: list[ForeignKey], lock: bool, how: Callable[[ForeignKey], str]
+) -> _Added | None:
+    """The usual case in one round trip: every ADD of the batch as one string.  None when
+    one of them failed (rolled back): the caller then adds them one by one."""
+    modes = {(fk.table, fk.name): how(fk) for fk in batch}
+    t0 = time.monotonic()
+    try:
+        cur.execute(
+            sql.SQL("SAVEPOINT pgcopy_fks; {}; RELEASE SAVEPOINT pgcopy_fks").format(
+                sql.SQL("; ").join(
+                    _add_statement(fk, modes[(fk.table, fk.name)] != "not valid") for fk in batch
+                )
+            )
+        )
+    except psycopg2.Error as exc:
+        if lock and isinstance(exc, psycopg2.errors.DeadlockDetected):
+            raise _Redo() from exc
+        cur.execute("ROLLBACK TO SAVEPOINT pgcopy_fks")
+        return None
+    out = _Added()
+    checked = [fk for fk in batch if modes[(fk.table, fk.name)] != "not valid"]
+    if checked:
+        failpoints.hit("during-validate")  # validating ADDs executed, not committed
+    for fk in batch:
+        if fk in checked:
+            out.timings[(fk.table, fk.name)] = (time.monotonic() - t0) / len(checked)
+        if fk.validated and fk not in checked:
+            out.to_validate.append(fk)
+        else:
+            out.settled.append(fk)
+    return out
 
 
 def _add_batch(cur, batch: list[ForeignKey], lock: bool, how: Callable[[ForeignKey], str]) -> _Added:
@@ -293,6 +340,9 @@ def _add_batch(cur, batch: list[ForeignKey], lock: bool, how: Callable[[ForeignK
     savepoint so one failing FK does not undo the others."""
     if lock:
         _locked(cur, batch, "SHARE ROW EXCLUSIVE")
+    together = _add_together(cur, batch, lock, how)
+    if together is not None:
+        return together
     out = _Added()
     for fk in batch:
         mode = how(fk)
@@ -316,19 +366,21 @@ def _add_batch(cur, batch: list[ForeignKey], lock: bool, how: Callable[[ForeignK
             cur.execute("ROLLBACK TO SAVEPOINT pgcopy_fk")
             out.missing.append((fk, error_line(exc)))
             continue
-        if mode == "not valid":
-            if fk.validated:
-                out.to_validate.append(fk)
+        if mode == "not valid" and fk.validated:
+            out.to_validate.append(fk)
         else:
-            out.timings[(fk.table, fk.name)] = time.monotonic() - t0
+            out.settled.append(fk)
+            if mode != "not valid":
+                out.timings[(fk.table, fk.name)] = time.monotonic() - t0
     return out
 
 
 def _add_missing(
-    sessions: _Sessions, fkeys: list[ForeignKey], out: RestoreOutcome, quick: frozenset = frozenset()
-) -> tuple[list[ForeignKey], dict[tuple, float]]:
-    """Re-create absent FKs; return those to validate (absent or present NOT VALID) and the
-    seconds of each FK added validated.
+    sessions: Sessions, fkeys: list[ForeignKey], out: RestoreOutcome, quick: frozenset = frozenset()
+) -> _Added:
+    """Re-create absent FKs; returns those to validate (absent or present NOT VALID), those
+    settled (present as journaled, or added and needing nothing more) and the seconds of
+    each FK added validated.
 
     An FK in ``quick`` (both its tables small) is added validated in one statement: on
     tiny tables a separate VALIDATE and its commit cost more than the check itself, and
@@ -337,7 +389,8 @@ def _add_missing(
     with sessions.session() as conn:
         present = _present(conn, fkeys)
         partitioned = _partitioned(conn, fkeys)
-    to_add, to_validate = [], []
+    to_add = []
+    result = _Added()
     for fk in fkeys:
         now = present.get((fk.table, fk.name))
         if now is None:
@@ -345,7 +398,9 @@ def _add_missing(
         elif now.definition != fk.definition:
             out.missing.append((fk, f"another constraint of that name exists: {now.definition}"))
         elif fk.validated and not now.validated:
-            to_validate.append(fk)
+            result.to_validate.append(fk)
+        else:
+            result.settled.append(fk)
 
     def how(fk: ForeignKey) -> str:
         key = (fk.table, fk.name)
@@ -353,12 +408,12 @@ def _add_missing(
             return "not valid"
         return "validated" if key in partitioned else "quick" if key in quick else "not valid"
 
-    timings: dict[tuple, float] = {}
     for added in _in_parallel(sessions, to_add, lambda cur, b, lock: _add_batch(cur, b, lock, how)):
-        to_validate += added.to_validate
+        result.to_validate += added.to_validate
+        result.settled += added.settled
         out.missing += added.missing
-        timings.update(added.timings)
-    return to_validate, timings
+        result.timings.update(added.timings)
+    return result
 
 
 def _partitioned(conn, fkeys: list[ForeignKey]) -> set[tuple]:
@@ -377,13 +432,15 @@ def _partitioned(conn, fkeys: list[ForeignKey]) -> set[tuple]:
     return {(fk.table, fk.name) for fk in fkeys if fk.table in parts or fk.ref_table in parts}
 
 
-def _validate_group(sessions: _Sessions, fks: list[ForeignKey]) -> list[tuple[ForeignKey, str | None]]:
+def _validate_group(sessions: Sessions, fks: list[ForeignKey]) -> list[tuple[ForeignKey, str | None]]:
     """VALIDATE the FKs of one table, one after another (two would wait on each other)."""
     out: list[tuple[ForeignKey, str | None]] = []
     on_settled = sessions.target.on_settled
     try:
         with sessions.session() as conn:
             for fk in fks:
+                if sessions.stopping():
+                    break
                 t0 = time.monotonic()
                 try:
                     conn.cursor().execute(_alter(fk, "VALIDATE CONSTRAINT {}"))
@@ -400,7 +457,7 @@ def _validate_group(sessions: _Sessions, fks: list[ForeignKey]) -> list[tuple[Fo
     return out
 
 
-def _validate(sessions: _Sessions, fkeys: list[ForeignKey]) -> dict[tuple, str]:
+def _validate(sessions: Sessions, fkeys: list[ForeignKey]) -> dict[tuple, str]:
     groups: dict[tuple, list[ForeignKey]] = {}
     for fk in fkeys:
         groups.setdefault(fk.table, []).append(fk)
@@ -422,23 +479,27 @@ def _validate(sessions: _Sessions, fkeys: list[ForeignKey]) -> dict[tuple, str]:
     return failed
 
 
-def restore_all(target: RestoreTarget, fkeys: list[ForeignKey]) -> RestoreOutcome:
-    """Put every FK of ``fkeys`` back exactly as recorded, then check what is there."""
+def restore_all(
+    target: RestoreTarget, fkeys: list[ForeignKey], sessions: Sessions | None = None
+) -> RestoreOutcome:
+    """Put every FK of ``fkeys`` back exactly as recorded, then check what is there.  With
+    ``sessions`` (kept open by the caller) a stop may leave some undone: they are reported
+    missing, and the caller restores them later."""
     out = RestoreOutcome()
-    sessions = _Sessions(target)
+    own = sessions is None
+    sessions = sessions or Sessions(target)
     try:
-        to_validate, timings = _add_missing(sessions, fkeys, out, target.quick)
+        added = _add_missing(sessions, fkeys, out, target.quick)
         failpoints.hit("after-add")
         if target.on_settled is not None:
-            pending = {(fk.table, fk.name) for fk in to_validate}
-            for fk in fkeys:
-                if (fk.table, fk.name) not in pending:
-                    target.on_settled(fk, timings.get((fk.table, fk.name), 0.0))
-        failed = _validate(sessions, to_validate)
+            for fk in added.settled:
+                target.on_settled(fk, added.timings.get((fk.table, fk.name), 0.0))
+        failed = _validate(sessions, added.to_validate)
         with sessions.session() as conn:
             present = _present(conn, fkeys)
     finally:
-        sessions.close()
+        if own:
+            sessions.close()
     missing_keys = {(fk.table, fk.name) for fk, _ in out.missing}
     for fk in fkeys:
         key = (fk.table, fk.name)

@@ -43,7 +43,16 @@ def test_many_tables_benchmark_tiny(tmp_path):
     """run.py --many-tables: default-settings clusters, pgcopy as owner and superuser and
     pg_dump/pg_restore on the same tables, each verified, with phases and peak locks."""
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/run.py"), "--many-tables", "60", "--out", str(tmp_path)],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks/run.py"),
+            "--many-tables",
+            "60",
+            "--repeat",
+            "1",
+            "--out",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=600,

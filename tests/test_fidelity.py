@@ -317,6 +317,28 @@ def test_fk_to_a_table_the_role_may_only_reference(src, dst, state):
     assert dst.query("SELECT * FROM other_child") == [(1, 1)]
 
 
+def test_one_violated_fk_in_a_batch_of_adds(src, dst, state):
+    """FKs are re-added a batch per statement; when one of the batch fails (its rows do not
+    hold), they are added one by one: the others end validated, that one NOT VALID."""
+    for db in (src, dst):
+        db.execute(
+            "CREATE TABLE p (id int PRIMARY KEY);"
+            + "".join(
+                f"CREATE TABLE c{i} (id int, pid int CONSTRAINT c{i}_fk REFERENCES p(id));" for i in range(8)
+            )
+        )
+    src.execute(
+        "INSERT INTO p VALUES (1), (2), (3);" + "".join(f"INSERT INTO c{i} VALUES (1, 1);" for i in range(8))
+    )
+    src.execute("INSERT INTO c5 VALUES (2, 3)")
+    dst.execute("INSERT INTO p VALUES (1), (2)")  # p is not copied: no 3 here
+    r = copy(src.dsn, dst.dsn, "--yes", "--exclude", "p", state_dir=state)
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.count("could not be validated") == 1 and "c5_fk on public.c5" in r.stderr
+    valid = dict(dst.query("SELECT conname, convalidated FROM pg_constraint WHERE contype = 'f'"))
+    assert valid == {f"c{i}_fk": i != 5 for i in range(8)}
+
+
 def test_large_objects_named_in_plan_and_report_matviews_only_dependent(src, dst, state, tmp_path):
     for db in (src, dst):
         db.execute(
