@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, replace
 
 from psycopg2 import sql
@@ -433,7 +434,10 @@ class CopyRun:
                 ) from None
         self.scat = connect(self.opts.source, "source", self.session)
         self.log.info("STEP 3: reading catalogs and checking the destination")
-        src_sizes, dst_sizes = read_sizes(self.scat), read_sizes(self.dst)
+        with ThreadPoolExecutor(max_workers=1) as pool:  # both servers at once
+            pending = pool.submit(read_sizes, self.scat)
+            dst_sizes = read_sizes(self.dst)
+            src_sizes = pending.result()
         self.scat.set_session(isolation_level="REPEATABLE READ", readonly=True)
         scur, dcur = self.scat.cursor(), self.dst.cursor()
         if self.snapshot:
