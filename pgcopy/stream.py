@@ -45,6 +45,7 @@ class StreamSpec:
     analyze: bool = True
     verify: bool = False  # compare digests before the commit (see pgcopy.digest)
     to_utf8: bool = False  # the servers' encodings differ: digest UTF8 bytes
+    lock_budget: int = 32  # lock entries one destination transaction may take (see plan.batches)
 
 
 @dataclass(frozen=True)

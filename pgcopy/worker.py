@@ -127,6 +127,7 @@ class Worker:
         self.wid, self.spec, self.results, self.slot, self.stop = wid, spec, results, slot, stop
         self.src = self.dst = None
         self.pending: list = []  # loaded tables not yet analyzed
+        self.pending_locks = 0  # the destination relations they hold (table, TOAST, indexes)
 
     def put(self, kind: str, payload) -> None:
         self.results.put((kind, self.wid, payload))
@@ -194,10 +195,21 @@ class Worker:
 
     def _committed(self, tasks: list, big: bool) -> None:
         failpoints.hit("after-commit", in_worker=True)
-        if self.spec.stream.analyze and not self.stop.is_set():
-            self.pending += [t.key for t in tasks]
-            if len(self.pending) >= ANALYZE_BATCH or big:
-                self.dst = _analyze(self.spec, self.dst, self.pending, self.results, self.wid)
+        if not self.spec.stream.analyze or self.stop.is_set():
+            return
+        budget = self.spec.stream.lock_budget
+        # one ANALYZE transaction locks every table it analyzes, and their indexes, to its
+        # commit: tables join it while they fit the lock budget (a load batch always does)
+        if self.pending and self.pending_locks + sum(t.relations for t in tasks) > budget:
+            self._analyze()
+        self.pending += [t.key for t in tasks]
+        self.pending_locks += sum(t.relations for t in tasks)
+        if big or self.pending_locks >= budget or len(self.pending) >= ANALYZE_BATCH:
+            self._analyze()
+
+    def _analyze(self) -> None:
+        self.dst = _analyze(self.spec, self.dst, self.pending, self.results, self.wid)
+        self.pending_locks = 0
 
     def _end_read(self) -> None:
         """End the source transaction (the tables are committed whatever happens here);
@@ -216,14 +228,14 @@ class Worker:
 
     def finish(self) -> None:
         if self.pending and not self.stop.is_set():
-            self.dst = _analyze(self.spec, self.dst, self.pending, self.results, self.wid)
+            self._analyze()
         self._reset()
         self.slot.exited()
         self.put("exit", usage())
 
 
 # ANALYZE runs after the commits, a few tables per transaction: thousands of tiny tables
-# then cost one commit per batch, and a batch's locks stay well inside the lock budget.
+# then cost one commit per batch or so, and its locks stay inside the lock budget.
 ANALYZE_BATCH = 20
 ANALYZE_ALONE_BYTES = 8 << 20  # a bigger table is analyzed (with what is pending) at once
 

@@ -534,9 +534,8 @@ class CopyRun:
         self.report.mark("load")
         o = self.opts
         # a batch of small tables holds their locks to its commit: half a session's share
-        batches = plan_batches(
-            plan.tasks, locks_per_transaction(self.dst) // 2, bool(o.batch_size or o.codec)
-        )
+        lock_budget = locks_per_transaction(self.dst) // 2
+        batches = plan_batches(plan.tasks, lock_budget, bool(o.batch_size or o.codec))
         grouped = sum(len(b) for b in batches if len(b) > 1)
         self.log.info(
             f"STEP 5: loading {len(plan.tasks)} tables with {workers_for(o.parallel, batches)} workers"
@@ -546,7 +545,9 @@ class CopyRun:
         to_utf8 = self.src.get_parameter_status("server_encoding") != self.dst.get_parameter_status(
             "server_encoding"
         )
-        stream = StreamSpec(o.codec, o.batch_size, plan.replica, o.lock_timeout, o.analyze, o.verify, to_utf8)
+        stream = StreamSpec(
+            o.codec, o.batch_size, plan.replica, o.lock_timeout, o.analyze, o.verify, to_utf8, lock_budget
+        )
         spec = WorkerSpec(o.source, o.dest, self.snapshot, stream, self.session)
         # FKs whose tables have all loaded are restored while the others still load
         target = self.fk_target(quick=quick_fkeys(plan), on_settled=view.fk_settled)
