@@ -62,21 +62,21 @@ def read_batch(src, items: list[tuple[int, CopyTask]], slot, report: Report) -> 
     """Every table's rows from the source transaction already begun on ``src``."""
     cur = src.cursor()
     spooled: list[Spooled] = []
-    # a table that fails rolls back to this savepoint, which stays; one that succeeds
-    # releases it and sets the next in the same round trip
+    # each table's COPY goes behind a savepoint of its own, set in the same round trip
+    # (the previous one released); a table that fails rolls back to it, and it stays
     cur.execute("SAVEPOINT pgcopy_read")
+    renew = sql.SQL("RELEASE SAVEPOINT pgcopy_read; SAVEPOINT pgcopy_read; ")
     for index, task in items:
         slot.begin(index)
         t0 = time.monotonic()
         data = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) if task.columns else None
         try:
             if data is not None:
-                cur.copy_expert(copy_statements(task)[0], data, size=CHUNK)
+                cur.copy_expert(renew + copy_statements(task)[0], data, size=CHUNK)
                 rows, nbytes = cur.rowcount, data.tell()
                 data.seek(0)
             else:
                 rows, nbytes = 0, 0
-            cur.execute("RELEASE SAVEPOINT pgcopy_read; SAVEPOINT pgcopy_read")
         except psycopg2.Error as exc:
             if data is not None:
                 data.close()
