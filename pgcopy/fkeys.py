@@ -167,19 +167,19 @@ class _Redo(Exception):
     """A batch to run again alone, without the upfront LOCK (see ``_locked``)."""
 
 
-def _locked(cur, batch: list[ForeignKey], mode: str) -> None:
+def _locked(cur, batch: list[ForeignKey], mode: str, redo_on: tuple = (psycopg2.Error,)) -> None:
     """Lock every table of the batch up front, in one global (sorted) order: batches on
     several sessions then never deadlock on each other, where each ALTER taking its two
-    tables' locks in its own order could.  Anything the LOCK cannot do (no privilege on a
-    referenced table, a lock timeout, a deadlock with someone else) sends the batch to the
-    serial pass instead, which runs without it, as before."""
+    tables' locks in its own order could.  What the LOCK cannot do (``redo_on``: no
+    privilege on a referenced table, a deadlock with someone else...) sends the batch to
+    the serial pass instead, which runs without it, as before."""
     tables = sorted({fk.table for fk in batch} | {fk.ref_table for fk in batch})
     stmt = sql.SQL("LOCK TABLE ONLY {} IN " + mode + " MODE").format(
         sql.SQL(", ").join(sql.Identifier(*t) for t in tables)
     )
     try:
         cur.execute(stmt)
-    except psycopg2.Error as exc:
+    except redo_on as exc:
         raise _Redo() from exc
 
 
@@ -241,7 +241,13 @@ def _in_parallel(sessions: Sessions, fkeys: list[ForeignKey], run: Callable) -> 
 
 def _drop_batch(cur, batch: list[ForeignKey], lock: bool) -> None:
     if lock:
-        _locked(cur, batch, "ACCESS EXCLUSIVE")
+        # a lock timeout fails the drop here, as it would alone: redoing it would wait again
+        _locked(
+            cur,
+            batch,
+            "ACCESS EXCLUSIVE",
+            (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.DeadlockDetected),
+        )
     try:  # one round trip for the whole batch
         cur.execute(sql.SQL("; ").join(_alter(fk, "DROP CONSTRAINT IF EXISTS {}") for fk in batch))
     except psycopg2.errors.DeadlockDetected as exc:
