@@ -19,6 +19,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import psycopg2
@@ -130,6 +131,16 @@ def _rollback(dst) -> None:
             pass  # the connection is gone; copy_batch sees it closed
 
 
+@contextmanager
+def _failing(dst, index: int | None):
+    """Any error inside rolls the batch back and is raised as TableFailed(index)."""
+    try:
+        yield
+    except Exception as exc:
+        _rollback(dst)
+        raise TableFailed(index, exc) from exc
+
+
 def _lock_free(dcur, spooled: list[Spooled]) -> tuple[list[Spooled], list[Spooled]]:
     """Lock the batch's tables without waiting: (locked, busy).  A busy table is loaded on
     its own afterwards, so a lock held elsewhere never keeps the others locked (and their
@@ -168,26 +179,20 @@ def _load(
     out = []
     busy: list[Spooled] = []
     plain: list[Spooled] = []
-    try:
+    with _failing(dst, spooled[0].index):
         begin_load(dcur, spec)
         if not wait:
             spooled, busy = _lock_free(dcur, spooled)
             plain = [s for s in spooled if together and _plain(s.task, spec)]
-    except Exception as exc:
-        _rollback(dst)
-        raise TableFailed(spooled[0].index, exc) from exc
     together_done = {s.index for s in plain}
     if plain:
-        try:
+        with _failing(dst, None):
             _empty_all(dcur, plain)
-        except Exception as exc:
-            _rollback(dst)
-            raise TableFailed(None, exc) from exc
     for s in spooled:
         t0 = time.monotonic()
         slot.begin(s.index)  # the display shows the table being loaded (or waiting for its lock)
         slot.add(s.nbytes, s.nbytes)
-        try:
+        with _failing(dst, s.index):
             rebuilt = False if s.index in together_done else empty_table(dcur, s.task)
             if s.data is None:
                 src_rows, dst_rows = copy_empty_rows(scur, dcur, s.task)
@@ -202,9 +207,6 @@ def _load(
                 if s.index in together_done
                 else complete_table(scur, dcur, s.task, spec, rebuilt)
             )
-        except Exception as exc:
-            _rollback(dst)
-            raise TableFailed(s.index, exc) from exc
         seconds = s.read_seconds + time.monotonic() - t0
         result = TableResult(
             s.task.key,
@@ -219,11 +221,8 @@ def _load(
         )
         out.append((s.index, result))
     if plain:
-        try:
+        with _failing(dst, None):
             _set_all_sequences(dcur, plain)
-        except Exception as exc:
-            _rollback(dst)
-            raise TableFailed(None, exc) from exc
     dst.commit()
     return out, busy
 

@@ -5,8 +5,8 @@ tables) run in transactions of a few FKs, within the server's lock budget, on a 
 sessions in parallel; each such transaction first locks its tables in one global order, so
 the sessions cannot deadlock on each other.  Then ``VALIDATE CONSTRAINT`` runs on the same
 sessions in parallel; the FKs of one table are validated one after another (two VALIDATEs
-on one table wait on each other's lock).  Before PostgreSQL 18 an FK on a partitioned table cannot be NOT VALID, so
-those are added validated in one step.
+on one table wait on each other's lock).  Before PostgreSQL 18 an FK on a partitioned
+table cannot be NOT VALID, so those are added validated in one step.
 
 An FK is restored only when it exists with exactly the journal's definition, validity and
 comment; one that is present but NOT VALID while the journal says it was valid is
@@ -183,18 +183,23 @@ def _locked(cur, batch: list[ForeignKey], mode: str, redo_on: tuple = (psycopg2.
         raise _Redo() from exc
 
 
-def _with_relatives(conn, fkeys: list[ForeignKey]) -> set[tuple]:
-    """FKs touching a partitioned table, a partition or an inheritance parent: an ALTER on
-    those also locks tables not named in the batch, in an order no sort can control, so
-    they run on one session, after the parallel batches."""
+def _touching(conn, fkeys: list[ForeignKey], where: str) -> set[tuple]:
+    """The FKs whose table or referenced table is one of the relations ``where`` selects."""
     cur = conn.cursor()
     cur.execute(
-        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind = 'p' OR c.relispartition OR c.relhassubclass"""
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE "
+        + where
     )
     rel = {tuple(r) for r in cur.fetchall()}
     conn.commit()
     return {(fk.table, fk.name) for fk in fkeys if fk.table in rel or fk.ref_table in rel}
+
+
+def _with_relatives(conn, fkeys: list[ForeignKey]) -> set[tuple]:
+    """FKs touching a partitioned table, a partition or an inheritance parent: an ALTER on
+    those also locks tables not named in the batch, in an order no sort can control, so
+    they run on one session, after the parallel batches."""
+    return _touching(conn, fkeys, "c.relkind = 'p' OR c.relispartition OR c.relhassubclass")
 
 
 def _in_parallel(sessions: Sessions, fkeys: list[ForeignKey], run: Callable) -> list:
@@ -251,8 +256,7 @@ def _drop_batch(cur, batch: list[ForeignKey], lock: bool) -> None:
     try:  # one round trip for the whole batch
         cur.execute(sql.SQL("; ").join(_alter(fk, "DROP CONSTRAINT IF EXISTS {}") for fk in batch))
     except psycopg2.errors.DeadlockDetected as exc:
-        if lock:
-            raise _Redo() from exc
+        _redo_if_deadlock(exc, lock)
         raise
 
 
@@ -306,6 +310,24 @@ class _Added:
     settled: list[ForeignKey] = field(default_factory=list)  # nothing more to do to them
 
 
+def _record(out: _Added, fk: ForeignKey, mode: str, seconds: float) -> None:
+    """An FK just added as ``mode``: still to validate, or settled (with the seconds its
+    validating ADD took, for the ETA)."""
+    if mode == "not valid" and fk.validated:
+        out.to_validate.append(fk)
+    else:
+        out.settled.append(fk)
+        if mode != "not valid":
+            out.timings[(fk.table, fk.name)] = seconds
+
+
+def _redo_if_deadlock(exc: BaseException, lock: bool) -> None:
+    """With the upfront LOCK a deadlock can only involve someone else: the batch is run
+    again in the serial pass (see ``_locked``)."""
+    if lock and isinstance(exc, psycopg2.errors.DeadlockDetected):
+        raise _Redo() from exc
+
+
 def _add_together(
     cur, batch: list[ForeignKey], lock: bool, how: Callable[[ForeignKey], str]
 ) -> _Added | None:
@@ -322,21 +344,15 @@ def _add_together(
             )
         )
     except psycopg2.Error as exc:
-        if lock and isinstance(exc, psycopg2.errors.DeadlockDetected):
-            raise _Redo() from exc
+        _redo_if_deadlock(exc, lock)
         cur.execute("ROLLBACK TO SAVEPOINT pgcopy_fks")
         return None
-    out = _Added()
-    checked = [fk for fk in batch if modes[(fk.table, fk.name)] != "not valid"]
+    checked = sum(mode != "not valid" for mode in modes.values())
     if checked:
         failpoints.hit("during-validate")  # validating ADDs executed, not committed
+    out = _Added()
     for fk in batch:
-        if fk in checked:
-            out.timings[(fk.table, fk.name)] = (time.monotonic() - t0) / len(checked)
-        if fk.validated and fk not in checked:
-            out.to_validate.append(fk)
-        else:
-            out.settled.append(fk)
+        _record(out, fk, modes[(fk.table, fk.name)], (time.monotonic() - t0) / max(1, checked))
     return out
 
 
@@ -367,17 +383,11 @@ def _add_batch(cur, batch: list[ForeignKey], lock: bool, how: Callable[[ForeignK
                 failpoints.hit("during-validate")  # a validating ADD executed, not committed
             cur.execute("RELEASE SAVEPOINT pgcopy_fk")
         except Exception as exc:
-            if lock and isinstance(exc, psycopg2.errors.DeadlockDetected):
-                raise _Redo() from exc
+            _redo_if_deadlock(exc, lock)
             cur.execute("ROLLBACK TO SAVEPOINT pgcopy_fk")
             out.missing.append((fk, error_line(exc)))
             continue
-        if mode == "not valid" and fk.validated:
-            out.to_validate.append(fk)
-        else:
-            out.settled.append(fk)
-            if mode != "not valid":
-                out.timings[(fk.table, fk.name)] = time.monotonic() - t0
+        _record(out, fk, mode, time.monotonic() - t0)
     return out
 
 
@@ -428,38 +438,31 @@ def _partitioned(conn, fkeys: list[ForeignKey]) -> set[tuple]:
     Before PostgreSQL 18 such an FK cannot be NOT VALID on the referencing side, and on
     the referenced side VALIDATE leaves the per-partition clones marked NOT VALID (seen on
     15), so these are added validated in one step."""
-    cur = conn.cursor()
-    cur.execute(
-        """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE c.relkind = 'p'"""
-    )
-    parts = {tuple(r) for r in cur.fetchall()}
-    conn.rollback()
-    return {(fk.table, fk.name) for fk in fkeys if fk.table in parts or fk.ref_table in parts}
+    return _touching(conn, fkeys, "c.relkind = 'p'")
 
 
-def _validate_group(sessions: Sessions, fks: list[ForeignKey]) -> list[tuple[ForeignKey, str | None]]:
+def _validate_group(sessions: Sessions, conn, fks: list[ForeignKey]) -> list[tuple[ForeignKey, str | None]]:
     """VALIDATE the FKs of one table, one after another (two would wait on each other)."""
     out: list[tuple[ForeignKey, str | None]] = []
     on_settled = sessions.target.on_settled
-    try:
-        with sessions.session() as conn:
-            for fk in fks:
-                if sessions.stopping():
-                    break
-                t0 = time.monotonic()
-                try:
-                    conn.cursor().execute(_alter(fk, "VALIDATE CONSTRAINT {}"))
-                    failpoints.hit("during-validate")
-                    conn.commit()
-                    out.append((fk, None))
-                except Exception as exc:
-                    conn.rollback()
-                    out.append((fk, error_line(exc)))
-                if on_settled is not None:
-                    on_settled(fk, time.monotonic() - t0)
-    except psycopg2.Error as exc:  # no session to be had, or it broke
-        out += [(fk, error_line(exc)) for fk in fks[len(out) :]]
+    for i, fk in enumerate(fks):
+        if sessions.stopping():
+            break
+        t0 = time.monotonic()
+        try:
+            conn.cursor().execute(_alter(fk, "VALIDATE CONSTRAINT {}"))
+            failpoints.hit("during-validate")
+            conn.commit()
+            out.append((fk, None))
+        except Exception as exc:
+            out.append((fk, error_line(exc)))
+            try:
+                conn.rollback()
+            except psycopg2.Error:  # the session broke: the group's rest fails with it
+                out += [(rest, error_line(exc)) for rest in fks[i + 1 :]]
+                break
+        if on_settled is not None:
+            on_settled(fk, time.monotonic() - t0)
     return out
 
 
@@ -467,22 +470,8 @@ def _validate(sessions: Sessions, fkeys: list[ForeignKey]) -> dict[tuple, str]:
     groups: dict[tuple, list[ForeignKey]] = {}
     for fk in fkeys:
         groups.setdefault(fk.table, []).append(fk)
-    failed: dict[tuple, str] = {}
-    groups_list = list(groups.values())
-    n = max(1, min(sessions.target.parallel, len(groups_list)))
-    if not groups_list:
-        return failed
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        try:
-            for results in pool.map(lambda g: _validate_group(sessions, g), groups_list):
-                for fk, err in results:
-                    if err:
-                        failed[(fk.table, fk.name)] = err
-        except KeyboardInterrupt:  # abandon: stop the server work before leaving
-            sessions.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-    return failed
+    results = _each(sessions, list(groups.values()), lambda conn, g: _validate_group(sessions, conn, g))
+    return {(fk.table, fk.name): err for group in results for fk, err in group if err}
 
 
 def restore_all(

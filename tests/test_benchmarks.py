@@ -7,23 +7,25 @@ import sys
 from tests.helpers import ROOT
 
 
-def test_benchmark_runner_tiny(tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks/run.py"),
-            "--scale",
-            "0.01",
-            "--repeat",
-            "1",
-            "--methods",
-            "pgcopy -p,psql|psql serial,--disable-triggers,pg_dump+pg_restore -j 2",
-            "--out",
-            str(tmp_path),
-        ],
+def _run_py(out_dir, *args: str) -> subprocess.CompletedProcess:
+    """benchmarks/run.py with its results in ``out_dir``."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/run.py"), *args, "--out", str(out_dir)],
         capture_output=True,
         text=True,
         timeout=600,
+    )
+
+
+def test_benchmark_runner_tiny(tmp_path):
+    proc = _run_py(
+        tmp_path,
+        "--scale",
+        "0.01",
+        "--repeat",
+        "1",
+        "--methods",
+        "pgcopy -p,psql|psql serial,--disable-triggers,pg_dump+pg_restore -j 2",
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(next(tmp_path.glob("*.json")).read_text())
@@ -42,21 +44,7 @@ def test_benchmark_runner_tiny(tmp_path):
 def test_many_tables_benchmark_tiny(tmp_path):
     """run.py --many-tables: default-settings clusters, pgcopy as owner and superuser and
     pg_dump/pg_restore on the same tables, each verified, with phases and peak locks."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks/run.py"),
-            "--many-tables",
-            "60",
-            "--repeat",
-            "1",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = _run_py(tmp_path, "--many-tables", "60", "--repeat", "1")
     assert proc.returncode == 0, proc.stderr
     runs = json.loads(next(tmp_path.glob("many-*.json")).read_text())["runs"]
     by = {r["method"]: r for r in runs}
