@@ -28,7 +28,6 @@ from psycopg2 import sql
 from pgcopy import failpoints
 from pgcopy.catalog import lock_holders
 from pgcopy.connections import error_line
-from pgcopy.plan import CopyTask
 from pgcopy.stream import (
     CHUNK,
     Completion,
@@ -42,6 +41,7 @@ from pgcopy.stream import (
     empty_table,
     sequence_statements,
 )
+from pgcopy.task import CopyTask
 
 SPOOL_MEMORY = 512 << 10  # per table; more spills to a temp file, so a batch stays small in memory
 

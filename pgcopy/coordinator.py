@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pgcopy.plan import CopyTask
 from pgcopy.progress import ProgressBus
 from pgcopy.stream import TableResult
+from pgcopy.task import CopyTask
 from pgcopy.worker import WorkerSpec, worker_main
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from psycopg2 import sql
 from psycopg2.extras import execute_values
 
-from pgcopy.plan import CopyTask
+from pgcopy.task import CopyTask
 
 FETCH_ROWS = 100  # rows per round trip from the server-side cursor
 BATCH_BYTES = 8 << 20  # a batch is also cut at this many bytes of text values

@@ -19,8 +19,8 @@ from psycopg2 import sql
 from pgcopy import digest, failpoints
 from pgcopy.catalog import regclass_literal
 from pgcopy.codec import Codec, DecompressingReader, open_writer
-from pgcopy.plan import CopyTask
 from pgcopy.progress import NullSlot
+from pgcopy.task import CopyTask
 
 CHUNK = 1 << 18  # read size for COPY FROM and write buffer for COPY TO
 PIPE_SIZE = 1 << 20  # a deeper pipe lets the source run ahead of a busy destination

@@ -55,13 +55,14 @@ from pgcopy.fkearly import EarlyRestorer
 from pgcopy.journal import Journal
 from pgcopy.log import Logger, safe_write
 from pgcopy.options import CopyOptions
-from pgcopy.plan import SMALL_BYTES, Plan, PlanInputs, SequenceValue, build_plan
+from pgcopy.plan import Plan, PlanInputs, build_plan
 from pgcopy.plan import batches as plan_batches
 from pgcopy.preflight import CHECKS
 from pgcopy.progress import ProgressBus
 from pgcopy.report import RunReport
 from pgcopy.stopping import RunBackends, StopFlag, Tee
 from pgcopy.stream import StreamSpec
+from pgcopy.task import SMALL_BYTES, SequenceValue
 from pgcopy.ui import make_view
 from pgcopy.ui.base import LogReporter
 from pgcopy.worker import WorkerSpec

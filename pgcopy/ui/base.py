@@ -15,9 +15,9 @@ from pgcopy import fmt
 from pgcopy.catalog import qualname
 from pgcopy.coordinator import Reporter
 from pgcopy.log import Logger
-from pgcopy.plan import CopyTask
 from pgcopy.progress import STREAM_PER_TABLE_BYTE, Expected, ProgressBus, ProgressModel, Snapshot, duration
 from pgcopy.stream import TableResult
+from pgcopy.task import CopyTask
 
 
 class LogReporter(Reporter):
