@@ -1,3 +1,16 @@
-from pgcopy.cli import main
+"""``python -m pgcopy`` and the ``pgcopy`` command.
 
-raise SystemExit(main())
+Workers are started with *spawn*, which imports the parent's main script in every worker
+(as ``__mp_main__``): so the script imports nothing itself, and the CLI is imported only
+when the script runs as the program.
+"""
+
+
+def main() -> int:
+    from pgcopy.cli import main as cli_main
+
+    return cli_main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import secrets
 import socket
 import sys
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ class Session:
     @classmethod
     def new(cls) -> Session:
         host = socket.gethostname().split(".")[0][:24]
-        return cls(f"{host}:{os.getpid()}:{secrets.token_hex(4)}")
+        return cls(f"{host}:{os.getpid()}:{os.urandom(4).hex()}")
 
     @property
     def app_name(self) -> str:

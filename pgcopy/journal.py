@@ -13,12 +13,12 @@ directory or journal that other users can write: the journal's contents become D
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 from pgcopy.catalog import ForeignKey
@@ -47,7 +47,7 @@ def _check_private(path: Path, what: str) -> None:
 class Journal:
     def __init__(self, state_dir: Path, identity: tuple[str, int, str], server: str):
         sysid, dboid, _name = identity
-        where = hashlib.sha256(server.encode()).hexdigest()[:12]
+        where = f"{zlib.crc32(server.encode()):08x}"  # hashlib would load OpenSSL: 3 MB
         self.dir = Path(state_dir)
         self.path = self.dir / f"fkeys-{sysid}-{dboid}-{where}.json"
 

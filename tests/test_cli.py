@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +83,77 @@ def test_man_page_is_fresh():
         [sys.executable, str(ROOT / "man/build.py"), "--check"], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    parents = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                parents[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        kids = [c for c, pp in parents.items() if pp == todo[-1]]
+        out.append(todo.pop())
+        todo += kids
+    return out
+
+
+@pytest.mark.parametrize("script", ["bin/pgcopy", "installed pgcopy"])
+def test_scripts_copy_with_workers_that_load_no_ssl(src, dst, tmp_path, script):
+    """Spawned workers import the parent's main script (as __mp_main__): bin/pgcopy used
+    to run the CLI again there, so every worker started a second copy (refused by the run
+    lock: nothing copied, exit 4).  While the load waits on a lock held here, no pgcopy
+    process has loaded Python's ssl or hashlib (OpenSSL a second time: 4 MB each)."""
+    exe = ROOT / "bin/pgcopy" if script == "bin/pgcopy" else Path(sys.executable).parent / "pgcopy"
+    if not exe.exists():
+        pytest.skip(f"{exe} is not installed")
+    for db in (src, dst):
+        db.execute(
+            "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY, a int REFERENCES a);"
+            "CREATE TABLE c (id int)"
+        )
+    src.execute(
+        "INSERT INTO a SELECT generate_series(1, 500); INSERT INTO b SELECT i, i FROM generate_series(1, 500) i;"
+        "INSERT INTO c VALUES (1)"
+    )
+    dst.execute("INSERT INTO a VALUES (-1)")
+    holder = dst.connect()
+    holder.autocommit = False
+    holder.cursor().execute("LOCK TABLE c IN ACCESS SHARE MODE")  # c's load (TRUNCATE/DELETE) waits
+    proc = subprocess.Popen(
+        [sys.executable, str(exe), "copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "2"]
+        + ["--lock-timeout", "60s", "--state-dir", str(tmp_path), "--output", "plain"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        waiting = 0
+        for _ in range(300):
+            waiting = dst.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgcopy:%' AND wait_event_type = 'Lock'"
+            )
+            if waiting or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert waiting, "the load never waited on the held lock"
+        pids = _descendants(proc.pid)
+        assert len(pids) >= 3  # the coordinator, its resource tracker, workers
+        for pid in pids:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert "_ssl." not in maps and "_hashlib." not in maps, (
+                pid,
+                Path(f"/proc/{pid}/cmdline").read_text(),
+            )
+    finally:
+        holder.rollback()
+        holder.close()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert dst.query("SELECT count(*), min(id) FROM a") == [(500, 1)]
+    assert dst.scalar("SELECT count(*) FROM b") == 500
+    assert dst.scalar("SELECT count(*) FROM c") == 1
