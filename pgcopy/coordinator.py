@@ -67,32 +67,43 @@ def workers_for(parallel: int, tasks: list) -> int:
     return max(1, min(parallel, len(tasks)))
 
 
-def run_load(
-    spec: WorkerSpec,
-    tasks: list[CopyTask],
-    parallel: int,
-    reporter: Reporter,
-    stop_requested: Callable[[], bool],
-    bus: ProgressBus | None = None,
-    backends: Backends | None = None,
-    all_reading: Callable[[], None] | None = None,
-    batches: list[list[int]] | None = None,
-) -> LoadOutcome:
-    """Load every task; ``batches`` groups task indices loaded in one transaction (see
-    ``plan.batches``; default: one table each).  ``all_reading`` is called once every table
-    has begun its source read (or failed), when the run's snapshot is no longer needed."""
+@dataclass
+class Workers:
+    """Worker processes waiting for their work (see :func:`start_workers`)."""
+
+    procs: dict  # worker id -> process
+    task_q: object
+    result_q: object
+    stop_event: object
+    closed: bool = False
+
+    def close(self) -> None:
+        """Stop the workers that are still waiting (run_load never ran, or has ended)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.stop_event.set()
+        for _ in self.procs:
+            self.task_q.put(None)
+        for p in self.procs.values():
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        self.task_q.cancel_join_thread()
+        self.result_q.cancel_join_thread()
+
+
+def start_workers(spec: WorkerSpec, ntasks: int, nworkers: int, bus: ProgressBus | None = None) -> Workers:
+    """Start the workers before their work exists: their start (a fresh interpreter and
+    its imports, ~0.2 s) then overlaps the FK drop.  They take nothing until
+    :func:`run_load` queues the tables, and connect when they take their first."""
     ctx = spawn_context()
     stop_event = ctx.Event()
-    items = batches if batches is not None else [[i] for i in range(len(tasks))]
-    nworkers = workers_for(parallel, items)
     task_q = ctx.Queue()
     # Bounded, yet a put can never block: a run sends at most one start and one result per
     # table and one exit per worker, so a slow coordinator or terminal never stalls a worker.
-    result_q = ctx.Queue(maxsize=2 * len(tasks) + nworkers + 16)
-    for item in items:
-        task_q.put([(i, tasks[i]) for i in item])
-    for _ in range(nworkers):
-        task_q.put(None)
+    result_q = ctx.Queue(maxsize=2 * ntasks + nworkers + 16)
     procs = {
         wid: ctx.Process(
             target=worker_main,
@@ -104,6 +115,29 @@ def run_load(
     }
     for p in procs.values():
         p.start()
+    return Workers(procs, task_q, result_q, stop_event)
+
+
+def run_load(
+    workers: Workers,
+    tasks: list[CopyTask],
+    reporter: Reporter,
+    stop_requested: Callable[[], bool],
+    backends: Backends | None = None,
+    all_reading: Callable[[], None] | None = None,
+    batches: list[list[int]] | None = None,
+) -> LoadOutcome:
+    """Load every task on ``workers`` (closed on return); ``batches`` groups task indices
+    loaded in one transaction (see ``plan.batches``; default: one table each).
+    ``all_reading`` is called once every table has begun its source read (or failed),
+    when the run's snapshot is no longer needed."""
+    procs, task_q, result_q, stop_event = workers.procs, workers.task_q, workers.result_q, workers.stop_event
+    items = batches if batches is not None else [[i] for i in range(len(tasks))]
+    if not stop_requested():
+        for item in items:
+            task_q.put([(i, tasks[i]) for i in item])
+    for _ in procs:
+        task_q.put(None)
 
     out = LoadOutcome()
     in_flight: dict[int, list[tuple[str, str]]] = {}  # worker -> its tables started, not finished
@@ -162,8 +196,7 @@ def run_load(
             out.rolled_back = sorted(_keys(in_flight))
         finished |= set(out.rolled_back)
         out.not_started = [t.key for t in tasks if t.key not in finished]
-        task_q.cancel_join_thread()
-        result_q.cancel_join_thread()
+        workers.close()
     return out
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -93,10 +93,14 @@ class Sessions:
     """Destination sessions shared by a restore's threads: one is made only when none is
     idle, so there are never more than run at once, and they are reused across phases (and,
     for the early restorer, across restores).  Once ``stopping()`` is true, no new batch or
-    VALIDATE starts: the restore returns with what it finished."""
+    VALIDATE starts: the restore returns with what it finished.  With ``interrupt``, the
+    statements then running are cancelled too (a drop waiting for a lock ends at the stop,
+    not at its lock timeout)."""
 
-    def __init__(self, target: RestoreTarget, stopping: Callable[[], bool] = lambda: False):
-        self.target, self.stopping = target, stopping
+    def __init__(
+        self, target: RestoreTarget, stopping: Callable[[], bool] = lambda: False, interrupt: bool = False
+    ):
+        self.target, self.stopping, self.interrupt = target, stopping, interrupt
         self._idle: list = []
         self._all: list = []
         self._lock = threading.Lock()
@@ -149,11 +153,16 @@ def _each(sessions: Sessions, items: list, fn: Callable) -> list:
         with sessions.session() as conn:
             return fn(conn, item)
 
-    if n == 1:
+    if n == 1 and not sessions.interrupt:
         return [call(item) for item in items]
     with ThreadPoolExecutor(max_workers=n) as pool:
         futures = [pool.submit(call, item) for item in items]
         try:
+            if sessions.interrupt:
+                while wait(futures, timeout=0.1).not_done:
+                    if sessions.stopping():
+                        sessions.cancel()
+                        break
             return [f.result() for f in futures]
         except BaseException as exc:
             for f in futures:
@@ -260,12 +269,15 @@ def _drop_batch(cur, batch: list[ForeignKey], lock: bool) -> None:
         raise
 
 
-def drop_all(target: RestoreTarget, fkeys: list[ForeignKey]) -> None:
+def drop_all(
+    target: RestoreTarget, fkeys: list[ForeignKey], stopping: Callable[[], bool] = lambda: False
+) -> None:
     """Drop in batched transactions on ``target.parallel`` sessions (the journal, written
-    first, holds all of them)."""
+    first, holds all of them).  A stop cancels the batches in progress and starts no more;
+    what was dropped is put back from the journal like after any failure."""
     if not fkeys:
         return
-    sessions = Sessions(target)
+    sessions = Sessions(target, stopping, interrupt=True)
     try:
         _in_parallel(sessions, fkeys, _drop_batch)
     finally:

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 
 from psycopg2 import sql
 
@@ -43,7 +43,7 @@ from pgcopy.connections import (
     describe_conn,
     error_line,
 )
-from pgcopy.coordinator import LoadOutcome, run_load, spawn_context, workers_for
+from pgcopy.coordinator import LoadOutcome, Workers, run_load, spawn_context, start_workers, workers_for
 from pgcopy.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -66,6 +66,16 @@ from pgcopy.task import SMALL_BYTES, SequenceValue
 from pgcopy.ui import make_view
 from pgcopy.ui.base import LogReporter
 from pgcopy.worker import WorkerSpec
+
+
+class Stopped(Exception):
+    """A stop came before the load: no table is loaded, the FKs dropped go back."""
+
+
+@dataclass(frozen=True)
+class LoadSetup:
+    spec: WorkerSpec
+    batches: list[list[int]]  # task indices loaded together (plan.batches)
 
 
 def _loaded_sizes(plan: Plan) -> dict:
@@ -273,12 +283,21 @@ class CopyRun:
     def phases(self, plan: Plan, view, bus) -> int:
         """Once anything may have been dropped, every way out restores it first."""
         outcome, error = LoadOutcome(stopped=True), None
+        load = self.load_setup(plan)
+        workers = start_workers(
+            load.spec, len(plan.tasks), workers_for(self.opts.parallel, load.batches), bus
+        )
         try:
             self.drop_fkeys(plan, view)
-            outcome = self.load(plan, view, bus)
+            outcome = self.load(plan, view, load, workers)
+        except Stopped as exc:
+            self.log.warn(f"{exc}: putting back those dropped")
+            outcome = LoadOutcome(stopped=True, not_started=[t.key for t in plan.tasks])
         except Exception as exc:  # a fatal error in the coordinator: stop, put things back
             error = exc
             self.log.error(f"stopping after an error: {error_line(exc)}")
+        finally:
+            workers.close()  # idle ones, when the drop failed or a stop came before the load
         restored = self.restore_fkeys(plan.fkeys, view, quick_fkeys(plan))
         self.sequences_and_matviews(plan, outcome, view)
         if error is not None:
@@ -523,33 +542,44 @@ class CopyRun:
         if plan.fkeys:
             self.journal.write(plan.fkeys, describe_conn(self.dst), self.session.app_name)
         failpoints.hit("after-journal")
-        fkmod.drop_all(self.fk_target(), plan.fkeys)
+        try:
+            fkmod.drop_all(self.fk_target(), plan.fkeys, self.stop)
+        except Exception as exc:
+            if self.stop():  # a statement the stop cancelled
+                raise Stopped(f"stopped while dropping foreign keys ({error_line(exc)})") from exc
+            raise
+        if self.stop():
+            raise Stopped("stopped while dropping foreign keys")
         failpoints.hit("after-drop")
         self.report.fkeys_dropped = [fkmod.describe(fk) for fk in plan.fkeys]
         self.report.triggers_held = sum(len(t.triggers) for t in plan.tasks)
 
     # --- STEP 5 --------------------------------------------------------------------
 
-    def load(self, plan: Plan, view, bus) -> LoadOutcome:
-        view.phase(None)
-        self.report.mark("load")
+    def load_setup(self, plan: Plan) -> LoadSetup:
+        """What the workers are started with, before the FK drop (see start_workers)."""
         o = self.opts
         # a batch of small tables holds their locks to its commit: half a session's share
         lock_budget = locks_per_transaction(self.dst) // 2
         batches = plan_batches(plan.tasks, lock_budget, bool(o.batch_size or o.codec))
-        grouped = sum(len(b) for b in batches if len(b) > 1)
-        self.log.info(
-            f"STEP 5: loading {len(plan.tasks)} tables with {workers_for(o.parallel, batches)} workers"
-            + (f" ({grouped} small tables in {sum(len(b) > 1 for b in batches)} batches)" if grouped else "")
-            + (" (session_replication_role = replica)" if plan.replica else "")
-        )
         to_utf8 = self.src.get_parameter_status("server_encoding") != self.dst.get_parameter_status(
             "server_encoding"
         )
         stream = StreamSpec(
             o.codec, o.batch_size, plan.replica, o.lock_timeout, o.analyze, o.verify, to_utf8, lock_budget
         )
-        spec = WorkerSpec(o.source, o.dest, self.snapshot, stream, self.session)
+        return LoadSetup(WorkerSpec(o.source, o.dest, self.snapshot, stream, self.session), batches)
+
+    def load(self, plan: Plan, view, setup: LoadSetup, workers: Workers) -> LoadOutcome:
+        view.phase(None)
+        self.report.mark("load")
+        o, batches = self.opts, setup.batches
+        grouped = sum(len(b) for b in batches if len(b) > 1)
+        self.log.info(
+            f"STEP 5: loading {len(plan.tasks)} tables with {len(workers.procs)} workers"
+            + (f" ({grouped} small tables in {sum(len(b) > 1 for b in batches)} batches)" if grouped else "")
+            + (" (session_replication_role = replica)" if plan.replica else "")
+        )
         # FKs whose tables have all loaded are restored while the others still load
         target = self.fk_target(quick=quick_fkeys(plan), on_settled=view.fk_settled)
         early = EarlyRestorer(
@@ -559,15 +589,7 @@ class CopyRun:
         early.start()
         try:
             outcome = run_load(
-                spec,
-                plan.tasks,
-                o.parallel,
-                Tee(view, early),
-                self.stop,
-                bus,
-                backends,
-                self.release_source,
-                batches,
+                workers, plan.tasks, Tee(view, early), self.stop, backends, self.release_source, batches
             )
         finally:
             early.stop()
