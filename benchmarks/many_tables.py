@@ -10,7 +10,8 @@ max_connections 100, fsync on), builds ``datasets.many_tables_schema`` on both s
 - pgcopy as the tables' owner and as superuser (every FK dropped, re-added, validated);
 - pg_dump -Fd -j N --data-only + pg_restore -j N --data-only --disable-triggers (superuser).
 
-Each method starts from an emptied destination and is verified by per-table checksums.
+Each method starts from an emptied destination and checkpointed servers, and is verified by
+per-table checksums.
 Also reports the most locks any pgcopy session held on the source (sampled from pg_locks),
 pgcopy's phase timings (from its --report) and the peak RSS summed over every process of
 each method (sampled every 50 ms).  Each table count gets fresh clusters.
@@ -76,6 +77,14 @@ def empty(cluster) -> None:
         cur.execute("".join(f"DELETE FROM {name};" for name in names[i : i + 200]))
         conn.commit()
     conn.close()
+
+
+def settle(*clusters) -> None:
+    """Before each timed run: a CHECKPOINT on both servers, so that no method pays for the
+    dirty buffers and WAL of the build, of the previous method or of the emptying (the
+    first run after the build otherwise met its checkpoint, and it was always pgcopy)."""
+    for c in clusters:
+        psql(c, DB, "CHECKPOINT")
 
 
 class Locks(threading.Thread):
@@ -165,6 +174,7 @@ def measure(ntables: int, j: int, repeat: int = 1) -> list[dict]:
         rounds = [order if r % 2 == 0 else order[::-1] for r in range(repeat)]
         for rnd, (name, cmd) in ((r, m) for r, ms in enumerate(rounds) for m in ms):
             empty(dst)
+            settle(src, dst)
             (tmp / "report.json").unlink(missing_ok=True)
             locks = Locks(src)
             locks.start()

@@ -6,8 +6,8 @@
 Starts its own source and destination clusters (the same server settings for every method,
 fsync on; written into the results), builds the shop, pgbench (with foreign keys) and wide
 TOAST datasets at --scale (1 = about 5.2M rows), then runs the methods in alternating order
-for --repeat rounds.  Before every run the destination tables are truncated (not timed).
-Every run is verified against the source by per-table row counts and checksums; a method
+for --repeat rounds.  Before every run the destination tables are truncated and both
+servers checkpointed (not timed).  Every run is verified against the source by per-table row counts and checksums; a method
 that fails is reported as failed with its error.  Results go to benchmarks/results/ as
 JSON and Markdown.
 """
@@ -460,6 +460,8 @@ def main(argv=None) -> int:
                 order.reverse()  # alternate, so no method always runs on a warm or cold cache
             for name, (cmd, env, db) in order:
                 truncate_all(dst, db)
+                for c in (src, dst):  # no method pays for the build's or the previous run's writes
+                    psql(c, db, "CHECKPOINT")
                 run = measured(name, rnd, cmd, env, src, dst)
                 if run.ok:
                     conn = psycopg2.connect(dst.dsn(db))
