@@ -160,9 +160,8 @@ def _each(sessions: Sessions, items: list, fn: Callable) -> list:
         try:
             if sessions.interrupt:
                 while wait(futures, timeout=0.1).not_done:
-                    if sessions.stopping():
+                    if sessions.stopping():  # again each time: a batch may begin after a cancel
                         sessions.cancel()
-                        break
             return [f.result() for f in futures]
         except BaseException as exc:
             for f in futures:
