@@ -13,6 +13,7 @@ is unsafe:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 FIRST_USER_OID = 16384  # FirstNormalObjectId: below it, built-in types
@@ -39,10 +40,35 @@ SELECT t.oid, format_type(t.oid, NULL), t.typtype,
        t.typsend <> 0 AND t.typreceive <> 0
   FROM pg_type t
 """
+# only the trees of some types: what type_flags walks (array element, domain base,
+# composite fields), from the given roots
+TREES_SQL = (
+    """
+WITH RECURSIVE tree(oid) AS (
+    SELECT unnest(%s::oid[])
+  UNION
+    SELECT next.oid
+      FROM tree JOIN pg_type t ON t.oid = tree.oid
+     CROSS JOIN LATERAL (
+           SELECT t.typelem WHERE t.typcategory = 'A'
+           UNION ALL SELECT t.typbasetype WHERE t.typbasetype <> 0
+           UNION ALL SELECT a.atttypid FROM pg_attribute a
+                      WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+           ) next(oid)
+)
+"""
+    + TYPES_SQL
+    + " WHERE t.oid IN (SELECT oid FROM tree)"
+)
 
 
-def read_types(cur) -> dict[int, TypeInfo]:
-    cur.execute(TYPES_SQL)
+def read_types(cur, roots: Iterable[int] | None = None) -> dict[int, TypeInfo]:
+    """Every type, or only the trees of ``roots`` (the columns' types: at thousands of
+    tables, every table's row and array types are most of pg_type)."""
+    if roots is None:
+        cur.execute(TYPES_SQL)
+    else:
+        cur.execute(TREES_SQL, (sorted(set(roots)),))
     return {r[0]: TypeInfo(r[0], r[1], r[2], r[3], r[4], tuple(r[5]), r[6]) for r in cur.fetchall()}
 
 

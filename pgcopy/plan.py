@@ -113,7 +113,8 @@ def build_plan(
 
 
 def _tasks(c: preflight.Catalogs, inputs: PlanInputs) -> list[CopyTask]:
-    src_types, dst_types = formats.read_types(c.src_cur), formats.read_types(c.dst_cur)
+    src_types = formats.read_types(c.src_cur, (col.typid for cols in c.src_cols.values() for col in cols))
+    dst_types = formats.read_types(c.dst_cur, (col.typid for cols in c.dst_cols.values() for col in cols))
     src_major = c.src_cur.connection.server_version // 10000
     dst_major = c.dst_cur.connection.server_version // 10000
 
