@@ -50,6 +50,19 @@ class Journal:
         where = f"{zlib.crc32(server.encode()):08x}"  # hashlib would load OpenSSL: 3 MB
         self.dir = Path(state_dir)
         self.path = self.dir / f"fkeys-{sysid}-{dboid}-{where}.json"
+        if not self.path.exists():
+            self.path = self._named_before(server) or self.path
+
+    def _named_before(self, server: str) -> Path | None:
+        """The journal an earlier pgcopy left under its former name (a sha256 of the
+        server's description), if any: an interrupted run is finished across an upgrade."""
+        prefix = self.path.name.rsplit("-", 1)[0]
+        if not any(self.dir.glob(prefix + "-*.json")):
+            return None
+        import hashlib  # only now: it loads OpenSSL
+
+        old = self.dir / f"{prefix}-{hashlib.sha256(server.encode()).hexdigest()[:12]}.json"
+        return old if old.exists() else None
 
     def check(self) -> None:
         """Create the state directory (0700) or make sure nobody else can write it; early,

@@ -335,3 +335,28 @@ def test_workers_start_during_the_fk_drop_and_a_stop_there_ends_them(src, dst, s
     assert wait_until(lambda: no_pgcopy_backends(dst))
     assert fk_full(dst) == fks and checksums(dst) == before
     assert not list(state.glob("*.json"))
+
+
+def test_a_journal_under_its_former_name_is_recovered(src, dst, state):
+    """Journals were named by a sha256 of the destination's description before they were
+    named by a CRC32 (hashlib loads OpenSSL): a run interrupted before an upgrade is still
+    finished by the upgraded pgcopy."""
+    import hashlib
+    import json
+
+    before = prepare(src, dst)
+    env = dict(os.environ, PGCOPY_FAILPOINT="after-drop:kill")
+    run = Running(["copy", "-s", src.dsn, "-d", dst.dsn, "--yes"], state, env=env)
+    assert run.finish(timeout=120)[0] == -signal.SIGKILL
+    assert wait_until(lambda: no_pgcopy_backends(dst))
+    (journal,) = state.glob("*.json")
+    assert fk_full(dst) != before["fks"]  # dropped, journaled
+    where = json.loads(journal.read_text())["destination"]
+    former = journal.with_name(
+        journal.name.rsplit("-", 1)[0] + f"-{hashlib.sha256(where.encode()).hexdigest()[:12]}.json"
+    )
+    journal.rename(former)
+    r = pgcopy("recover", "-d", dst.dsn, state_dir=state)
+    assert r.returncode == 0, r.stderr
+    assert fk_full(dst) == before["fks"]
+    assert not list(state.glob("*.json"))
