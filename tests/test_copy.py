@@ -1,6 +1,7 @@
 """End-to-end copies between two real clusters."""
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +166,60 @@ def test_index_rebuild_keeps_every_index_exact(src, dst, state):
         )
         == after
     )
+
+
+def test_copy_over_ssl_with_workers(tmp_path):
+    """pgcopy hides Python's ssl module from psycopg2's first import (pgcopy/__init__.py):
+    libpq does TLS with its own OpenSSL, so sslmode=require still works for the
+    coordinator and every worker, on both sides."""
+    import os
+    import pwd
+    import shutil
+    import subprocess
+    import tempfile
+
+    import psycopg2
+
+    from pgcopy import sandbox
+
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl command to make a certificate")
+    certs = Path(tempfile.mkdtemp(prefix="pgcopy-certs-"))  # the server's user must reach it
+    key, crt = certs / "server.key", certs / "server.crt"
+    subprocess.run(
+        ["openssl", "req", "-new", "-x509", "-days", "2", "-nodes", "-subj", "/CN=127.0.0.1"]
+        + ["-keyout", str(key), "-out", str(crt)],
+        check=True,
+        capture_output=True,
+    )
+    key.chmod(0o600)
+    certs.chmod(0o755)
+    owner = sandbox._run_as()  # the user the servers run as, when the tests run as root
+    if owner:
+        pw = pwd.getpwnam(owner)
+        for p in (key, crt):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+    settings = dict(sandbox.FAST_SETTINGS, ssl="on", ssl_cert_file=str(crt), ssl_key_file=str(key))
+    src = dst = None
+    try:
+        src, dst = sandbox.start_cluster(settings), sandbox.start_cluster(settings)
+        for c in (src, dst):
+            with psycopg2.connect(c.dsn()) as conn, conn.cursor() as cur:
+                cur.execute("CREATE TABLE t (id serial PRIMARY KEY); CREATE TABLE u (id int REFERENCES t)")
+                if c is src:
+                    cur.execute("INSERT INTO t SELECT generate_series(1, 300); INSERT INTO u SELECT * FROM t")
+            conn.close()
+        s, d = src.dsn() + " sslmode=require", dst.dsn() + " sslmode=require"
+        r = copy(s, d, "--yes", "-p", "2", state_dir=tmp_path / "state")
+        assert r.returncode == 0, r.stderr
+        conn = psycopg2.connect(d)
+        cur = conn.cursor()
+        cur.execute("SELECT count(*) FROM u")
+        assert cur.fetchone() == (300,)
+        assert conn.info.ssl_in_use
+        conn.close()
+    finally:
+        for c in (src, dst):
+            if c is not None:
+                c.destroy()
+        shutil.rmtree(certs, ignore_errors=True)
