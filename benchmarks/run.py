@@ -461,7 +461,7 @@ def main(argv=None) -> int:
             for name, (cmd, env, db) in order:
                 truncate_all(dst, db)
                 for c in (src, dst):  # no method pays for the build's or the previous run's writes
-                    psql(c, db, "CHECKPOINT")
+                    psql(c, "postgres", "CHECKPOINT")  # the whole cluster; db may exist on one side only
                 run = measured(name, rnd, cmd, env, src, dst)
                 if run.ok:
                     conn = psycopg2.connect(dst.dsn(db))

@@ -103,5 +103,25 @@ def pgcopy(
     )
 
 
+def descendants(pid: int) -> dict[int, str]:
+    """Every live process below ``pid`` (read from /proc), with its command line."""
+    parents, cmdlines = {}, {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                parents[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmdlines[int(p.name)] = (p / "cmdline").read_text().replace("\0", " ")
+            except (OSError, IndexError, ValueError):
+                pass
+    out: dict[int, str] = {}
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == parent]
+        out.update((c, cmdlines.get(c, "")) for c in kids)
+        todo += kids
+    return out
+
+
 def copy(src_dsn: str, dst_dsn: str, *extra: str, state_dir, **kw) -> subprocess.CompletedProcess:
     return pgcopy("copy", "-s", src_dsn, "-d", dst_dsn, *extra, state_dir=state_dir, **kw)

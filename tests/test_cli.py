@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from pgcopy.cli import main
+from tests.helpers import descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,22 +86,6 @@ def test_man_page_is_fresh():
     assert proc.returncode == 0, proc.stderr
 
 
-def _descendants(pid: int) -> list[int]:
-    parents = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                parents[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    out, todo = [], [pid]
-    while todo:
-        kids = [c for c, pp in parents.items() if pp == todo[-1]]
-        out.append(todo.pop())
-        todo += kids
-    return out
-
-
 @pytest.mark.parametrize("script", ["bin/pgcopy", "installed pgcopy"])
 def test_scripts_copy_with_workers_that_load_no_ssl(src, dst, tmp_path, script):
     """Spawned workers import the parent's main script (as __mp_main__): bin/pgcopy used
@@ -141,7 +126,7 @@ def test_scripts_copy_with_workers_that_load_no_ssl(src, dst, tmp_path, script):
                 break
             time.sleep(0.05)
         assert waiting, "the load never waited on the held lock"
-        pids = _descendants(proc.pid)
+        pids = [proc.pid, *descendants(proc.pid)]
         assert len(pids) >= 3  # the coordinator, its resource tracker, workers
         for pid in pids:
             maps = Path(f"/proc/{pid}/maps").read_text()

@@ -1,10 +1,17 @@
 """End-to-end copies between two real clusters."""
 
+import os
+import pwd
 import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
+import psycopg2
 import pytest
 
+from pgcopy import sandbox
 from tests.helpers import (
     checksums,
     copy,
@@ -171,17 +178,7 @@ def test_index_rebuild_keeps_every_index_exact(src, dst, state):
 def test_copy_over_ssl_with_workers(tmp_path):
     """pgcopy hides Python's ssl module from psycopg2's first import (pgcopy/__init__.py):
     libpq does TLS with its own OpenSSL, so sslmode=require still works for the
-    coordinator and every worker, on both sides."""
-    import os
-    import pwd
-    import shutil
-    import subprocess
-    import tempfile
-
-    import psycopg2
-
-    from pgcopy import sandbox
-
+    coordinator and every worker, on two servers whose session defaults differ."""
     if not shutil.which("openssl"):
         pytest.skip("no openssl command to make a certificate")
     certs = Path(tempfile.mkdtemp(prefix="pgcopy-certs-"))  # the server's user must reach it
@@ -199,23 +196,30 @@ def test_copy_over_ssl_with_workers(tmp_path):
         pw = pwd.getpwnam(owner)
         for p in (key, crt):
             os.chown(p, pw.pw_uid, pw.pw_gid)
-    settings = dict(sandbox.FAST_SETTINGS, ssl="on", ssl_cert_file=str(crt), ssl_key_file=str(key))
+    tls = dict(sandbox.FAST_SETTINGS, ssl="on", ssl_cert_file=str(crt), ssl_key_file=str(key))
     src = dst = None
     try:
-        src, dst = sandbox.start_cluster(settings), sandbox.start_cluster(settings)
+        src = sandbox.start_cluster(dict(tls, statement_timeout="2s", TimeZone="Asia/Kolkata"))
+        dst = sandbox.start_cluster(dict(tls, DateStyle="SQL, DMY", idle_in_transaction_session_timeout="1s"))
         for c in (src, dst):
             with psycopg2.connect(c.dsn()) as conn, conn.cursor() as cur:
-                cur.execute("CREATE TABLE t (id serial PRIMARY KEY); CREATE TABLE u (id int REFERENCES t)")
+                cur.execute(
+                    "CREATE TABLE t (id serial PRIMARY KEY, at timestamptz);"
+                    "CREATE TABLE u (id int REFERENCES t)"
+                )
                 if c is src:
-                    cur.execute("INSERT INTO t SELECT generate_series(1, 300); INSERT INTO u SELECT * FROM t")
+                    cur.execute(
+                        "INSERT INTO t (at) SELECT '2026-01-02 03:04:05+00' FROM generate_series(1, 300);"
+                        "INSERT INTO u SELECT id FROM t"
+                    )
             conn.close()
         s, d = src.dsn() + " sslmode=require", dst.dsn() + " sslmode=require"
         r = copy(s, d, "--yes", "-p", "2", state_dir=tmp_path / "state")
         assert r.returncode == 0, r.stderr
         conn = psycopg2.connect(d)
         cur = conn.cursor()
-        cur.execute("SELECT count(*) FROM u")
-        assert cur.fetchone() == (300,)
+        cur.execute("SELECT count(*), min(at AT TIME ZONE 'UTC')::text FROM t JOIN u USING (id)")
+        assert cur.fetchone() == (300, "2026-01-02 03:04:05")
         assert conn.info.ssl_in_use
         conn.close()
     finally:

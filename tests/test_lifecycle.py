@@ -13,7 +13,16 @@ import time
 import pytest
 
 from pgcopy.failpoints import ACTIONS, POINTS
-from tests.helpers import ROOT, checksums, copy, index_state, load_fidelity, pgcopy, trigger_state
+from tests.helpers import (
+    ROOT,
+    checksums,
+    copy,
+    descendants,
+    index_state,
+    load_fidelity,
+    pgcopy,
+    trigger_state,
+)
 from tests.test_safety import Running, copy_blocked_on_empty_src, hold_lock, wait_blocked
 
 
@@ -295,22 +304,6 @@ def test_sigterm_at_a_later_phase_is_honoured(src, dst, state, point):
     assert no_pgcopy_backends(dst)
 
 
-def _workers_of(pid: int) -> list[int]:
-    """The coordinator's spawned worker processes."""
-    out = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            stat_fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
-            cmdline = open(f"/proc/{p}/cmdline").read()
-        except OSError:
-            continue
-        if int(stat_fields[1]) == pid and "spawn_main" in cmdline:
-            out.append(int(p))
-    return out
-
-
 def test_workers_start_during_the_fk_drop_and_a_stop_there_ends_them(src, dst, state):
     """The workers are started before the FK drop, so their start overlaps it; a SIGTERM
     while the drop waits for a lock stops the run there: every FK as before, no row
@@ -324,7 +317,9 @@ def test_workers_start_during_the_fk_drop_and_a_stop_there_ends_them(src, dst, s
         )
         run.wait_for("STEP 4: recording")
         wait_blocked(dst)
-        assert wait_until(lambda: len(_workers_of(run.proc.pid)) == 2), "no workers while the FKs drop"
+        assert wait_until(lambda: sum("spawn_main" in c for c in descendants(run.proc.pid).values()) == 2), (
+            "no workers while the FKs drop"
+        )
         os.kill(run.proc.pid, signal.SIGTERM)
         code, _, err = run.finish()
     finally:
