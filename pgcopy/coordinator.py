@@ -1,15 +1,15 @@
-"""Runs the load phase: worker processes, a task queue, a result queue.
+"""Runs the load phase: worker processes pulling items, each on its own line (pgcopy.channel).
 
-    coordinator ──items (one table, or a batch of small ones; then one None per worker)──▶ worker 1..N
+    coordinator ──items (one table, or a batch of small ones; None when none is left)──▶ worker 1..N
          ▲                                                         │
-         └──────── results ("start"/"done"/"failed"/"log"/"exit") ─┘
+         └───── "ready", then "start"/"done"/"failed"/"log", and "exit" at the end ──┘
 
-Tasks are queued largest first.  The coordinator waits on the result queue and on the
-workers' sentinels: a worker that dies without saying "exit" loses only its table in
-flight (its destination transaction is rolled back by the server), and when every worker
-is gone the tables never started are reported as not copied.
+Items are handed out largest first, one to each worker that says "ready".  The coordinator
+waits on the workers' lines: a worker that dies (end-of-file without "exit") loses only
+its table in flight (its destination transaction is rolled back by the server), and when
+every worker is gone the tables never started are reported as not copied.
 
-A stop (Ctrl-C, SIGTERM, SIGHUP, q) sets an event the workers check before taking a
+A stop (Ctrl-C, SIGTERM, SIGHUP, q) sends STOP, which the workers check before taking a
 table, cancels the run's statements on the destination server (a COPY, an index build),
 terminates the workers, and waits until their backends are gone, so nothing of the run
 still holds a lock when the foreign keys are restored.  Workers die with the coordinator
@@ -18,18 +18,22 @@ still holds a lock when the foreign keys are restored.  Workers die with the coo
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-import queue
+import selectors
+import socket
+import subprocess
+import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from pgcopy import channel
 from pgcopy.progress import ProgressBus
 from pgcopy.stream import TableResult
 from pgcopy.task import CopyTask
-from pgcopy.worker import WorkerSpec, worker_main
+from pgcopy.worker import WorkerSpec, WorkerStart
 
 
 class Backends(Protocol):
@@ -59,63 +63,124 @@ class LoadOutcome:
     worker_usage: list[dict] = field(default_factory=list)  # per worker that exited cleanly
 
 
-def spawn_context():
-    return mp.get_context("spawn")  # why spawn: see pgcopy.worker
-
-
 def workers_for(parallel: int, tasks: list) -> int:
     return max(1, min(parallel, len(tasks)))
+
+
+# The worker's interpreter finds pgcopy where ours did (a checkout run by bin/pgcopy is on
+# no path of its own); its argv: socket fd, bus fd or -1, bus length (see pgcopy.worker).
+_BOOT = "import sys; sys.path.insert(0, {root!r}); from pgcopy.worker import main; main()"
+
+
+class WorkerProcess:
+    """One worker: its process and our end of its line (pgcopy.channel)."""
+
+    def __init__(self, start: WorkerStart, bus: ProgressBus | None = None):
+        self.wid = start.wid
+        self.sock, theirs = socket.socketpair()
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        fds = [theirs.fileno()] + ([bus.fd] if bus else [])
+        argv = [str(theirs.fileno()), str(bus.fd if bus else -1), str(bus.length if bus else 0)]
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT.format(root=root), *argv], stdin=subprocess.DEVNULL, pass_fds=fds
+            )
+        except BaseException:
+            self.sock.close()
+            raise
+        finally:
+            theirs.close()  # the worker holds its own copy: its exit is our end-of-file
+        self.closed = False  # end-of-file read, or closed by us
+        self.send(start)
+
+    def send(self, obj) -> bool:
+        """False when the worker is gone."""
+        try:
+            channel.send(self.sock, obj)
+            return True
+        except OSError:
+            return False
+
+    def recv(self):
+        """The next message, or None at end-of-file (the worker has exited or died)."""
+        try:
+            return channel.recv(self.sock)
+        except (EOFError, OSError):
+            self.closed = True
+            return None
+
+    def pending(self) -> list:
+        """Every message already sent, without waiting."""
+        out = []
+        while not self.closed and channel.readable(self.sock):
+            msg = self.recv()
+            if msg is not None:
+                out.append(msg)
+        return out
+
+    def is_alive(self) -> bool:
+        return self.proc.poll() is None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.proc.poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def terminate(self) -> None:
+        if self.is_alive():
+            self.proc.terminate()
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self.proc.kill()
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
 
 
 @dataclass
 class Workers:
     """Worker processes waiting for their work (see :func:`start_workers`)."""
 
-    procs: dict  # worker id -> process
-    task_q: object
-    result_q: object
-    stop_event: object
+    procs: dict[int, WorkerProcess]
     closed: bool = False
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            p.send(channel.STOP)
 
     def close(self) -> None:
         """Stop the workers that are still waiting (run_load never ran, or has ended)."""
         if self.closed:
             return
         self.closed = True
-        self.stop_event.set()
-        for _ in self.procs:
-            self.task_q.put(None)
+        self.stop()
         for p in self.procs.values():
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
                 p.join()
-        self.task_q.cancel_join_thread()
-        self.result_q.cancel_join_thread()
+            p.close()
 
 
-def start_workers(spec: WorkerSpec, ntasks: int, nworkers: int, bus: ProgressBus | None = None) -> Workers:
+def start_workers(spec: WorkerSpec, nworkers: int, bus: ProgressBus | None = None) -> Workers:
     """Start the workers before their work exists: their start (a fresh interpreter and
     its imports, ~0.2 s) then overlaps the FK drop.  They take nothing until
-    :func:`run_load` queues the tables, and connect when they take their first."""
-    ctx = spawn_context()
-    stop_event = ctx.Event()
-    task_q = ctx.Queue()
-    # Bounded, yet a put can never block: a run sends at most one start and one result per
-    # table and one exit per worker, so a slow coordinator or terminal never stalls a worker.
-    result_q = ctx.Queue(maxsize=2 * ntasks + nworkers + 16)
-    procs = {
-        wid: ctx.Process(
-            target=worker_main,
-            args=(wid, spec, task_q, result_q, bus.array if bus else None, stop_event, os.getpid()),
-            name=f"pgcopy-worker-{wid}",
-            daemon=True,
-        )
-        for wid in range(nworkers)
-    }
-    for p in procs.values():
-        p.start()
-    return Workers(procs, task_q, result_q, stop_event)
+    :func:`run_load` hands out the tables, and connect when they take their first."""
+    procs: dict[int, WorkerProcess] = {}
+    try:
+        for wid in range(nworkers):
+            procs[wid] = WorkerProcess(WorkerStart(wid, spec, os.getpid()), bus)
+    except BaseException:
+        Workers(procs).close()
+        raise
+    return Workers(procs)
 
 
 def run_load(
@@ -131,111 +196,148 @@ def run_load(
     loaded in one transaction (see ``plan.batches``; default: one table each).
     ``all_reading`` is called once every table has begun its source read (or failed),
     when the run's snapshot is no longer needed."""
-    procs, task_q, result_q, stop_event = workers.procs, workers.task_q, workers.result_q, workers.stop_event
     items = batches if batches is not None else [[i] for i in range(len(tasks))]
-    if not stop_requested():
-        for item in items:
-            task_q.put([(i, tasks[i]) for i in item])
-    for _ in procs:
-        task_q.put(None)
-
-    out = LoadOutcome()
-    in_flight: dict[int, list[tuple[str, str]]] = {}  # worker -> its tables started, not finished
-    finished: set[tuple[str, str]] = set()
-    alive = set(procs)
-    begun: set[tuple[str, str]] = set()  # tables whose source read has started (or that failed)
+    load = _Load(workers.procs, tasks, reporter, items if not stop_requested() else [], all_reading)
+    out = load.out
     try:
-        while alive:
+        while load.alive:
             if stop_requested():
                 out.stopped = True
                 break
-            try:
-                kind, wid, payload = result_q.get(timeout=0.2)
-            except queue.Empty:
-                for wid in list(alive):
-                    if not procs[wid].is_alive():
-                        _drain(result_q, out, in_flight, finished, alive, reporter)
-                        if wid in alive:  # died without saying goodbye
-                            alive.discard(wid)
-                            for key in in_flight.pop(wid, []):
-                                res = TableResult(key, error=f"worker died (exit code {procs[wid].exitcode})")
-                                out.failed.append(res)
-                                finished.add(key)
-                                reporter.table_failed(res)
-                continue
-            _handle(kind, wid, payload, out, in_flight, finished, alive, reporter)
-            if kind in ("start", "failed") and all_reading is not None:
-                begun.add(payload if kind == "start" else payload.key)
-                if len(begun) == len(tasks):
-                    all_reading()
-                    all_reading = None
+            load.poll(0.2)
     finally:
-        aborting = out.stopped or bool(alive)
+        aborting = out.stopped or bool(load.alive)
+        load.todo.clear()  # a worker asking now is told there is no more
         if aborting:
-            stop_event.set()
+            workers.stop()
             if backends is not None:
                 backends.cancel()  # the server stops the statements; the workers roll back
             deadline = time.monotonic() + 3
-            for p in procs.values():
+            for p in workers.procs.values():
                 p.join(timeout=max(0.0, deadline - time.monotonic()))
-            for p in procs.values():
-                if p.is_alive():
-                    p.terminate()
-        for p in procs.values():
+            for p in workers.procs.values():
+                p.terminate()
+        for p in workers.procs.values():
             p.join(timeout=10)
             if p.is_alive():
                 p.kill()
                 p.join()
-        _drain(result_q, out, in_flight, finished, set(), reporter)
+        load.drain()
         if backends is not None and aborting:
             backends.wait_gone()
         if out.stopped:  # tables failed by the cancel were rolled back, not broken
-            out.rolled_back = sorted({*_keys(in_flight), *out.cancelled})
+            out.rolled_back = sorted({*load.in_flight_keys(), *out.cancelled})
             out.failed = [r for r in out.failed if r.key not in out.cancelled]
         else:
-            out.rolled_back = sorted(_keys(in_flight))
-        finished |= set(out.rolled_back)
-        out.not_started = [t.key for t in tasks if t.key not in finished]
+            out.rolled_back = sorted(load.in_flight_keys())
+        load.finished |= set(out.rolled_back)
+        out.not_started = [t.key for t in tasks if t.key not in load.finished]
         workers.close()
     return out
 
 
-def _keys(in_flight: dict[int, list]) -> set:
-    return {key for keys in in_flight.values() for key in keys}
+class _Load:
+    """The load's bookkeeping: items left, tables in flight per worker, the outcome."""
 
+    def __init__(
+        self, procs: dict[int, WorkerProcess], tasks: list[CopyTask], reporter: Reporter, items, all_reading
+    ):
+        self.procs, self.tasks, self.reporter = procs, tasks, reporter
+        self.todo: deque[list[int]] = deque(items)
+        self.out = LoadOutcome()
+        self.in_flight: dict[int, list[tuple[str, str]]] = {}  # worker -> tables started, not finished
+        self.finished: set[tuple[str, str]] = set()
+        self.alive = set(procs)
+        self.selector = selectors.DefaultSelector()
+        for wid, p in procs.items():
+            if not p.closed:
+                self.selector.register(p.sock, selectors.EVENT_READ, wid)
+        self.begun: set[tuple[str, str]] = set()  # tables whose source read has started (or failed)
+        self.all_reading = all_reading
 
-def _settled(in_flight: dict[int, list], wid: int, key) -> None:
-    if key in in_flight.get(wid, ()):
-        in_flight[wid].remove(key)
+    def in_flight_keys(self) -> set:
+        return {key for keys in self.in_flight.values() for key in keys}
 
+    def poll(self, timeout: float) -> None:
+        """Handle what the workers have sent, waiting at most ``timeout``."""
+        if self.selector.get_map():
+            ready = [key.data for key, _ in self.selector.select(timeout)]
+        else:  # every line has ended
+            ready = []
+            time.sleep(timeout)
+        for wid in ready:
+            msg = self.procs[wid].recv()
+            if msg is None:
+                self.selector.unregister(self.procs[wid].sock)
+                self.died(wid)
+            else:
+                kind, _, payload = msg
+                self.handle(wid, kind, payload)
+        if not ready:  # a worker may be gone with its line still open elsewhere
+            for wid in list(self.alive):
+                if not self.procs[wid].is_alive():
+                    self.drain_one(wid)
+                    self.died(wid)
 
-def _handle(kind, wid, payload, out: LoadOutcome, in_flight, finished, alive, reporter: Reporter) -> None:
-    if kind == "start":
-        in_flight.setdefault(wid, []).append(payload)
-        reporter.table_started(payload)
-    elif kind == "failed" and out.stopped:
-        _settled(in_flight, wid, payload.key)
-        finished.add(payload.key)
-        out.cancelled.add(payload.key)
-    elif kind in ("done", "failed"):
-        _settled(in_flight, wid, payload.key)
-        finished.add(payload.key)
-        (out.done if kind == "done" else out.failed).append(payload)
-        (reporter.table_done if kind == "done" else reporter.table_failed)(payload)
-    elif kind == "log":
-        reporter.log(*payload)
-    elif kind == "exit":
-        alive.discard(wid)
-        if payload:
-            out.worker_usage.append(payload)
-    else:
-        reporter.log("WARN", f"unknown message {kind!r} from worker {wid}")
-
-
-def _drain(result_q, out, in_flight, finished, alive, reporter) -> None:
-    while True:
-        try:
-            kind, wid, payload = result_q.get_nowait()
-        except (queue.Empty, OSError, ValueError):
+    def died(self, wid: int) -> None:
+        """``wid``'s line ended: without "exit", it died with its tables in flight."""
+        if wid not in self.alive:
             return
-        _handle(kind, wid, payload, out, in_flight, finished, alive, reporter)
+        self.alive.discard(wid)
+        p = self.procs[wid]
+        p.join(timeout=2)
+        for key in self.in_flight.pop(wid, []):
+            res = TableResult(key, error=f"worker died (exit code {p.exitcode})")
+            self.out.failed.append(res)
+            self.finished.add(key)
+            self.reporter.table_failed(res)
+
+    def hand_out(self, wid: int) -> None:
+        item = self.todo.popleft() if self.todo else None
+        msg = None if item is None else [(i, self.tasks[i]) for i in item]
+        if not self.procs[wid].send(msg) and item is not None:
+            self.todo.appendleft(item)  # gone: its end-of-file is handled next
+
+    def handle(self, wid: int, kind: str, payload) -> None:
+        out, reporter = self.out, self.reporter
+        if kind == "ready":
+            self.hand_out(wid)
+        elif kind == "start":
+            self.in_flight.setdefault(wid, []).append(payload)
+            reporter.table_started(payload)
+        elif kind == "failed" and out.stopped:
+            self._settled(wid, payload.key)
+            out.cancelled.add(payload.key)
+        elif kind in ("done", "failed"):
+            self._settled(wid, payload.key)
+            (out.done if kind == "done" else out.failed).append(payload)
+            (reporter.table_done if kind == "done" else reporter.table_failed)(payload)
+        elif kind == "log":
+            reporter.log(*payload)
+        elif kind == "exit":
+            self.alive.discard(wid)
+            if payload:
+                out.worker_usage.append(payload)
+        else:
+            reporter.log("WARN", f"unknown message {kind!r} from worker {wid}")
+        if kind in ("start", "failed") and self.all_reading is not None:
+            self.begun.add(payload if kind == "start" else payload.key)
+            if len(self.begun) == len(self.tasks):
+                self.all_reading()
+                self.all_reading = None
+
+    def _settled(self, wid: int, key) -> None:
+        if key in self.in_flight.get(wid, ()):
+            self.in_flight[wid].remove(key)
+        self.finished.add(key)
+
+    def drain_one(self, wid: int) -> None:
+        for kind, _, payload in self.procs[wid].pending():
+            self.handle(wid, kind, payload)
+
+    def drain(self) -> None:
+        """What the stopped workers sent before they exited (nothing more is handed out)."""
+        self.alive.clear()
+        self.selector.close()
+        for wid in self.procs:
+            self.drain_one(wid)

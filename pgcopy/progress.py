@@ -9,6 +9,9 @@ totals, a moving-window rate and an ETA; it does no I/O, so it is tested on its 
 
 from __future__ import annotations
 
+import mmap
+import os
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -34,11 +37,22 @@ STREAM_BYTES_PER_S = 60e6
 
 
 class ProgressBus:
-    """N slots in shared memory; created by the coordinator, written by workers."""
+    """N slots in shared memory; created by the coordinator, written by workers.
 
-    def __init__(self, ctx, nworkers: int):
+    The memory is an anonymous file (memfd) that each worker maps from the descriptor it
+    inherits (``fd``, ``length`` doubles): it needs no name, so no process killed at any
+    point leaves it behind."""
+
+    def __init__(self, nworkers: int):
         self.nworkers = nworkers
-        self.array = ctx.Array("d", nworkers * FIELDS, lock=False)
+        self.length = nworkers * FIELDS
+        if hasattr(os, "memfd_create"):
+            self.fd = os.memfd_create("pgcopy-progress", os.MFD_CLOEXEC)
+        else:  # not Linux: an unlinked temporary file
+            self._file = tempfile.TemporaryFile()
+            self.fd = self._file.fileno()
+        os.ftruncate(self.fd, self.length * 8)
+        self.array = attach(self.fd, self.length)
 
     def slot(self, wid: int) -> Slot:
         return Slot(self.array, wid)
@@ -46,6 +60,11 @@ class ProgressBus:
     def read(self) -> list[tuple[float, ...]]:
         a = self.array
         return [tuple(a[i * FIELDS : (i + 1) * FIELDS]) for i in range(self.nworkers)]
+
+
+def attach(fd: int, length: int) -> memoryview:
+    """``length`` shared doubles, zeroed when created, mapped from ``fd``."""
+    return memoryview(mmap.mmap(fd, length * 8)).cast("d")
 
 
 class Slot:

@@ -1,8 +1,8 @@
 """The worker process: one source and one destination connection for its whole life.
 
-The coordinator starts workers with the *spawn* method: a fresh interpreter inherits no
-open psycopg2 connections, sockets or locked mutexes from the coordinator (fork would copy
-the coordinator's live libpq sockets), and costs ~0.1 s per worker, once per run.
+Each worker is a fresh interpreter (see pgcopy.channel): it inherits no open psycopg2
+connections, sockets or locked mutexes from the coordinator (fork would copy the
+coordinator's live libpq sockets), and costs ~0.1 s per worker, once per run.
 """
 
 from __future__ import annotations
@@ -11,17 +11,20 @@ import ctypes
 import os
 import resource
 import signal
+import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass
 
 import psycopg2
 
-from pgcopy import failpoints
+from pgcopy import channel, failpoints
 from pgcopy.batch import copy_batch
 from pgcopy.catalog import lock_holders, qualname
+from pgcopy.channel import Line
 from pgcopy.connections import Session, connect, error_line
-from pgcopy.progress import NullSlot, Slot
+from pgcopy.progress import NullSlot, Slot, attach
 from pgcopy.stream import StreamSpec, TableResult, analyze, copy_table
 
 
@@ -36,9 +39,18 @@ class WorkerSpec:
     session: Session
 
 
-# Messages on the result queue are plain tuples: (kind, worker_id, payload)
-#   ("start", wid, key) ("done", wid, TableResult) ("failed", wid, TableResult)
-#   ("log", wid, (level, text)) ("exit", wid, usage dict)
+@dataclass(frozen=True)
+class WorkerStart:
+    """The first message to a worker."""
+
+    wid: int
+    spec: WorkerSpec
+    parent_pid: int
+
+
+# Messages to the coordinator are plain tuples: (kind, worker_id, payload)
+#   ("ready", wid, None) ("start", wid, key) ("done", wid, TableResult)
+#   ("failed", wid, TableResult) ("log", wid, (level, text)) ("exit", wid, usage dict)
 
 
 def _open(spec: WorkerSpec):
@@ -104,18 +116,26 @@ def _side(exc: BaseException, src, dst) -> str | None:
     return "source" if conn is src else "destination" if conn is dst else None
 
 
-def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array, stop, parent_pid: int) -> None:
+def main() -> None:
+    """The worker process (argv from pgcopy.coordinator: socket fd, bus fd or -1, bus length)."""
     # The coordinator owns Ctrl-C and hangups: it cancels our statements, then stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    die_with_parent(parent_pid)
+    sock_fd, bus_fd, bus_len = (int(a) for a in sys.argv[1:4])
+    for fd in (sock_fd, bus_fd):
+        if fd >= 0:
+            os.set_inheritable(fd, False)
+    sock = socket.socket(fileno=sock_fd)
+    try:
+        start = channel.recv(sock)
+    except (EOFError, OSError):
+        return  # the coordinator is gone already
+    die_with_parent(start.parent_pid)
     return_freed_buffers()
-    slot = Slot(bus_array, wid) if bus_array is not None else NullSlot()
-    w = Worker(wid, spec, results, slot, stop)
-    while not stop.is_set():
-        item = tasks.get()  # a list of (index, task): one table, or a batch of small ones
-        if item is None or stop.is_set():
-            break
+    slot = Slot(attach(bus_fd, bus_len), start.wid) if bus_fd >= 0 else NullSlot()
+    line = Line(sock, start.wid)
+    w = Worker(start.wid, start.spec, line, slot)
+    while (item := line.next_item()) is not None:  # one table, or a batch of small ones
         w.run(item)
     w.finish()
 
@@ -123,14 +143,14 @@ def worker_main(wid: int, spec: WorkerSpec, tasks, results, bus_array, stop, par
 class Worker:
     """One source and one destination connection, reopened after a failure."""
 
-    def __init__(self, wid: int, spec: WorkerSpec, results, slot, stop):
-        self.wid, self.spec, self.results, self.slot, self.stop = wid, spec, results, slot, stop
+    def __init__(self, wid: int, spec: WorkerSpec, line: Line, slot):
+        self.wid, self.spec, self.line, self.slot = wid, spec, line, slot
         self.src = self.dst = None
         self.pending: list = []  # loaded tables not yet analyzed
         self.pending_locks = 0  # the destination relations they hold (table, TOAST, indexes)
 
     def put(self, kind: str, payload) -> None:
-        self.results.put((kind, self.wid, payload))
+        self.line.put(kind, payload)
 
     def run(self, item: list) -> None:
         try:
@@ -181,7 +201,7 @@ class Worker:
                 committed.append(tasks[index])
 
         try:
-            copy_batch(self.src, self.dst, item, self.spec.stream, self.slot, self.stop.is_set, report)
+            copy_batch(self.src, self.dst, item, self.spec.stream, self.slot, self.line.stopped, report)
         except Exception as exc:  # a connection broke outside a table's load
             self._reset()
             self.slot.end(False)
@@ -195,7 +215,7 @@ class Worker:
 
     def _committed(self, tasks: list, big: bool) -> None:
         failpoints.hit("after-commit", in_worker=True)
-        if not self.spec.stream.analyze or self.stop.is_set():
+        if not self.spec.stream.analyze or self.line.stopped():
             return
         budget = self.spec.stream.lock_budget
         # one ANALYZE transaction locks every table it analyzes, and their indexes, to its
@@ -208,7 +228,7 @@ class Worker:
             self._analyze()
 
     def _analyze(self) -> None:
-        self.dst = _analyze(self.spec, self.dst, self.pending, self.results, self.wid)
+        self.dst = _analyze(self.spec, self.dst, self.pending, self.line)
         self.pending_locks = 0
 
     def _end_read(self) -> None:
@@ -227,7 +247,7 @@ class Worker:
         self.src = self.dst = None
 
     def finish(self) -> None:
-        if self.pending and not self.stop.is_set():
+        if self.pending and not self.line.stopped():
             self._analyze()
         self._reset()
         self.slot.exited()
@@ -240,7 +260,7 @@ ANALYZE_BATCH = 20
 ANALYZE_ALONE_BYTES = 8 << 20  # a bigger table is analyzed (with what is pending) at once
 
 
-def _analyze(spec: WorkerSpec, dst, pending: list, results, wid: int):
+def _analyze(spec: WorkerSpec, dst, pending: list, line: Line):
     """ANALYZE the pending tables; a failure is a warning (the tables are loaded)."""
     keys = list(pending)
     pending.clear()
@@ -252,7 +272,7 @@ def _analyze(spec: WorkerSpec, dst, pending: list, results, wid: int):
         if dst is not None:
             dst.rollback()
         names = ", ".join(qualname(k) for k in keys)
-        results.put(("log", wid, ("WARN", f"loaded, but ANALYZE failed for {names}: {error_line(exc)}")))
+        line.put("log", ("WARN", f"loaded, but ANALYZE failed for {names}: {error_line(exc)}"))
     return dst
 
 

@@ -108,6 +108,7 @@ def test_scripts_copy_with_workers_that_load_no_ssl(src, dst, tmp_path, script):
     holder = dst.connect()
     holder.autocommit = False
     holder.cursor().execute("LOCK TABLE c IN ACCESS SHARE MODE")  # c's load (TRUNCATE/DELETE) waits
+    semaphores_before = set(Path("/dev/shm").glob("sem.mp-*"))
     proc = subprocess.Popen(
         [sys.executable, str(exe), "copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "2"]
         + ["--lock-timeout", "60s", "--state-dir", str(tmp_path), "--output", "plain"],
@@ -126,9 +127,12 @@ def test_scripts_copy_with_workers_that_load_no_ssl(src, dst, tmp_path, script):
                 break
             time.sleep(0.05)
         assert waiting, "the load never waited on the held lock"
-        pids = [proc.pid, *descendants(proc.pid)]
-        assert len(pids) >= 3  # the coordinator, its resource tracker, workers
-        for pid in pids:
+        below = descendants(proc.pid)
+        # the coordinator and its one worker (the three small tables are one batch), nothing
+        # else: no resource tracker, no named semaphore (pgcopy.channel)
+        assert len(below) == 1 and all("from pgcopy.worker import main" in c for c in below.values()), below
+        assert set(Path("/dev/shm").glob("sem.mp-*")) <= semaphores_before
+        for pid in [proc.pid, *below]:
             maps = Path(f"/proc/{pid}/maps").read_text()
             assert "_ssl." not in maps and "_hashlib." not in maps, (
                 pid,

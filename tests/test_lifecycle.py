@@ -317,9 +317,9 @@ def test_workers_start_during_the_fk_drop_and_a_stop_there_ends_them(src, dst, s
         )
         run.wait_for("STEP 4: recording")
         wait_blocked(dst)
-        assert wait_until(lambda: sum("spawn_main" in c for c in descendants(run.proc.pid).values()) == 2), (
-            "no workers while the FKs drop"
-        )
+        assert wait_until(
+            lambda: sum("pgcopy.worker" in c for c in descendants(run.proc.pid).values()) == 2
+        ), "no workers while the FKs drop"
         os.kill(run.proc.pid, signal.SIGTERM)
         code, _, err = run.finish()
     finally:

@@ -43,7 +43,7 @@ from pgcopy.connections import (
     describe_conn,
     error_line,
 )
-from pgcopy.coordinator import LoadOutcome, Workers, run_load, spawn_context, start_workers, workers_for
+from pgcopy.coordinator import LoadOutcome, Workers, run_load, start_workers, workers_for
 from pgcopy.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -248,7 +248,7 @@ class CopyRun:
         self.scat = None
         started = time.monotonic()
         self.stop.install()
-        bus = ProgressBus(spawn_context(), workers_for(self.opts.parallel, plan.tasks))
+        bus = ProgressBus(workers_for(self.opts.parallel, plan.tasks))
         view = make_view(
             self.opts.output,
             self.log,
@@ -284,9 +284,7 @@ class CopyRun:
         """Once anything may have been dropped, every way out restores it first."""
         outcome, error = LoadOutcome(stopped=True), None
         load = self.load_setup(plan)
-        workers = start_workers(
-            load.spec, len(plan.tasks), workers_for(self.opts.parallel, load.batches), bus
-        )
+        workers = start_workers(load.spec, workers_for(self.opts.parallel, load.batches), bus)
         try:
             self.drop_fkeys(plan, view)
             outcome = self.load(plan, view, load, workers)
