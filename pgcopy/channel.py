@@ -21,10 +21,15 @@ with the last process holding them; a worker whose coordinator died reads end-of
 
 from __future__ import annotations
 
+import ctypes
+import os
 import pickle
+import signal
 import socket
 import struct
+import sys
 import threading
+import time
 
 STOP = "stop"
 _LENGTH = struct.Struct("!I")
@@ -59,6 +64,48 @@ def _exactly(sock: socket.socket, n: int) -> bytes:
             raise EOFError
         buf += chunk
     return bytes(buf)
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Never outlive the coordinator: the kernel sends SIGKILL when our parent exits
+    (Linux); elsewhere a thread watches the parent's pid."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def child_start() -> tuple[socket.socket, list[str]]:
+    """A child's first steps (argv from pgcopy.child: socket fd, parent pid, the rest):
+    its socket to the parent, and the rest of its argv."""
+    # The parent owns Ctrl-C and hangups: it cancels our statements, then stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    fd, parent_pid, *rest = sys.argv[1:]
+    die_with_parent(int(parent_pid))
+    os.set_inheritable(int(fd), False)
+    return socket.socket(fileno=int(fd)), rest
+
+
+def first_message(sock: socket.socket):
+    """The parent's first message, or None when the parent is gone already."""
+    try:
+        return recv(sock)
+    except (EOFError, OSError):
+        return None
 
 
 class Line:

@@ -18,11 +18,7 @@ still holds a lock when the foreign keys are restored.  Workers die with the coo
 
 from __future__ import annotations
 
-import os
 import selectors
-import socket
-import subprocess
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pgcopy import channel
+from pgcopy.child import ChildProcess
 from pgcopy.progress import ProgressBus
 from pgcopy.stream import TableResult
 from pgcopy.task import CopyTask
@@ -67,88 +64,11 @@ def workers_for(parallel: int, tasks: list) -> int:
     return max(1, min(parallel, len(tasks)))
 
 
-# The worker's interpreter finds pgcopy where ours did (a checkout run by bin/pgcopy is on
-# no path of its own); its argv: socket fd, bus fd or -1, bus length (see pgcopy.worker).
-_BOOT = "import sys; sys.path.insert(0, {root!r}); from pgcopy.worker import main; main()"
-
-
-class WorkerProcess:
-    """One worker: its process and our end of its line (pgcopy.channel)."""
-
-    def __init__(self, start: WorkerStart, bus: ProgressBus | None = None):
-        self.wid = start.wid
-        self.sock, theirs = socket.socketpair()
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        fds = [theirs.fileno()] + ([bus.fd] if bus else [])
-        argv = [str(theirs.fileno()), str(bus.fd if bus else -1), str(bus.length if bus else 0)]
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT.format(root=root), *argv], stdin=subprocess.DEVNULL, pass_fds=fds
-            )
-        except BaseException:
-            self.sock.close()
-            raise
-        finally:
-            theirs.close()  # the worker holds its own copy: its exit is our end-of-file
-        self.closed = False  # end-of-file read, or closed by us
-        self.send(start)
-
-    def send(self, obj) -> bool:
-        """False when the worker is gone."""
-        try:
-            channel.send(self.sock, obj)
-            return True
-        except OSError:
-            return False
-
-    def recv(self):
-        """The next message, or None at end-of-file (the worker has exited or died)."""
-        try:
-            return channel.recv(self.sock)
-        except (EOFError, OSError):
-            self.closed = True
-            return None
-
-    def pending(self) -> list:
-        """Every message already sent, without waiting."""
-        out = []
-        while not self.closed and channel.readable(self.sock):
-            msg = self.recv()
-            if msg is not None:
-                out.append(msg)
-        return out
-
-    def is_alive(self) -> bool:
-        return self.proc.poll() is None
-
-    @property
-    def exitcode(self) -> int | None:
-        return self.proc.poll()
-
-    def join(self, timeout: float | None = None) -> None:
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-
-    def terminate(self) -> None:
-        if self.is_alive():
-            self.proc.terminate()
-
-    def kill(self) -> None:
-        if self.is_alive():
-            self.proc.kill()
-
-    def close(self) -> None:
-        self.closed = True
-        self.sock.close()
-
-
 @dataclass
 class Workers:
     """Worker processes waiting for their work (see :func:`start_workers`)."""
 
-    procs: dict[int, WorkerProcess]
+    procs: dict[int, ChildProcess]
     closed: bool = False
 
     def stop(self) -> None:
@@ -173,10 +93,12 @@ def start_workers(spec: WorkerSpec, nworkers: int, bus: ProgressBus | None = Non
     """Start the workers before their work exists: their start (a fresh interpreter and
     its imports, ~0.2 s) then overlaps the FK drop.  They take nothing until
     :func:`run_load` hands out the tables, and connect when they take their first."""
-    procs: dict[int, WorkerProcess] = {}
+    procs: dict[int, ChildProcess] = {}
     try:
         for wid in range(nworkers):
-            procs[wid] = WorkerProcess(WorkerStart(wid, spec, os.getpid()), bus)
+            args = [str(bus.fd if bus else -1), str(bus.length if bus else 0)]
+            procs[wid] = ChildProcess("pgcopy.worker", args, [bus.fd] if bus else [])
+            procs[wid].send(WorkerStart(wid, spec))
     except BaseException:
         Workers(procs).close()
         raise
@@ -240,7 +162,7 @@ class _Load:
     """The load's bookkeeping: items left, tables in flight per worker, the outcome."""
 
     def __init__(
-        self, procs: dict[int, WorkerProcess], tasks: list[CopyTask], reporter: Reporter, items, all_reading
+        self, procs: dict[int, ChildProcess], tasks: list[CopyTask], reporter: Reporter, items, all_reading
     ):
         self.procs, self.tasks, self.reporter = procs, tasks, reporter
         self.todo: deque[list[int]] = deque(items)

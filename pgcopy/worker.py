@@ -10,11 +10,6 @@ from __future__ import annotations
 import ctypes
 import os
 import resource
-import signal
-import socket
-import sys
-import threading
-import time
 from dataclasses import dataclass
 
 import psycopg2
@@ -45,7 +40,6 @@ class WorkerStart:
 
     wid: int
     spec: WorkerSpec
-    parent_pid: int
 
 
 # Messages to the coordinator are plain tuples: (kind, worker_id, payload)
@@ -68,27 +62,7 @@ def _begin_read(src, snapshot: str | None) -> None:
         src.cursor().execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
 
 
-PR_SET_PDEATHSIG = 1
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Never outlive the coordinator: the kernel sends SIGKILL when our parent exits
-    (Linux); elsewhere a thread watches the parent's pid."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl")
-    except (OSError, AttributeError):
-
-        def watch() -> None:
-            while os.getppid() == parent_pid:
-                time.sleep(0.5)
-            os._exit(1)
-
-        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
-        os._exit(1)
 
 
 def return_freed_buffers() -> None:
@@ -117,20 +91,14 @@ def _side(exc: BaseException, src, dst) -> str | None:
 
 
 def main() -> None:
-    """The worker process (argv from pgcopy.coordinator: socket fd, bus fd or -1, bus length)."""
-    # The coordinator owns Ctrl-C and hangups: it cancels our statements, then stops us.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    sock_fd, bus_fd, bus_len = (int(a) for a in sys.argv[1:4])
-    for fd in (sock_fd, bus_fd):
-        if fd >= 0:
-            os.set_inheritable(fd, False)
-    sock = socket.socket(fileno=sock_fd)
-    try:
-        start = channel.recv(sock)
-    except (EOFError, OSError):
+    """The worker process (started by pgcopy.coordinator; argv: bus fd or -1, bus length)."""
+    sock, argv = channel.child_start()
+    start = channel.first_message(sock)
+    if start is None:
         return  # the coordinator is gone already
-    die_with_parent(start.parent_pid)
+    bus_fd, bus_len = (int(a) for a in argv)
+    if bus_fd >= 0:
+        os.set_inheritable(bus_fd, False)
     return_freed_buffers()
     slot = Slot(attach(bus_fd, bus_len), start.wid) if bus_fd >= 0 else NullSlot()
     line = Line(sock, start.wid)

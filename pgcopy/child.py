@@ -1,0 +1,91 @@
+"""A pgcopy child process and the parent's end of its line (pgcopy.channel).
+
+Workers and the catalog reader are fresh interpreters started with ``python -c``: they
+inherit no open psycopg2 connection, socket or locked mutex (fork would copy the parent's
+live libpq sockets), and they end when the parent does (PR_SET_PDEATHSIG, see
+pgcopy.channel.die_with_parent).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+from pgcopy import channel
+
+# The child finds pgcopy where we did (a checkout run by bin/pgcopy is on no path of its
+# own); its argv: its socket's fd, our pid, then ``args`` (see pgcopy.channel.child_start).
+_BOOT = "import sys; sys.path.insert(0, {root!r}); from {module} import main; main()"
+
+
+class ChildProcess:
+    """``module``'s ``main()`` in a new interpreter, holding ``fds`` too."""
+
+    def __init__(self, module: str, args: list[str] = (), fds: list[int] = ()):
+        self.sock, theirs = socket.socketpair()
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        boot = _BOOT.format(root=root, module=module)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", boot, str(theirs.fileno()), str(os.getpid()), *args],
+                stdin=subprocess.DEVNULL,
+                pass_fds=[theirs.fileno(), *fds],
+            )
+        except BaseException:
+            self.sock.close()
+            raise
+        finally:
+            theirs.close()  # the child holds its own copy: its exit is our end-of-file
+        self.closed = False  # end-of-file read, or closed by us
+
+    def send(self, obj) -> bool:
+        """False when the child is gone."""
+        try:
+            channel.send(self.sock, obj)
+            return True
+        except OSError:
+            return False
+
+    def recv(self):
+        """The next message, or None at end-of-file (the child has exited or died)."""
+        try:
+            return channel.recv(self.sock)
+        except (EOFError, OSError):
+            self.closed = True
+            return None
+
+    def pending(self) -> list:
+        """Every message already sent, without waiting."""
+        out = []
+        while not self.closed and channel.readable(self.sock):
+            msg = self.recv()
+            if msg is not None:
+                out.append(msg)
+        return out
+
+    def is_alive(self) -> bool:
+        return self.proc.poll() is None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.proc.poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def terminate(self) -> None:
+        if self.is_alive():
+            self.proc.terminate()
+
+    def kill(self) -> None:
+        if self.is_alive():
+            self.proc.kill()
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
