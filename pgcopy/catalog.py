@@ -6,17 +6,34 @@ information_schema (which hides objects and loses FK column pairing).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
+import psycopg2.extensions
 from psycopg2 import sql
 
 Key = tuple[str, str]  # (schema, name)
 
+# Catalog identifiers (type name) arrive interned: a schema's or table's name then exists
+# once however many tables, columns, FKs and sequences name it (at 3,000 tables the plan
+# held each name in up to ten copies).
+NAME = psycopg2.extensions.new_type(
+    (19,), "NAME", lambda value, cur: None if value is None else sys.intern(value)
+)
+NAME_ARRAY = psycopg2.extensions.new_array_type((1003,), "NAME[]", NAME)
+
+
+def intern_names(conn) -> None:
+    """Make ``conn``'s name values (and arrays of them) interned strings."""
+    psycopg2.extensions.register_type(NAME, conn)
+    psycopg2.extensions.register_type(NAME_ARRAY, conn)
+
+
 KIND_NAMES = {"r": "table", "p": "partitioned parent"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Table:
     oid: int
     schema: str
@@ -56,7 +73,7 @@ def regclass_literal(key: Key) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in key)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Column:
     name: str
     type: str  # format_type()
@@ -69,7 +86,7 @@ FK_ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL"
 FK_MATCH = {"f": "FULL", "p": "PARTIAL", "s": "SIMPLE"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ForeignKey:
     """One FK, in structured fields: the DDL that re-creates it is built from them with
     quoted identifiers, never from stored text.  ``definition`` (pg_get_constraintdef,
@@ -158,14 +175,14 @@ class ForeignKey:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Trigger:
     table: Key
     name: str
     enabled: str  # pg_trigger.tgenabled: O, D, R or A
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Sequence:
     schema: str
     name: str
@@ -345,7 +362,7 @@ def read_foreign_keys(cur, tables: Iterable[Key] | None = None) -> list[ForeignK
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CheckConstraint:
     """A NOT VALID CHECK on a destination table: COPY would check new rows against it, so
     the load drops it after the TRUNCATE and re-adds it NOT VALID before the commit."""
@@ -458,7 +475,7 @@ def database_identity(cur) -> tuple[str, int, str]:
     return sysid, int(dboid), name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Index:
     """One index of a destination table, as needed to drop and rebuild it exactly."""
 
@@ -504,7 +521,7 @@ def read_rebuildable_indexes(cur, oids: Iterable[int]) -> dict[int, tuple[Index,
     return {relid: tuple(idx) for relid, idx in out.items() if relid not in skip}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LoadFacts:
     """What decides how a destination table is emptied and how many locks its load takes."""
 

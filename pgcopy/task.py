@@ -19,7 +19,7 @@ from pgcopy.catalog import Key, Trigger, qualname
 SMALL_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SequenceValue:
     """A sequence's state on the source, read right after the snapshot was taken."""
 
@@ -28,7 +28,7 @@ class SequenceValue:
     is_called: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CopyTask:
     """One table to load, fully worked out so the worker makes no decisions."""
 

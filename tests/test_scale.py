@@ -141,3 +141,27 @@ def test_many_tables_on_a_default_lock_table(small_clusters, tmp_path, as_owner)
     released = next(i for i, line in enumerate(lines) if "source snapshot released" in line)
     last_done = max(i for i, line in enumerate(lines) if "Completed" in line)
     assert released < last_done
+
+
+def test_catalog_names_arrive_interned(src):
+    """Names from the catalog are interned on the coordinator's catalog sessions: the
+    schema's name is one object for every table, FK and sequence that names it (at 3,000
+    tables the plan otherwise held each name in up to ten copies)."""
+    from pgcopy import catalog
+
+    src.execute(
+        "CREATE TABLE p (id serial PRIMARY KEY); CREATE TABLE q (id serial PRIMARY KEY, p int REFERENCES p)"
+    )
+    conn = src.connect()
+    try:
+        catalog.intern_names(conn)
+        cur = conn.cursor()
+        tables = {t.key[1]: t for t in catalog.read_tables(cur)}
+        fk = catalog.read_foreign_keys(cur)[0]
+        seqs = catalog.read_sequences(cur)
+    finally:
+        conn.close()
+    schema = tables["p"].key[0]
+    assert tables["q"].key[0] is schema and fk.table[0] is schema and fk.ref_table[0] is schema
+    assert all(s.schema is schema for s in seqs)
+    assert fk.ref_table[1] is tables["p"].key[1] and fk.columns[0] == "p"

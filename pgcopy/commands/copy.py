@@ -29,6 +29,7 @@ from pgcopy import fkeys as fkmod
 from pgcopy.catalog import (
     ForeignKey,
     database_identity,
+    intern_names,
     locks_per_transaction,
     qualname,
     read_sizes,
@@ -451,6 +452,8 @@ class CopyRun:
                     ]
                 ) from None
         self.scat = connect(self.opts.source, "source", self.session)
+        for conn in (self.scat, self.dst):
+            intern_names(conn)
         self.log.info("STEP 3: reading catalogs and checking the destination")
         with ThreadPoolExecutor(max_workers=1) as pool:  # both servers at once
             pending = pool.submit(read_sizes, self.scat)
