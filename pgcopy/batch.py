@@ -16,7 +16,7 @@ The source transaction stays open until the batch commits, for ``--verify``'s di
 
 from __future__ import annotations
 
-import tempfile
+import io
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -46,11 +46,47 @@ from pgcopy.task import CopyTask
 SPOOL_MEMORY = 512 << 10  # per table; more spills to a temp file, so a batch stays small in memory
 
 
+class Spool:
+    """A table's rows in memory up to ``limit`` bytes, then in an unlinked temporary file:
+    tempfile.SpooledTemporaryFile's job, without importing tempfile (with random, shutil,
+    bz2 and lzma: 0.8 MB of RSS in every worker, measured) until a table spills."""
+
+    def __init__(self, limit: int = SPOOL_MEMORY):
+        self._file: io.BytesIO | io.BufferedRandom = io.BytesIO()
+        self._limit: int | None = limit
+
+    def write(self, data) -> int:
+        n = self._file.write(data)
+        if self._limit is not None and self._file.tell() > self._limit:
+            import tempfile
+
+            spilled = tempfile.TemporaryFile()
+            spilled.write(self._file.getbuffer())
+            self._file, self._limit = spilled, None
+        return n
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seek(self, pos: int) -> None:
+        self._file.seek(pos)
+
+    @property
+    def spilled(self) -> bool:
+        return self._limit is None
+
+    def close(self) -> None:
+        self._file.close()
+
+
 @dataclass
 class Spooled:
     index: int
     task: CopyTask
-    data: tempfile.SpooledTemporaryFile | None  # None for a table without columns
+    data: Spool | None  # None for a table without columns
     rows: int
     nbytes: int
     read_seconds: float
@@ -70,7 +106,7 @@ def read_batch(src, items: list[tuple[int, CopyTask]], slot, report: Report) -> 
     for index, task in items:
         slot.begin(index)
         t0 = time.monotonic()
-        data = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) if task.columns else None
+        data = Spool() if task.columns else None
         try:
             if data is not None:
                 cur.copy_expert(renew + copy_statements(task)[0], data, size=CHUNK)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -49,6 +48,8 @@ class ProgressBus:
         if hasattr(os, "memfd_create"):
             self.fd = os.memfd_create("pgcopy-progress", os.MFD_CLOEXEC)
         else:  # not Linux: an unlinked temporary file
+            import tempfile
+
             self._file = tempfile.TemporaryFile()
             self.fd = self._file.fileno()
         os.ftruncate(self.fd, self.length * 8)

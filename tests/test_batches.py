@@ -115,3 +115,42 @@ def test_without_delete_privilege_the_table_is_truncated(src, dst, state):
     r = copy(src.dsn, loader, "--yes", "--include", "nodel", state_dir=state)
     assert r.returncode == 0, r.stderr
     assert dst.query("SELECT id FROM nodel ORDER BY id") == [(1,), (2,)]
+
+
+def test_a_batched_table_past_the_spool_memory_spills_and_copies_whole(src, dst, state):
+    """A small table's rows are spooled in memory up to SPOOL_MEMORY, then in a temporary
+    file: compressible text TOASTed into a 100 kB heap streams ~2 MB, past the spool, and
+    still lands whole inside its batch.  A worker imports tempfile only when that happens."""
+    from pgcopy.batch import SPOOL_MEMORY
+
+    for db in (src, dst):
+        db.execute("CREATE TABLE big (id int PRIMARY KEY, v text); CREATE TABLE tiny (id int PRIMARY KEY)")
+    src.execute(
+        "INSERT INTO big SELECT g, repeat('x', 100000) FROM generate_series(1, 20) g; INSERT INTO tiny VALUES (1)"
+    )
+    assert src.scalar("SELECT pg_table_size('big')") < SPOOL_MEMORY
+    r = copy(src.dsn, dst.dsn, "--yes", "-p", "1", state_dir=state)
+    assert r.returncode == 0, r.stderr
+    assert "(2 small tables in 1 batches)" in r.stderr
+    assert checksums(dst) == checksums(src)
+
+
+def test_the_spool_spills_past_its_limit():
+    import subprocess
+    import sys
+
+    from pgcopy.batch import Spool
+
+    spool = Spool(limit=10)
+    for part in (b"12345", b"67890", b"abcdef"):
+        spool.write(part)
+    assert spool.spilled and spool.tell() == 16
+    spool.seek(0)
+    assert spool.read() == b"1234567890abcdef"
+    spool.close()
+    # the worker process's imports (what pgcopy.child starts) leave tempfile out
+    probe = "import sys, pgcopy.worker; print('tempfile' in sys.modules)"
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
+        == "False"
+    )
