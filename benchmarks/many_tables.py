@@ -7,7 +7,8 @@ Starts its own source and destination clusters (max_locks_per_transaction 64,
 max_connections 100, fsync on), builds ``datasets.many_tables_schema`` on both sides
 (owned by a non-superuser), seeds the source, then times, on the same data in one run:
 
-- pgcopy as the tables' owner and as superuser (every FK dropped, re-added, validated);
+- pgcopy as the tables' owner and as superuser (every FK dropped, re-added, validated),
+  at --jobs N, and as owner at -p 4 too (the parallelism of issue 11's memory target);
 - pg_dump -Fd -j N --data-only + pg_restore -j N --data-only --disable-triggers (superuser).
 
 Each method starts from an emptied destination and checkpointed servers, and is verified by
@@ -43,6 +44,7 @@ from run import RssSampler  # noqa: E402
 
 OWNER, OWNER_PW, DB = "bench_owner", "bench-pw", "many"
 SETTINGS = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
+MEMORY_PARALLEL = 4
 
 
 def psql(cluster, db: str, text: str, role: str | None = None) -> None:
@@ -161,14 +163,20 @@ def measure(ntables: int, j: int, repeat: int = 1) -> list[dict]:
         py = shlex.quote(sys.executable)
         pgcopy = f"{py} -m pgcopy copy --yes --output plain -p {j} --state-dir {tmp}/state --report {tmp}/report.json"
         b = dst.bindir
+        as_owner = (
+            f"-s {shlex.quote(src.dsn(DB, OWNER, OWNER_PW))} -d {shlex.quote(dst.dsn(DB, OWNER, OWNER_PW))}"
+        )
         methods = {
-            f"pgcopy -p {j} (owner)": f"{pgcopy} -s {shlex.quote(src.dsn(DB, OWNER, OWNER_PW))} -d {shlex.quote(dst.dsn(DB, OWNER, OWNER_PW))}",
+            f"pgcopy -p {j} (owner)": f"{pgcopy} {as_owner}",
             f"pgcopy -p {j} (superuser)": f"{pgcopy} -s {shlex.quote(src.dsn(DB))} -d {shlex.quote(dst.dsn(DB))}",
             f"pg_dump+pg_restore -j {j} --disable-triggers": (
                 f"rm -rf {tmp}/dump && {b}/pg_dump -Fd -j {j} --data-only -f {tmp}/dump {shlex.quote(src.dsn(DB))} && "
                 f"{b}/pg_restore -j {j} --data-only --disable-triggers -d {shlex.quote(dst.dsn(DB))} {tmp}/dump"
             ),
         }
+        if j != MEMORY_PARALLEL:  # issue 11's memory target is at -p 4, whatever the table count
+            memory = pgcopy.replace(f" -p {j} ", f" -p {MEMORY_PARALLEL} ")
+            methods[f"pgcopy -p {MEMORY_PARALLEL} (owner)"] = f"{memory} {as_owner}"
         rows = []
         order = list(methods.items())
         rounds = [order if r % 2 == 0 else order[::-1] for r in range(repeat)]

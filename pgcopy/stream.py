@@ -48,7 +48,7 @@ class StreamSpec:
     lock_budget: int = 32  # lock entries one destination transaction may take (see plan.batches)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TableResult:
     key: tuple[str, str]
     rows: int = 0
