@@ -29,7 +29,9 @@ class ChildProcess:
         boot = _BOOT.format(root=root, module=module)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", boot, str(theirs.fileno()), str(os.getpid()), *args],
+                # -P: `-c` would put the working directory first on sys.path, where a
+                # stray socket.py or pickle.py would shadow the standard library's
+                [sys.executable, "-P", "-c", boot, str(theirs.fileno()), str(os.getpid()), *args],
                 stdin=subprocess.DEVNULL,
                 pass_fds=[theirs.fileno(), *fds],
             )

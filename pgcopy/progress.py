@@ -112,7 +112,7 @@ class NullSlot:
     def exited(self) -> None: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Expected:
     """What the catalog says a table will stream."""
 
@@ -121,7 +121,7 @@ class Expected:
     index_bytes: float = 0.0  # indexes rebuilt in the load transaction
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InFlight:
     task: int
     bytes: float
@@ -132,7 +132,7 @@ class InFlight:
     indexing: bool = False  # the rows are in, the indexes are being rebuilt
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     fraction: float  # of the whole run's estimated work (rows, index rebuilds, FK validation)
     bytes: float

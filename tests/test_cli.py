@@ -146,3 +146,23 @@ def test_scripts_copy_with_workers_that_load_no_ssl(src, dst, tmp_path, script):
     assert dst.query("SELECT count(*), min(id) FROM a") == [(500, 1)]
     assert dst.scalar("SELECT count(*) FROM b") == 500
     assert dst.scalar("SELECT count(*) FROM c") == 1
+
+
+def test_workers_ignore_modules_in_the_working_directory(src, dst, tmp_path):
+    """A worker is started with ``python -P -c``: without -P the working directory would
+    come first on its sys.path, so a pickle.py lying there would replace the standard
+    library's (the copy failed: every worker died at its first import)."""
+    (tmp_path / "pickle.py").write_text("raise ImportError('the working directory shadowed pickle')\n")
+    for db in (src, dst):
+        db.execute("CREATE TABLE a (id int PRIMARY KEY)")
+    src.execute("INSERT INTO a SELECT generate_series(1, 10)")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bin/pgcopy"), "copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "2"]
+        + ["--state-dir", str(tmp_path / "state"), "--output", "plain"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert dst.scalar("SELECT count(*) FROM a") == 10

@@ -189,3 +189,23 @@ def test_fks_added_validated_run_on_one_connection():
     m.finished(0, 100, 1)
     s = m.snapshot([], now=1.0)
     assert s.post_seconds == pytest.approx(2 * FK_FIXED_S + 2 * FK_FIXED_S / 2)
+
+
+def test_an_fk_waits_for_every_loaded_table_it_touches():
+    """The early restorer takes an FK once its tables are loaded: a partitioned parent
+    stands for all its loaded leaves; a table not loaded is never waited for."""
+    from pgcopy.catalog import ForeignKey
+    from pgcopy.fkearly import EarlyRestorer
+
+    a, p, p1, p2, x = ("s", "a"), ("s", "p"), ("s", "p1"), ("s", "p2"), ("s", "x")
+    to_parent = ForeignKey("a_p", a, p, "", True)
+    to_unloaded = ForeignKey("a_x", a, x, "", True)
+    unloaded = ForeignKey("x_x", x, x, "", True)
+    r = EarlyRestorer(None, [to_parent, to_unloaded, unloaded], {a: (), p1: (p,), p2: (p,)}, None)
+    assert r._ready() == [unloaded]
+    r.table_finished(a)
+    assert r._ready() == [to_unloaded]
+    r.table_finished(p1)
+    assert r._ready() == []
+    r.table_finished(p2)
+    assert r._ready() == [to_parent]
