@@ -36,8 +36,7 @@ KIND_NAMES = {"r": "table", "p": "partitioned parent"}
 @dataclass(frozen=True, slots=True)
 class Table:
     oid: int
-    schema: str
-    name: str
+    key: Key  # one tuple, shared by everything that names the table
     kind: str  # 'table', 'partition' or 'partitioned parent'
     unlogged: bool
     reltuples: float  # -1 when never analyzed
@@ -46,8 +45,12 @@ class Table:
     data_bytes: int = 0  # heap + TOAST, without indexes (pg_table_size)
 
     @property
-    def key(self) -> Key:
-        return (self.schema, self.name)
+    def schema(self) -> str:
+        return self.key[0]
+
+    @property
+    def name(self) -> str:
+        return self.key[1]
 
     @property
     def ident(self) -> sql.Identifier:
@@ -184,13 +187,16 @@ class Trigger:
 
 @dataclass(frozen=True, slots=True)
 class Sequence:
-    schema: str
-    name: str
+    key: Key
     owner_table: Key | None
 
     @property
-    def key(self) -> Key:
-        return (self.schema, self.name)
+    def schema(self) -> str:
+        return self.key[0]
+
+    @property
+    def name(self) -> str:
+        return self.key[1]
 
 
 TABLES_SQL = """
@@ -263,7 +269,7 @@ def read_tables(cur, sizes: Sizes | None = None) -> list[Table]:
         total, data = sizes.get(oid, (0, 0))
         if relkind == "p":
             total, data = parent_total.get(oid, 0), 0
-        out.append(Table(oid, schema, name, kind, unlogged, float(reltuples), total, ancestors, data))
+        out.append(Table(oid, (schema, name), kind, unlogged, float(reltuples), total, ancestors, data))
     return out
 
 
@@ -278,7 +284,8 @@ def read_columns(cur, oids: Iterable[int]) -> dict[int, list[Column]]:
     )
     out: dict[int, list[Column]] = {}
     for relid, name, typ, gen, ident, typid in cur.fetchall():
-        out.setdefault(relid, []).append(Column(name, typ, gen, ident, typid))
+        # format_type's text, the same few strings for thousands of columns: interned
+        out.setdefault(relid, []).append(Column(name, sys.intern(typ), gen, ident, typid))
     return out
 
 
@@ -417,7 +424,7 @@ def read_sequences(cur) -> list[Sequence]:
               AND n.nspname !~ '^pg_(toast|temp_)'
             ORDER BY 1, 2"""
     )
-    return [Sequence(s, n, (ts, tn) if tn else None) for s, n, ts, tn in cur.fetchall()]
+    return [Sequence((s, n), (ts, tn) if tn else None) for s, n, ts, tn in cur.fetchall()]
 
 
 MATVIEWS_SQL = """
