@@ -42,8 +42,9 @@ def test_benchmark_runner_tiny(tmp_path):
 
 
 def test_many_tables_benchmark_tiny(tmp_path):
-    """run.py --many-tables: default-settings clusters, pgcopy as owner and superuser and
-    pg_dump/pg_restore on the same tables, each verified, with phases and peak locks."""
+    """run.py --many-tables: default-settings clusters, pgcopy as owner and superuser (and
+    as owner at -p 4) and pg_dump/pg_restore on the same tables, each verified, with phases
+    and peak locks."""
     proc = _run_py(tmp_path, "--many-tables", "60", "--repeat", "1")
     assert proc.returncode == 0, proc.stderr
     runs = json.loads(next(tmp_path.glob("many-*.json")).read_text())["runs"]
@@ -51,6 +52,7 @@ def test_many_tables_benchmark_tiny(tmp_path):
     assert set(by) == {
         "pgcopy -p 2 (owner)",
         "pgcopy -p 2 (superuser)",
+        "pgcopy -p 4 (owner)",  # the memory target's parallelism
         "pg_dump+pg_restore -j 2 --disable-triggers",
     }
     assert all(r["ok"] for r in runs), runs
