@@ -14,7 +14,16 @@ reject the ``options`` startup parameter):
 - ``client_connection_check_interval`` (14+): a backend whose pgcopy process died stops
   its work instead of holding locks until its statement ends;
 - on the source, ``row_security = off`` (a read a policy would filter is an error, never
-  a subset) and read-only transactions.
+  a subset) and read-only transactions;
+- on the destination of a copy, ``synchronous_commit = off`` (as pgcopydb sets it):
+  thousands of small commits (FK batches, table batches, ANALYZE) stop waiting for a WAL
+  flush each.  Before a journal is removed and before the run reports anything done,
+  :func:`make_durable` commits one logical-decoding message at the server's own setting:
+  a commit that wrote WAL flushes all WAL before it, so every earlier commit of the run is
+  then as durable as the server makes any commit.  A server crash before that undoes a
+  tail of the run's commits, leaving the destination as it was at an earlier moment of the
+  run, which the journal and the one-transaction loads already cover.  A role that may not
+  emit that message keeps synchronous commits.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import getpass
 import os
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import psycopg2
 import psycopg2.extensions
@@ -56,6 +65,7 @@ class Session:
 
     run_id: str
     client_encoding: str | None = None  # None: leave libpq's default (one side only)
+    async_commit: bool = False  # destination commits asynchronous (see make_durable)
 
     @classmethod
     def new(cls) -> Session:
@@ -67,7 +77,15 @@ class Session:
         return f"{APPLICATION_NAME}:{self.run_id}"[:63]
 
     def with_encoding(self, encoding: str) -> Session:
-        return Session(self.run_id, encoding)
+        return replace(self, client_encoding=encoding)
+
+    def with_async_commit(self, dst) -> Session:
+        """Asynchronous destination commits where :func:`make_durable` can end them."""
+        cur = dst.cursor()
+        cur.execute("SELECT has_function_privilege(%s, 'EXECUTE')", (DURABLE_FUNCTION,))
+        allowed = cur.fetchone()[0]
+        dst.commit()
+        return replace(self, async_commit=allowed)
 
 
 def resolve(value: str | None, env_name: str) -> str:
@@ -145,8 +163,28 @@ def pin(conn, side: str, session: Session, *, readonly: bool = False) -> None:
         settings.append(("row_security", "off"))
     if side == "source" or readonly:
         settings.append(("default_transaction_read_only", "on"))
+    elif session.async_commit:
+        settings.append(("synchronous_commit", "off"))
     # one round trip: names are our constants, values are passed as parameters
     cur.execute(" ".join(f"SET {name} = %s;" for name, _ in settings), [v for _, v in settings])
+    conn.commit()
+
+
+DURABLE_FUNCTION = "pg_logical_emit_message(boolean,text,text)"
+
+
+def make_durable(conn, session: Session) -> None:
+    """Return once every commit this run made on ``conn``'s server is as durable as that
+    server's (role's, database's) own ``synchronous_commit`` makes a commit.  The commit
+    must write WAL to flush it: a transaction id alone writes none, so one transactional
+    logical-decoding message (prefix ``pgcopy``) does."""
+    if not session.async_commit:
+        return  # the commits were synchronous
+    cur = conn.cursor()
+    cur.execute(
+        "SET LOCAL synchronous_commit TO DEFAULT; SELECT pg_logical_emit_message(true, 'pgcopy', %s)",
+        (f"durable {session.run_id}",),
+    )
     conn.commit()
 
 

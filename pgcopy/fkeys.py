@@ -28,7 +28,7 @@ from psycopg2 import sql
 
 from pgcopy import catalog, failpoints
 from pgcopy.catalog import ForeignKey, qualname
-from pgcopy.connections import Session, connect, error_line
+from pgcopy.connections import Session, connect, error_line, make_durable
 
 # Each FK dropped or added takes about six lock-table entries in its transaction; the
 # server's lock table holds max_locks_per_transaction (64 by default) per connection slot.
@@ -502,6 +502,7 @@ def restore_all(
                 target.on_settled(fk, added.timings.get((fk.table, fk.name), 0.0))
         failed = _validate(sessions, added.to_validate)
         with sessions.session() as conn:
+            make_durable(conn, target.session)  # before anyone removes the journal on our word
             present = _present(conn, fkeys)
     finally:
         if own:

@@ -340,3 +340,146 @@ def test_recover_from_source_when_journal_is_lost(src, dst, state):
     assert r.returncode == 0, r.stderr
     assert "2 foreign keys exist on the source but not on the destination" in r.stderr
     assert fk_state(dst) == fks
+
+
+@pytest.fixture(scope="module")
+def lazy_wal_cluster():
+    """A destination whose commits are synchronous by configuration and whose WAL writer
+    waits 10 s before flushing what asynchronous commits wrote; wal_level minimal, so no
+    background process writes WAL of its own (standby snapshots) while a test looks."""
+    from pgcopy.sandbox import FAST_SETTINGS, throwaway_cluster
+
+    settings = dict(
+        FAST_SETTINGS,
+        synchronous_commit="on",
+        wal_writer_delay="10s",
+        autovacuum="off",
+        wal_level="minimal",
+        max_wal_senders="0",
+    )
+    with throwaway_cluster(settings) as cluster:
+        yield cluster
+
+
+def _fk_chain(n: int) -> tuple[str, str]:
+    """n tables with serials, each referencing the previous one and the first: 2n - 1 FKs."""
+    ddl = "CREATE TABLE t0 (id serial PRIMARY KEY, up int REFERENCES t0);" + "".join(
+        f"CREATE TABLE t{i} (id serial PRIMARY KEY, a int REFERENCES t{i - 1}, b int REFERENCES t0);"
+        for i in range(1, n)
+    )
+    return ddl, "".join(f"INSERT INTO t{i} (id) SELECT generate_series(1, 5);" for i in range(n))
+
+
+# What a run leaves unflushed when it is durable: at most a few records that need no
+# flush (pruning when its last reads meet dead catalog tuples).  Its asynchronous commits
+# leave tens of kB.
+STRAY_WAL = 8192
+
+
+def _unflushed(cluster) -> int:
+    """Bytes of WAL inserted but not yet flushed."""
+    conn = psycopg2.connect(cluster.dsn("postgres"))
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), pg_current_wal_flush_lsn())")
+        return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def _killed_after_the_drop(src_dsn: str, dst_dsn: str, state) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "pgcopy", "copy", "-s", src_dsn, "-d", dst_dsn, "--yes", "-p", "2"]
+        + ["--state-dir", str(state)],
+        cwd=ROOT,
+        env=dict(os.environ, PGCOPY_FAILPOINT="after-drop:kill"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == -signal.SIGKILL, r.stderr
+
+
+def test_commits_are_asynchronous_until_the_run_makes_them_durable(src, lazy_wal_cluster, state):
+    """Destination commits are asynchronous (synchronous_commit = off, as pgcopydb sets
+    it): a run killed right after its FK drops leaves them committed but not yet flushed.
+    A run that completes flushes everything it wrote before it removes the journal and
+    reports, though the WAL writer would have waited 10 s."""
+    from tests.fix_clusters import Db
+
+    dst = Db(lazy_wal_cluster, "postgres")
+    ddl, seed = _fk_chain(30)
+    # free-standing sequences are set after the FKs are back (STEP 7): the last writes
+    ddl += "".join(f"CREATE SEQUENCE free{i};" for i in range(200))
+    seed += "".join(f"SELECT setval('free{i}', {i + 10});" for i in range(200))
+    src.execute(ddl + seed)
+    dst.execute(
+        "".join(f"DROP TABLE IF EXISTS t{i} CASCADE;" for i in range(30))
+        + "".join(f"DROP SEQUENCE IF EXISTS free{i};" for i in range(200))
+        + ddl
+    )
+    _killed_after_the_drop(src.dsn, dst.dsn, state)
+    assert _unflushed(lazy_wal_cluster) > STRAY_WAL, "the drops waited for a WAL flush"
+    r = copy(src.dsn, dst.dsn, "--yes", "-p", "2", state_dir=state)  # finishes the killed run first
+    assert r.returncode == 0, r.stderr
+    assert _unflushed(lazy_wal_cluster) < STRAY_WAL, "the run's last commits were not flushed"
+    assert checksums(dst) == checksums(src)
+    assert dst.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated") == 59
+    assert dst.scalar("SELECT last_value FROM free199") == 209
+
+
+def test_a_role_that_cannot_emit_the_flush_message_commits_synchronously(src, lazy_wal_cluster, state):
+    """Without EXECUTE on pg_logical_emit_message a run could not make asynchronous commits
+    durable, so its commits stay synchronous: killed right after the FK drops, everything
+    it committed is flushed already."""
+    admin = psycopg2.connect(lazy_wal_cluster.dsn("postgres"))
+    admin.autocommit = True
+    cur = admin.cursor()
+    cur.execute("DROP DATABASE IF EXISTS plain WITH (FORCE)")
+    cur.execute(
+        "DO $$ BEGIN CREATE ROLE plain LOGIN PASSWORD 'pw'; EXCEPTION WHEN duplicate_object THEN END $$"
+    )
+    cur.execute("CREATE DATABASE plain OWNER plain")
+    admin.close()
+    admin = psycopg2.connect(lazy_wal_cluster.dsn("plain"))  # a function's grants are per database
+    admin.autocommit = True
+    admin.cursor().execute(
+        "REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) FROM PUBLIC"
+    )
+    admin.close()
+    ddl, seed = _fk_chain(30)
+    src.execute(ddl + seed)
+    dst_dsn = lazy_wal_cluster.dsn("plain", "plain", "pw")
+    conn = psycopg2.connect(dst_dsn)
+    conn.autocommit = True
+    conn.cursor().execute(ddl)
+    conn.close()
+    _killed_after_the_drop(src.dsn, dst_dsn, state)
+    assert _unflushed(lazy_wal_cluster) < STRAY_WAL, "a commit did not wait for its flush"
+    r = copy(src.dsn, dst_dsn, "--yes", "-p", "2", state_dir=state)
+    assert r.returncode == 0, r.stderr
+    assert _unflushed(lazy_wal_cluster) < STRAY_WAL
+
+
+def test_make_durable_flushes_every_asynchronous_commit_before_it(lazy_wal_cluster):
+    """On a session of a run with asynchronous commits, committed rows wait for the WAL
+    writer (10 s here); make_durable returns once they are flushed."""
+    from pgcopy.connections import Session, connect, make_durable
+
+    session = Session.new()
+    dsn = lazy_wal_cluster.dsn("postgres")
+    setup = psycopg2.connect(dsn)
+    setup.autocommit = True
+    setup.cursor().execute("DROP TABLE IF EXISTS durable; CREATE TABLE durable (v text)")
+    setup.close()
+    assert Session.new().with_async_commit(psycopg2.connect(dsn)).async_commit
+    session = session.with_async_commit(connect(dsn, "destination", session))
+    conn = connect(dsn, "destination", session)
+    cur = conn.cursor()
+    for _ in range(20):
+        cur.execute("INSERT INTO durable SELECT repeat('x', 1000) FROM generate_series(1, 10)")
+        conn.commit()
+    assert _unflushed(lazy_wal_cluster) > STRAY_WAL
+    make_durable(conn, session)
+    assert _unflushed(lazy_wal_cluster) == 0
+    conn.close()

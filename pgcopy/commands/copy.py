@@ -22,6 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 
+import psycopg2
 from psycopg2 import sql
 
 from pgcopy import failpoints, fmt, runlock
@@ -43,6 +44,7 @@ from pgcopy.connections import (
     describe,
     describe_conn,
     error_line,
+    make_durable,
 )
 from pgcopy.coordinator import LoadOutcome, Workers, run_load, start_workers, workers_for
 from pgcopy.errors import (
@@ -299,6 +301,13 @@ class CopyRun:
             workers.close()  # idle ones, when the drop failed or a stop came before the load
         restored = self.restore_fkeys(plan.fkeys, view, quick_fkeys(plan))
         self.sequences_and_matviews(plan, outcome, view)
+        try:
+            # restore_all flushed the workers' and FK sessions' asynchronous commits (see
+            # pgcopy.connections) unless it failed; our own session commits synchronously
+            make_durable(self.dst, self.session)
+        except psycopg2.Error:
+            if error is None:
+                raise
         if error is not None:
             raise error
         return self.finish(outcome, restored)
@@ -314,6 +323,8 @@ class CopyRun:
         self.report.options["dest"] = describe_conn(self.dst)
         enc = common_encoding(self.src, self.dst)
         self.session = self.session.with_encoding(enc)
+        if not o.dry_run:
+            self.session = self.session.with_async_commit(self.dst)
         for conn in (self.src, self.dst):
             conn.set_client_encoding(enc)
         self.log.info(
