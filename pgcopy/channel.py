@@ -7,9 +7,9 @@
                                                    STOP: stop now (may come at any time)
         ◀─ ("start"/"done"/"failed"/"log"/"exit", wid, payload)
 
-A worker is a plain child process (``python -c 'from pgcopy.worker import main; main()'``,
-see pgcopy.coordinator) holding one end of a socket pair that carries pickled messages,
-each behind its length, and, for the progress bus, the memfd of its shared memory.
+A worker is a plain child process (``python -P -c 'from pgcopy.worker import main; main()'``,
+see pgcopy.child) holding one end of a socket pair that carries pickled messages, each
+behind its length, and, for the progress bus, the memfd of its shared memory.
 
 Why not multiprocessing: its spawn method starts a resource-tracker process for every run
 (a whole interpreter: 13 MB of RSS, measured), its queues and events are named semaphores

@@ -15,7 +15,6 @@ import argparse
 import os
 import re
 import stat
-import tomllib
 from pathlib import Path
 
 from pgcopy.errors import UsageError
@@ -51,6 +50,8 @@ def load(path: Path, profile: str | None) -> dict:
         raw = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"config file {path}: {exc.strerror}") from None
+    import tomllib  # only when there is a file: 0.6 MB of RSS otherwise spent in every run
+
     try:
         data = tomllib.loads(raw.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

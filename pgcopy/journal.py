@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -93,7 +92,10 @@ class Journal:
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "fkeys": [fk.as_dict() for fk in fkeys],
         }
-        fd, tmp = tempfile.mkstemp(prefix=".fkeys-", suffix=".tmp", dir=self.dir)
+        # mkstemp's contract (new, 0600) without the tempfile module, which the coordinator
+        # would import only for this (with random, shutil, bz2, lzma: 0.8 MB of RSS)
+        tmp = self.dir / f".fkeys-{os.getpid()}-{os.urandom(6).hex()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "w") as fh:
                 fh.write(json.dumps(body))  # json.dumps without indent is C: 0.1 s per 1,000 FKs less
