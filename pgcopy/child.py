@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 
 from pgcopy import channel
 
@@ -23,7 +24,7 @@ _BOOT = "import sys; sys.path.insert(0, {root!r}); from {module} import main; ma
 class ChildProcess:
     """``module``'s ``main()`` in a new interpreter, holding ``fds`` too."""
 
-    def __init__(self, module: str, args: list[str] = (), fds: list[int] = ()):
+    def __init__(self, module: str, args: Sequence[str] = (), fds: Sequence[int] = ()):
         self.sock, theirs = socket.socketpair()
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         boot = _BOOT.format(root=root, module=module)
