@@ -49,11 +49,12 @@ def recv(sock: socket.socket):
 def readable(sock: socket.socket) -> bool:
     """A message (or end-of-file) is waiting."""
     try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) is not None
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"" at end-of-file
     except BlockingIOError:
         return False
     except OSError:
-        return True  # broken: the next recv says so
+        pass  # broken: the next recv says so
+    return True
 
 
 def _exactly(sock: socket.socket, n: int) -> bytes:

@@ -17,7 +17,6 @@ import psycopg2
 from pgcopy import channel, failpoints
 from pgcopy.batch import copy_batch
 from pgcopy.catalog import lock_holders, qualname
-from pgcopy.channel import Line
 from pgcopy.connections import Session, connect, error_line
 from pgcopy.progress import NullSlot, Slot, attach
 from pgcopy.stream import StreamSpec, TableResult, analyze, copy_table
@@ -101,7 +100,7 @@ def main() -> None:
         os.set_inheritable(bus_fd, False)
     return_freed_buffers()
     slot = Slot(attach(bus_fd, bus_len), start.wid) if bus_fd >= 0 else NullSlot()
-    line = Line(sock, start.wid)
+    line = channel.Line(sock, start.wid)
     w = Worker(start.wid, start.spec, line, slot)
     while (item := line.next_item()) is not None:  # one table, or a batch of small ones
         w.run(item)
@@ -111,7 +110,7 @@ def main() -> None:
 class Worker:
     """One source and one destination connection, reopened after a failure."""
 
-    def __init__(self, wid: int, spec: WorkerSpec, line: Line, slot):
+    def __init__(self, wid: int, spec: WorkerSpec, line: channel.Line, slot):
         self.wid, self.spec, self.line, self.slot = wid, spec, line, slot
         self.src = self.dst = None
         self.pending: list = []  # loaded tables not yet analyzed
@@ -228,7 +227,7 @@ ANALYZE_BATCH = 20
 ANALYZE_ALONE_BYTES = 8 << 20  # a bigger table is analyzed (with what is pending) at once
 
 
-def _analyze(spec: WorkerSpec, dst, pending: list, line: Line):
+def _analyze(spec: WorkerSpec, dst, pending: list, line: channel.Line):
     """ANALYZE the pending tables; a failure is a warning (the tables are loaded)."""
     keys = list(pending)
     pending.clear()

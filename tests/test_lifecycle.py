@@ -255,6 +255,26 @@ def test_workers_die_with_the_coordinator(src, dst, state):
     assert dst.query("SELECT * FROM empty_src") == [(1, "stale")]
 
 
+def test_a_worker_killed_alone_fails_only_its_table(src, dst, state):
+    """kill -9 of the worker that waits on the last table (the other has nothing left to
+    do and has exited): the coordinator reads end-of-file on its line, reports that table
+    failed (its transaction never committed), puts every FK back and removes the journal;
+    nothing of the run is left."""
+    before = prepare(src, dst)
+    with copy_blocked_on_empty_src(src, dst, state, "-p", "2") as run:
+        workers = [pid for pid, cmd in descendants(run.proc.pid).items() if "pgcopy.worker" in cmd]
+        assert len(workers) == 1, workers
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        code, _, err = run.finish(timeout=120)
+    assert code == 4, err
+    assert "worker died (exit code -9)" in err and "Traceback" not in err, err
+    assert dst.query("SELECT * FROM empty_src") == [(1, "stale")]
+    assert_whole(src, dst, before, state)
+    assert fk_full(dst) == before["fks"]
+    assert wait_until(lambda: group_gone(run.proc.pid)) and wait_until(lambda: no_pgcopy_backends(dst))
+
+
 def test_prompt_says_interrupted_runs_fks_were_restored(src, dst, state):
     import pty
 

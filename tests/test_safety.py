@@ -466,14 +466,13 @@ def test_make_durable_flushes_every_asynchronous_commit_before_it(lazy_wal_clust
     writer (10 s here); make_durable returns once they are flushed."""
     from pgcopy.connections import Session, connect, make_durable
 
-    session = Session.new()
     dsn = lazy_wal_cluster.dsn("postgres")
     setup = psycopg2.connect(dsn)
     setup.autocommit = True
     setup.cursor().execute("DROP TABLE IF EXISTS durable; CREATE TABLE durable (v text)")
+    session = Session.new().with_async_commit(setup)
     setup.close()
-    assert Session.new().with_async_commit(psycopg2.connect(dsn)).async_commit
-    session = session.with_async_commit(connect(dsn, "destination", session))
+    assert session.async_commit
     conn = connect(dsn, "destination", session)
     cur = conn.cursor()
     for _ in range(20):
