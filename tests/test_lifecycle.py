@@ -85,7 +85,7 @@ def no_pgcopy_backends(db) -> bool:
 
 def assert_whole(src, dst, before: dict, journal_dir, *, strict: bool = True) -> None:
     """Every table fully old or fully new, triggers/checks/indexes untouched, the sequences
-    of every new table equal to the source's, the journal present while an FK is not as it
+    of every new table equal to the source's and of every old table as they were, the journal present while an FK is not as it
     was (``strict``: exactly while; a crash between writing the journal and the first drop
     leaves a journal with nothing to restore yet)."""
     now, theirs = checksums(dst), checksums(src)
@@ -98,6 +98,8 @@ def assert_whole(src, dst, before: dict, journal_dir, *, strict: bool = True) ->
     for table, value in now.items():
         if value == theirs[table] and value != before["rows"][table]:
             assert dst_seqs.get(table) == src_seqs.get(table), f"sequences of committed {table} not set"
+        elif value != theirs[table]:
+            assert dst_seqs.get(table) == before["seqs"].get(table), f"sequences of old {table} changed"
     journals = list(journal_dir.glob("*.json")) if journal_dir.exists() else []
     if fk_full(dst) != before["fks"]:
         assert journals, "FKs differ from before but no journal records them"
@@ -112,6 +114,7 @@ def snapshot(dst) -> dict:
         "checks": checks(dst),
         "indexes": index_state(dst),
         "fks": fk_full(dst),
+        "seqs": owned_sequences(dst),
     }
 
 
