@@ -85,7 +85,9 @@ def test_a_session_using_a_sequence_does_not_hold_up_its_batch(src, dst, state):
         holder.close()
     assert r.returncode == 0, r.stderr
     assert checksums(dst) == checksums(src)
-    assert [dst.scalar(f"SELECT last_value FROM s{i}_id_seq") for i in range(N)] == [100 + i for i in range(N)]
+    assert [dst.scalar(f"SELECT last_value FROM s{i}_id_seq") for i in range(N)] == [
+        100 + i for i in range(N)
+    ]
 
 
 def test_delete_stands_in_for_truncate_only_where_it_changes_nothing_else(src, dst, state, tmp_path):
