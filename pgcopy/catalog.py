@@ -6,6 +6,7 @@ information_schema (which hides objects and loses FK column pairing).
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
@@ -89,6 +90,11 @@ FK_ACTIONS = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL"
 FK_MATCH = {"f": "FULL", "p": "PARTIAL", "s": "SIMPLE"}
 
 
+@functools.cache
+def _fk_fields() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(ForeignKey))
+
+
 @dataclass(frozen=True, slots=True)
 class ForeignKey:
     """One FK, in structured fields: the DDL that re-creates it is built from them with
@@ -128,8 +134,9 @@ class ForeignKey:
         return sql.Composed(parts)
 
     def as_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        """For the journal: json writes the tuples as lists (``from_dict`` reads them back);
+        ``fields()`` once per class, not per FK (35 us an FK)."""
+        return {name: getattr(self, name) for name in _fk_fields()}
 
     @classmethod
     def from_dict(cls, d: dict) -> ForeignKey:
