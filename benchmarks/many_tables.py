@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from pgcopy import datasets, sandbox, verify  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import RssSampler  # noqa: E402
+from run import RssSampler, compile_bytecode  # noqa: E402
 
 OWNER, OWNER_PW, DB = "bench_owner", "bench-pw", "many"
 SETTINGS = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=1, help="rounds; the methods' order alternates")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results directory")
     args = ap.parse_args(argv)
+    compile_bytecode()
     rows = []
     for n in (int(x) for x in args.tables.split(",")):
         rows += measure(n, args.jobs, args.repeat)
