@@ -7,7 +7,7 @@
                                                    STOP: stop now (may come at any time)
         ◀─ ("start"/"done"/"failed"/"log"/"exit", wid, payload)
 
-A worker is a plain child process (``python -P -c 'from pgcopy.worker import main; main()'``,
+A worker is a plain child process (``python -P -S -c 'from pgcopy.worker import main; main()'``,
 see pgcopy.child) holding one end of a socket pair that carries pickled messages, each
 behind its length, and, for the progress bus, the memfd of its shared memory.
 

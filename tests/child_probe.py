@@ -1,0 +1,12 @@
+"""A pgcopy child (see pgcopy.child) that reports how it was started, for test_cli."""
+
+import sys
+
+from pgcopy import channel
+
+
+def main() -> None:
+    sock, _ = channel.child_start()
+    import psycopg2  # found on the parent's path without site's help
+
+    channel.send(sock, {"site": "site" in sys.modules, "path": sys.path, "psycopg2": psycopg2.__file__})
