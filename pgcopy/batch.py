@@ -157,9 +157,11 @@ def _commit_setting_sequences(dst, dcur, plain: list[Spooled]) -> None:
     statements back to back, so a client that dies or a stop cannot come between the
     setvals and the COMMIT.  ``setval`` is not transactional, and ``ALTER SEQUENCE ...
     RESTART`` (which makes it so) gives each sequence a new relation file: 0.3 ms each,
-    half of the load's time at 1,000 tiny tables (benchmarks/many_tables.py).  The
-    trailing BEGIN leaves the server in the transaction psycopg2 believes is open; the
-    commit() after it ends that empty one (no WAL, no flush)."""
+    half of the load's time at 1,000 tiny tables (benchmarks/many_tables.py).  Deferred
+    constraints were checked at each statement's end (``begin_load``), so the COMMIT has
+    nothing left to fail on after the setvals.  The trailing BEGIN leaves the server in the
+    transaction psycopg2 believes is open; the commit() after it ends that empty one (no
+    WAL, no flush)."""
     seqs = [seq for s in plain for seq in s.task.sequences]
     if not seqs:
         dst.commit()

@@ -112,8 +112,13 @@ def copy_statements(task: CopyTask) -> tuple[sql.Composed, sql.Composed]:
 
 
 def begin_load(dcur, spec: StreamSpec) -> None:
-    """Settings for a destination load transaction (one table, or a batch of small ones)."""
-    dcur.execute("SET LOCAL lock_timeout = %s", (spec.lock_timeout,))
+    """Settings for a destination load transaction (one table, or a batch of small ones).
+
+    Deferrable constraints (a DEFERRABLE unique key) are checked at the end of each
+    statement, not at the commit: a table that breaks one fails at its own COPY, so a
+    batch leaves it out like any failing table, and nothing is left to fail at the commit
+    (see batch._commit_setting_sequences)."""
+    dcur.execute("SET LOCAL lock_timeout = %s; SET CONSTRAINTS ALL IMMEDIATE", (spec.lock_timeout,))
     if spec.replica:
         dcur.execute("SET LOCAL session_replication_role = replica")
 
