@@ -26,7 +26,7 @@ import psycopg2
 from psycopg2 import sql
 
 from pgcopy import failpoints
-from pgcopy.catalog import lock_holders, regclass_literal
+from pgcopy.catalog import lock_holders
 from pgcopy.connections import error_line
 from pgcopy.stream import (
     CHUNK,
@@ -39,6 +39,7 @@ from pgcopy.stream import (
     copy_empty_rows,
     copy_statements,
     empty_table,
+    setval,
 )
 from pgcopy.task import CopyTask
 
@@ -166,9 +167,7 @@ def _commit_setting_sequences(dst, dcur, plain: list[Spooled]) -> None:
     if not seqs:
         dst.commit()
         return
-    setvals = sql.SQL(", ").join(
-        sql.SQL("setval({}, %s, %s)").format(sql.Literal(regclass_literal(seq.key))) for seq in seqs
-    )
+    setvals = sql.SQL(", ").join(setval(seq) for seq in seqs)
     with _failing(dst, None):
         dcur.execute(
             sql.SQL("SELECT {}; COMMIT; BEGIN").format(setvals),

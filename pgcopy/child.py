@@ -26,7 +26,7 @@ def _child_path(root: str) -> list[str]:
     """pgcopy's root, then our sys.path without its first entry when that is the script's
     directory or the working directory (which -P keeps off the child's).  The child runs
     without the site module (-S): site's work (site-packages, .pth files) is already in
-    our path, and importing it cost every worker 2.4 MB of RSS (measured)."""
+    our path, and importing it cost every worker 0.8 MB of RSS (measured at 3,000 tables)."""
     inherited = sys.path if sys.flags.safe_path else sys.path[1:]
     return [root, *(p for p in inherited if p != root)]
 

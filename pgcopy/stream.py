@@ -250,6 +250,11 @@ def _add_checks(dcur, task: CopyTask) -> None:
             )
 
 
+def setval(seq) -> sql.Composed:
+    """``setval(seq, %s, %s)``; its parameters are ``seq.last_value, seq.is_called``."""
+    return sql.SQL("setval({}, %s, %s)").format(sql.Literal(regclass_literal(seq.key)))
+
+
 def sequence_statements(task: CopyTask) -> tuple[sql.Composed, list]:
     """The statements (and parameters) that set the table's own sequences in its load
     transaction: setval alone is not transactional, but after ALTER SEQUENCE ... RESTART
@@ -258,7 +263,7 @@ def sequence_statements(task: CopyTask) -> tuple[sql.Composed, list]:
     stmts, params = [], []
     for seq in task.sequences:
         stmts.append(sql.SQL("ALTER SEQUENCE {} RESTART").format(sql.Identifier(*seq.key)))
-        stmts.append(sql.SQL("SELECT setval({}, %s, %s)").format(sql.Literal(regclass_literal(seq.key))))
+        stmts.append(sql.SQL("SELECT ") + setval(seq))
         params += [seq.last_value, seq.is_called]
     return sql.SQL("; ").join(stmts), params
 
