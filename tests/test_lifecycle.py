@@ -265,9 +265,13 @@ def test_a_worker_killed_alone_fails_only_its_table(src, dst, state):
     nothing of the run is left."""
     before = prepare(src, dst)
     with copy_blocked_on_empty_src(src, dst, state, "-p", "2") as run:
-        workers = [pid for pid, cmd in descendants(run.proc.pid).items() if "pgcopy.worker" in cmd]
-        assert len(workers) == 1, workers
-        for pid in workers:
+
+        def workers():
+            return [pid for pid, cmd in descendants(run.proc.pid).items() if "pgcopy.worker" in cmd]
+
+        # the idle worker logs its last table before it has closed its sessions and exited
+        assert wait_until(lambda: len(workers()) == 1), workers()
+        for pid in workers():
             os.kill(pid, signal.SIGKILL)
         code, _, err = run.finish(timeout=120)
     assert code == 4, err
