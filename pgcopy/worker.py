@@ -246,7 +246,18 @@ def _analyze(spec: WorkerSpec, dst, pending: list, line: channel.Line):
 def usage() -> dict:
     """This process's measured peak RSS and CPU seconds."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    return {"maxrss_kb": ru.ru_maxrss, "cpu_seconds": ru.ru_utime + ru.ru_stime}
+    return {"maxrss_kb": _peak_rss_kb() or ru.ru_maxrss, "cpu_seconds": ru.ru_utime + ru.ru_stime}
+
+
+def _peak_rss_kb() -> int:
+    """This program's peak RSS (VmHWM), 0 where /proc has none.  Not getrusage's ru_maxrss:
+    Linux carries the forking process's high-water mark through fork and exec into it, so
+    every worker reported the coordinator's RSS (66 MB at 10,000 tables, for 24)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
 
 
 def _lock_holders(spec: WorkerSpec, key) -> str:

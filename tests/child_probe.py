@@ -9,4 +9,9 @@ def main() -> None:
     sock, _ = channel.child_start()
     import psycopg2  # found on the parent's path without site's help
 
-    channel.send(sock, {"site": "site" in sys.modules, "path": sys.path, "psycopg2": psycopg2.__file__})
+    from pgcopy.worker import usage
+
+    channel.send(
+        sock,
+        {"site": "site" in sys.modules, "path": sys.path, "psycopg2": psycopg2.__file__, "usage": usage()},
+    )

@@ -166,6 +166,23 @@ def test_children_start_without_site_on_the_parents_path(tmp_path, monkeypatch):
     assert got["psycopg2"].startswith(tuple(p for p in sys.path if "site-packages" in p))
 
 
+def test_a_child_reports_its_own_peak_rss_not_ours():
+    """The report's "Worker peak RSS" is the worker's: Linux hands the starting process's
+    high-water mark (getrusage's ru_maxrss) through fork and exec to the child, so a
+    coordinator grown to 66 MB made every 24 MB worker report 66 MB."""
+    from pgcopy.child import ChildProcess
+
+    ballast = b"x" * (300 << 20)  # resident: 300 MB of our pages
+    child = ChildProcess("tests.child_probe")
+    try:
+        got = child.recv()
+    finally:
+        child.join(10)
+        child.close()
+    del ballast
+    assert 5 << 10 < got["usage"]["maxrss_kb"] < 100 << 10, got["usage"]
+
+
 def test_workers_ignore_modules_in_the_working_directory(src, dst, tmp_path):
     """A worker is started with ``python -P -S -c``: without -P the working directory would
     come first on its sys.path, so a pickle.py lying there would replace the standard
