@@ -66,6 +66,9 @@ class Session:
     run_id: str
     client_encoding: str | None = None  # None: leave libpq's default (one side only)
     async_commit: bool = False  # destination commits asynchronous (see make_durable)
+    # the run's first connections showed both servers keep a session to one client (see
+    # refuse_shared_sessions): the other sessions, to the same servers, skip the probe
+    sessions_checked: bool = False
 
     @classmethod
     def new(cls) -> Session:
@@ -78,6 +81,9 @@ class Session:
 
     def with_encoding(self, encoding: str) -> Session:
         return replace(self, client_encoding=encoding)
+
+    def with_sessions_checked(self) -> Session:
+        return replace(self, sessions_checked=True)
 
     def with_async_commit(self, dst) -> Session:
         """Asynchronous destination commits where :func:`make_durable` can end them."""
@@ -197,17 +203,67 @@ def connect(
     extra: dict[str, str] = {"application_name": session.app_name}
     if "connect_timeout" not in parsed and "PGCONNECT_TIMEOUT" not in os.environ:
         extra["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
+    conn = _open(dsn, side, extra)
     try:
-        conn = psycopg2.connect(dsn, **extra)
-    except psycopg2.Error as exc:
-        raise PgcopyError(f"cannot connect to {side} {describe(dsn)}: {_one_line(exc)}") from None
-    try:
+        if not session.sessions_checked:
+            refuse_shared_sessions(conn, lambda: _open(dsn, side, extra), side)
         pin(conn, side, session, readonly=readonly)
     except psycopg2.Error as exc:
         where = describe_conn(conn)
         conn.close()
         raise PgcopyError(f"cannot set up the {side} session ({where}): {_one_line(exc)}") from None
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def _open(dsn: str, side: str, extra: dict):
+    try:
+        return psycopg2.connect(dsn, **extra)
+    except psycopg2.Error as exc:
+        raise PgcopyError(f"cannot connect to {side} {describe(dsn)}: {_one_line(exc)}") from None
+
+
+def _server_pid(conn) -> int:
+    conn.autocommit = True  # one statement, one round trip
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT pg_backend_pid()")
+        return cur.fetchone()[0]
+    finally:
+        conn.autocommit = False
+
+
+def refuse_shared_sessions(conn, open_another, side: str) -> None:
+    """Refuse a pooler that passes server sessions between clients (transaction or
+    statement pooling), before :func:`pin` sets anything: every ``SET`` would stay on the
+    server session the pooler gives to its next client, so an application writing
+    through the source's pooler would find its transactions read-only (measured with
+    PgBouncer: "cannot execute INSERT in a read-only transaction" until the pool recycled
+    that session), and other sessions would lose their timeouts and row security.
+
+    A server reports its own pid at connection (libpq's PQbackendPID); a pooler or proxy
+    reports one of its own.  Only then is the pooling probed: with a second client
+    connection, statements in turn on both; in session pooling each client keeps one
+    server session, any other pooling hands one client's to the other or moves a client
+    between them."""
+    if _server_pid(conn) == conn.get_backend_pid():
+        return
+    other = open_another()
+    try:
+        seen = [(c is conn, _server_pid(c)) for c in (conn, other, conn, other, conn)]
+    finally:
+        other.close()
+    mine = {pid for own, pid in seen if own}
+    theirs = {pid for own, pid in seen if not own}
+    if len(mine) > 1 or mine & theirs:
+        raise UsageError(
+            f"the {side} ({describe_conn(conn)}) is reached through a pooler that passes server "
+            "sessions between clients (transaction or statement pooling): pgcopy's session "
+            "settings would stay on them for the pooler's other clients. Connect to the "
+            "server directly, or through a pool in session mode"
+        )
 
 
 def settled(dsn: str, conn) -> str:

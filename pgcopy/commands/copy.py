@@ -324,7 +324,7 @@ class CopyRun:
         self.report.options["source"] = describe_conn(self.src)
         self.report.options["dest"] = describe_conn(self.dst)
         enc = common_encoding(self.src, self.dst)
-        self.session = self.session.with_encoding(enc)
+        self.session = self.session.with_encoding(enc).with_sessions_checked()
         if not o.dry_run:
             self.session = self.session.with_async_commit(self.dst)
         for conn in (self.src, self.dst):
@@ -461,7 +461,7 @@ class CopyRun:
             except Exception as exc:
                 raise PreflightError(
                     [
-                        f"the source cannot export a snapshot ({error_line(exc)}); a pooler in transaction mode cannot share one: connect directly, or pass --no-snapshot to read each table at a different moment"
+                        f"the source cannot export a snapshot ({error_line(exc)}): connect to the server directly, or pass --no-snapshot to read each table at a different moment"
                     ]
                 ) from None
         self.scat = connect(self.opts.source, "source", self.session)

@@ -80,7 +80,7 @@ def verify(opts: VerifyOptions, log: Logger) -> int:
     opened: list = []
     try:
         enc = common_encoding(src, dst)
-        session = session.with_encoding(enc)
+        session = session.with_encoding(enc).with_sessions_checked()
         for conn in (src, dst):
             conn.set_client_encoding(enc)
         to_utf8 = src.get_parameter_status("server_encoding") != dst.get_parameter_status("server_encoding")
