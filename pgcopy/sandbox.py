@@ -177,10 +177,13 @@ class Cluster:
         return twin
 
 
-def start_cluster(settings: Mapping[str, str] | None = None, attempts: int = 3) -> Cluster:
-    """Create and start a cluster; it is stopped and removed at interpreter exit at the latest."""
+def start_cluster(
+    settings: Mapping[str, str] | None = None, attempts: int = 3, bins: Path | None = None
+) -> Cluster:
+    """Create and start a cluster (with the server binaries in ``bins``, else those
+    :func:`bindir` finds); it is stopped and removed at interpreter exit at the latest."""
     owner = _run_as()
-    bins = bindir()
+    bins = bins or bindir()
     last: Exception | None = None
     for _ in range(attempts):
         root = Path(tempfile.mkdtemp(prefix="pgcopy-sandbox-"))
