@@ -225,14 +225,19 @@ def _open(dsn: str, side: str, extra: dict):
         raise PgcopyError(f"cannot connect to {side} {describe(dsn)}: {_one_line(exc)}") from None
 
 
-def _server_pid(conn) -> int:
-    conn.autocommit = True  # one statement, one round trip
+def _alone(conn, statement: str):
+    """``statement`` as a transaction of its own (one round trip); its first row, if any."""
+    conn.autocommit = True
     try:
         cur = conn.cursor()
-        cur.execute("SELECT pg_backend_pid()")
-        return cur.fetchone()[0]
+        cur.execute(statement)
+        return cur.fetchone() if cur.description else None
     finally:
         conn.autocommit = False
+
+
+def _server_pid(conn) -> int:
+    return _alone(conn, "SELECT pg_backend_pid()")[0]
 
 
 def refuse_shared_sessions(conn, open_another, side: str) -> None:
@@ -247,9 +252,12 @@ def refuse_shared_sessions(conn, open_another, side: str) -> None:
     reports one of its own.  Only then is the pooling probed: with a second client
     connection, statements in turn on both; in session pooling each client keeps one
     server session, any other pooling hands one client's to the other or moves a client
-    between them."""
+    between them.  A proxy that keeps a client on one server session once it has set
+    something (RDS Proxy documents this "pinning") is probed as pgcopy will use it, after
+    a ``SET`` of a name of pgcopy's own, which means nothing to a session it stays on."""
     if _server_pid(conn) == conn.get_backend_pid():
         return
+    _alone(conn, "SET pgcopy.probe = on")
     other = open_another()
     try:
         seen = [(c is conn, _server_pid(c)) for c in (conn, other, conn, other, conn)]
