@@ -7,13 +7,14 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import time
 
 import psycopg2
 import pytest
 
 from pgcopy.sandbox import SUPERUSER
 from tests.fix_clusters import Db
-from tests.helpers import DATA, SCHEMA, checksums, copy, fk_state
+from tests.helpers import DATA, SCHEMA, checksums, copy, fk_state, load_fidelity, sequence_state
 
 _n = itertools.count()
 
@@ -394,6 +395,33 @@ def test_physical_clone_is_copied_into_but_self_copy_refused(clusters, state):
             clone_cluster.destroy()
     finally:
         admin(primary, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_hot_standby_source_is_copied_from(clusters, src, dst, state):
+    """Refreshing staging from a read replica, not the primary: the snapshot is exported on
+    the standby, and every row, FK and sequence arrives.  A standby shows each sequence as
+    last WAL-logged, up to 32 values ahead of the primary's: never behind it."""
+    load_fidelity(src, dst)
+    lsn = src.scalar("SELECT pg_current_wal_lsn()::text")
+    standby = clusters[0].clone(standby=True)
+    try:
+        replica = Db(standby, src.dbname)
+        end = time.monotonic() + 30
+        while replica.scalar("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)) is not True:
+            assert time.monotonic() < end, "the standby did not catch up"
+            time.sleep(0.1)
+        assert replica.scalar("SELECT pg_is_in_recovery()") is True
+        r = copy(replica.dsn, dst.dsn, "--yes", "-p", "2", state_dir=state)
+        assert r.returncode == 0, r.stderr
+        assert checksums(dst) == checksums(src)
+        assert fk_state(dst) == fk_state(src)
+        ahead = {
+            (s, n): (v or 0) - (w or 0)
+            for (s, n, v), (_, _, w) in zip(sequence_state(dst), sequence_state(src), strict=True)
+        }
+        assert all(0 <= d <= 32 for d in ahead.values()), ahead
+    finally:
+        standby.destroy()
 
 
 def test_standby_destination_refused(clusters, src, state):
