@@ -20,7 +20,6 @@ class Plan:
     fkeys: list[ForeignKey]
     sequences: list[Sequence]
     matviews: list[Key]
-    replica: bool
     ancestors: dict[Key, tuple[Key, ...]] = field(default_factory=dict)  # partition -> parents
     large_objects: int = 0  # on the source; not copied
     owned_sequences: set[Key] = field(default_factory=set)  # destination sequences the role owns
@@ -59,17 +58,6 @@ def batches(tasks: list[CopyTask], lock_budget: int, piped_only: bool = False) -
     return out
 
 
-def replica_allowed(cur) -> bool:
-    """May this role SET session_replication_role (superuser, or 15+ GRANT SET ON PARAMETER)?"""
-    cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-    if cur.fetchone()[0]:
-        return True
-    if cur.connection.server_version >= 150000:
-        cur.execute("SELECT has_parameter_privilege('session_replication_role', 'SET')")
-        return bool(cur.fetchone()[0])
-    return False
-
-
 @dataclass(frozen=True)
 class PlanInputs:
     """What the plan depends on besides the two catalogs."""
@@ -105,7 +93,6 @@ def build_plan(
         fkeys=cats.fkeys,
         sequences=cats.sequences,
         matviews=catalog.read_matviews(dst_cur, loaded),
-        replica=replica_allowed(dst_cur),
         ancestors={t.key: t.ancestors for t in selected},
         large_objects=catalog.large_objects(src_cur),
         owned_sequences=cats.owned_sequences,

@@ -32,7 +32,6 @@ class RunReport:
     triggers_held: int = 0
     sequences_set: list[str] = field(default_factory=list)
     matviews_refreshed: list[str] = field(default_factory=list)
-    replica_mode: bool = False
     large_objects: int = 0  # on the source; not copied
     warnings: list[str] = field(default_factory=list)
     exit_code: int | None = None
@@ -136,7 +135,6 @@ class RunReport:
             "sequences": [qualname(s.key) for s in plan.sequences],
             "matviews": [qualname(m) for m in plan.matviews],
             "large_objects": plan.large_objects,
-            "replica_mode": plan.replica,
             "snapshot": snapshot,
             "checks_passed": checks,
             "problems": [],

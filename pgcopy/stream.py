@@ -40,7 +40,6 @@ class StreamSpec:
 
     codec: Codec | None = None
     batch_size: int | None = None  # row mode when set
-    replica: bool = False
     lock_timeout: str = "30s"
     analyze: bool = True
     verify: bool = False  # compare digests before the commit (see pgcopy.digest)
@@ -119,8 +118,6 @@ def begin_load(dcur, spec: StreamSpec) -> None:
     batch leaves it out like any failing table, and nothing is left to fail at the commit
     (see batch._commit_setting_sequences)."""
     dcur.execute("SET LOCAL lock_timeout = %s; SET CONSTRAINTS ALL IMMEDIATE", (spec.lock_timeout,))
-    if spec.replica:
-        dcur.execute("SET LOCAL session_replication_role = replica")
 
 
 def empty_table(dcur, task: CopyTask) -> bool:

@@ -130,9 +130,6 @@ def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions, stream) -> 
     p(f"Materialized views to refresh: {len(plan.matviews)}")
     for m in plan.matviews:
         p(f"  {qualname(m)}")
-    p(
-        f"session_replication_role = replica: {'available' if plan.replica else 'not available (not needed: FKs are dropped)'}"
-    )
     p(f"Source snapshot: {'exportable' if snapshot else 'not used (--no-snapshot)'}")
     if plan.large_objects:
         p(f"Large objects on the source: {plan.large_objects} (not copied)")
@@ -246,7 +243,7 @@ class CopyRun:
 
     def change(self, plan: Plan) -> int:
         """Everything that changes the destination, with the stop flag installed."""
-        self.report.tables_total, self.report.replica_mode = len(plan.tasks), plan.replica
+        self.report.tables_total = len(plan.tasks)
         self.report.large_objects = plan.large_objects
         self.scat.close()
         self.scat = None
@@ -579,9 +576,7 @@ class CopyRun:
         to_utf8 = self.src.get_parameter_status("server_encoding") != self.dst.get_parameter_status(
             "server_encoding"
         )
-        stream = StreamSpec(
-            o.codec, o.batch_size, plan.replica, o.lock_timeout, o.analyze, o.verify, to_utf8, lock_budget
-        )
+        stream = StreamSpec(o.codec, o.batch_size, o.lock_timeout, o.analyze, o.verify, to_utf8, lock_budget)
         return LoadSetup(WorkerSpec(o.source, o.dest, self.snapshot, stream, self.session), batches)
 
     def load(self, plan: Plan, view, setup: LoadSetup, workers: Workers) -> LoadOutcome:
@@ -592,7 +587,6 @@ class CopyRun:
         self.log.info(
             f"STEP 5: loading {len(plan.tasks)} tables with {len(workers.procs)} workers"
             + (f" ({grouped} small tables in {sum(len(b) > 1 for b in batches)} batches)" if grouped else "")
-            + (" (session_replication_role = replica)" if plan.replica else "")
         )
         # FKs whose tables have all loaded are restored while the others still load
         target = self.fk_target(quick=quick_fkeys(plan), on_settled=view.fk_settled)
