@@ -22,6 +22,7 @@ from tests.helpers import (
     index_state,
     load_fidelity,
     owner_dsn,
+    pgcopy,
     sequence_state,
     trigger_state,
 )
@@ -81,3 +82,6 @@ def test_the_fidelity_database_across_major_versions(src, dst, db16, tmp_path, d
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     assert_same(old, new)
+    # and verify, whose digests the two servers compute each in its own version
+    v = pgcopy("verify", "-s", owner_dsn(old), "-d", owner_dsn(new), state_dir=None)
+    assert v.returncode == 0, v.stdout + v.stderr
