@@ -148,19 +148,24 @@ def test_scripts_copy_with_workers_that_load_no_ssl(src, dst, tmp_path, script):
     assert dst.scalar("SELECT count(*) FROM c") == 1
 
 
+def _probe_child() -> dict:
+    """What a pgcopy child (tests/child_probe.py) reports about how it was started."""
+    from pgcopy.child import ChildProcess
+
+    child = ChildProcess("tests.child_probe")
+    try:
+        return child.recv()
+    finally:
+        child.join(10)
+        child.close()
+
+
 def test_children_start_without_site_on_the_parents_path(tmp_path, monkeypatch):
     """A child (a worker) runs without the site module (-S: 0.8 MB of RSS less each,
     measured): its path is pgcopy's root and ours, without our first entry (the script's
     or working directory)."""
-    from pgcopy.child import ChildProcess
-
     monkeypatch.syspath_prepend(str(tmp_path))  # where a script run from here would be
-    child = ChildProcess("tests.child_probe")
-    try:
-        got = child.recv()
-    finally:
-        child.join(10)
-        child.close()
+    got = _probe_child()
     assert got["site"] is False
     assert got["path"][0] == str(ROOT) and str(tmp_path) not in got["path"]
     assert got["psycopg2"].startswith(tuple(p for p in sys.path if "site-packages" in p))
@@ -170,15 +175,8 @@ def test_a_child_reports_its_own_peak_rss_not_ours():
     """The report's "Worker peak RSS" is the worker's: Linux hands the starting process's
     high-water mark (getrusage's ru_maxrss) through fork and exec to the child, so a
     coordinator grown to 66 MB made every 24 MB worker report 66 MB."""
-    from pgcopy.child import ChildProcess
-
     ballast = b"x" * (300 << 20)  # resident: 300 MB of our pages
-    child = ChildProcess("tests.child_probe")
-    try:
-        got = child.recv()
-    finally:
-        child.join(10)
-        child.close()
+    got = _probe_child()
     del ballast
     assert 5 << 10 < got["usage"]["maxrss_kb"] < 100 << 10, got["usage"]
 
