@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 import psycopg2.extensions
 from psycopg2 import sql
 
+from pgcopy.records import by_position
+
 Key = tuple[str, str]  # (schema, name)
 
 # Catalog identifiers (type name) arrive interned: a schema's or table's name then exists
@@ -185,6 +187,7 @@ class ForeignKey:
         )
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class Trigger:
     table: Key
@@ -377,6 +380,7 @@ def read_foreign_keys(cur, tables: Iterable[Key] | None = None) -> list[ForeignK
     return out
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class CheckConstraint:
     """A NOT VALID CHECK on a destination table: COPY would check new rows against it, so
@@ -490,6 +494,7 @@ def database_identity(cur) -> tuple[str, int, str]:
     return sysid, int(dboid), name
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class Index:
     """One index of a destination table, as needed to drop and rebuild it exactly."""

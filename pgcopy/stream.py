@@ -20,6 +20,7 @@ from pgcopy import digest, failpoints
 from pgcopy.catalog import regclass_literal
 from pgcopy.codec import Codec, DecompressingReader, open_writer
 from pgcopy.progress import NullSlot
+from pgcopy.records import by_position
 from pgcopy.task import CopyTask
 
 CHUNK = 1 << 18  # read size for COPY FROM and write buffer for COPY TO
@@ -47,6 +48,7 @@ class StreamSpec:
     lock_budget: int = 32  # lock entries one destination transaction may take (see plan.batches)
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class TableResult:
     key: tuple[str, str]

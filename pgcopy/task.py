@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from pgcopy import catalog
 from pgcopy.catalog import Key, Trigger, qualname
+from pgcopy.records import by_position
 
 # Small tables cost more in per-table overhead than in data.  At most this big on the
 # source, a table loads in a batch with other small tables (one destination transaction and
@@ -19,6 +20,7 @@ from pgcopy.catalog import Key, Trigger, qualname
 SMALL_BYTES = 1 << 20
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class SequenceValue:
     """A sequence's state on the source, read right after the snapshot was taken."""
@@ -28,6 +30,7 @@ class SequenceValue:
     is_called: bool
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class CopyTask:
     """One table to load, fully worked out so the worker makes no decisions."""
