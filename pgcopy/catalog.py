@@ -18,6 +18,17 @@ from pgcopy.records import by_position
 
 Key = tuple[str, str]  # (schema, name)
 
+
+class Shared(dict):
+    """One object for each distinct key or tuple of names that a run's catalog reads
+    return, like interned strings: otherwise every row makes its own, and a plan of
+    10,000 tables held each table's key four times over (in its FKs and sequences, and
+    the destination's copy) and each FK's column list anew, 4.5 MB of tuples."""
+
+    def __call__(self, value):
+        return self.setdefault(value, value)
+
+
 # Catalog identifiers (type name) arrive interned: a schema's or table's name then exists
 # once however many tables, columns, FKs and sequences name it (at 3,000 tables the plan
 # held each name in up to ten copies).
@@ -260,27 +271,28 @@ def read_sizes(conn) -> Sizes:
     return out
 
 
-def read_tables(cur, sizes: Sizes | None = None) -> list[Table]:
+def read_tables(cur, sizes: Sizes | None = None, shared: Shared | None = None) -> list[Table]:
     """Ordinary tables, partitions and partitioned parents (no views, foreign or temp tables).
 
     ``sizes`` from :func:`read_sizes`; without it they are read here, which commits."""
     if sizes is None:
         sizes = read_sizes(cur.connection)
+    share = shared if shared is not None else Shared()
     cur.execute(TABLES_SQL)
     rows = cur.fetchall()
-    names = {r[0]: (r[1], r[2]) for r in rows}
+    names = {r[0]: share((r[1], r[2])) for r in rows}
     parent_total: dict[int, int] = {}
     for oid, *_, anc_oids in rows:
         for a in anc_oids:
             parent_total[a] = parent_total.get(a, 0) + sizes.get(oid, (0, 0))[0]
     out = []
-    for oid, schema, name, relkind, ispart, unlogged, reltuples, anc_oids in rows:
+    for oid, _, _, relkind, ispart, unlogged, reltuples, anc_oids in rows:
         kind = "partition" if ispart and relkind == "r" else KIND_NAMES[relkind]
-        ancestors = tuple(names[a] for a in anc_oids if a in names)
+        ancestors = share(tuple(names[a] for a in anc_oids if a in names))
         total, data = sizes.get(oid, (0, 0))
         if relkind == "p":
             total, data = parent_total.get(oid, 0), 0
-        out.append(Table(oid, (schema, name), kind, unlogged, float(reltuples), total, ancestors, data))
+        out.append(Table(oid, names[oid], kind, unlogged, float(reltuples), total, ancestors, data))
     return out
 
 
@@ -322,9 +334,12 @@ DELSET_15 = """ARRAY(SELECT a.attname FROM unnest(con.confdelsetcols) WITH ORDIN
                JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.i)"""
 
 
-def read_foreign_keys(cur, tables: Iterable[Key] | None = None) -> list[ForeignKey]:
+def read_foreign_keys(
+    cur, tables: Iterable[Key] | None = None, shared: Shared | None = None
+) -> list[ForeignKey]:
     """Top-level FKs (partition clones, conparentid <> 0, come back with their parent);
     only those on ``tables`` when given (one query, however many)."""
+    share = shared if shared is not None else Shared()
     delset = DELSET_15 if cur.connection.server_version >= 150000 else "ARRAY[]::name[]"
     query = FKEYS_SQL.format(delset=delset)
     params: tuple = ()
@@ -362,12 +377,12 @@ def read_foreign_keys(cur, tables: Iterable[Key] | None = None) -> list[ForeignK
         out.append(
             ForeignKey(
                 name,
-                (s, t),
-                (fs, ft),
+                share((s, t)),
+                share((fs, ft)),
                 definition,
                 validated,
-                tuple(cols),
-                tuple(rcols),
+                share(tuple(cols)),
+                share(tuple(rcols)),
                 match,
                 upd,
                 dele,
@@ -408,7 +423,8 @@ def read_not_valid_checks(cur, oids: Iterable[int]) -> dict[int, tuple[CheckCons
     return {k: tuple(v) for k, v in out.items()}
 
 
-def read_triggers(cur, oids: Iterable[int]) -> dict[int, list[Trigger]]:
+def read_triggers(cur, oids: Iterable[int], shared: Shared | None = None) -> dict[int, list[Trigger]]:
+    share = shared if shared is not None else Shared()
     cur.execute(
         """SELECT t.tgrelid, n.nspname, c.relname, t.tgname, t.tgenabled
              FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
@@ -419,12 +435,13 @@ def read_triggers(cur, oids: Iterable[int]) -> dict[int, list[Trigger]]:
     )
     out: dict[int, list[Trigger]] = {}
     for relid, s, t, name, enabled in cur.fetchall():
-        out.setdefault(relid, []).append(Trigger((s, t), name, enabled))
+        out.setdefault(relid, []).append(Trigger(share((s, t)), name, enabled))
     return out
 
 
-def read_sequences(cur) -> list[Sequence]:
+def read_sequences(cur, shared: Shared | None = None) -> list[Sequence]:
     """Every sequence with the table that owns it (serial or identity), if any."""
+    share = shared if shared is not None else Shared()
     cur.execute(
         """SELECT n.nspname, s.relname, tn.nspname, t.relname
              FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace
@@ -436,7 +453,7 @@ def read_sequences(cur) -> list[Sequence]:
               AND n.nspname !~ '^pg_(toast|temp_)'
             ORDER BY 1, 2"""
     )
-    return [Sequence((s, n), (ts, tn) if tn else None) for s, n, ts, tn in cur.fetchall()]
+    return [Sequence(share((s, n)), share((ts, tn)) if tn else None) for s, n, ts, tn in cur.fetchall()]
 
 
 MATVIEWS_SQL = """

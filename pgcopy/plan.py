@@ -75,13 +75,16 @@ def build_plan(
 
     Sizes come from :func:`catalog.read_sizes` (read beforehand in short transactions):
     nothing here takes a lock on a user table."""
-    src_tables = catalog.read_tables(src_cur, src_sizes)
-    dst_tables = catalog.read_tables(dst_cur, dst_sizes)
+    shared = catalog.Shared()  # for the plan's making only: the plan holds what it shares
+    src_tables = catalog.read_tables(src_cur, src_sizes, shared)
+    dst_tables = catalog.read_tables(dst_cur, dst_sizes, shared)
     matched = patterns.select_or_refuse(src_tables, inputs.include, inputs.exclude, log.warn)
     selected = [t for t in matched if t.kind != "partitioned parent"]
     if not selected:
         raise PreflightError(["no table matches the selection"])
-    cats = preflight.read_catalogs(src_cur, dst_cur, selected, dst_tables, inputs.include, inputs.exclude)
+    cats = preflight.read_catalogs(
+        src_cur, dst_cur, selected, dst_tables, inputs.include, inputs.exclude, shared
+    )
     problems = preflight.run_checks(cats)
     if problems:
         raise PreflightError(problems)
@@ -130,13 +133,13 @@ def _tasks(c: preflight.Catalogs, inputs: PlanInputs) -> list[CopyTask]:
         tasks.append(
             CopyTask(
                 key=t.key,
-                columns=tuple(col.name for col in cols),
+                columns=c.shared(tuple(col.name for col in cols)),
                 triggers=tuple(c.triggers.get(dst.oid, ())),
                 est_rows=t.reltuples,
                 est_bytes=t.total_bytes,
                 dest_est_rows=dst.reltuples,
                 dest_est_bytes=dst.total_bytes,
-                column_types=tuple(col.type for col in cols),
+                column_types=c.shared(tuple(col.type for col in cols)),
                 format=fmt,
                 format_reason=reason,
                 data_bytes=t.data_bytes,

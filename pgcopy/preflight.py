@@ -30,6 +30,7 @@ class Catalogs:
     triggers: dict[int, list[Trigger]]  # destination oid -> user triggers
     checks: dict[int, tuple[CheckConstraint, ...]]  # destination oid -> NOT VALID CHECKs
     sequences: list[Sequence]
+    shared: catalog.Shared  # one tuple per distinct key or list of names (see catalog.Shared)
     owned: set[Key] = field(default_factory=set)  # destination tables the role owns
     owned_sequences: set[Key] = field(default_factory=set)
 
@@ -63,11 +64,11 @@ def _leaves_of(tables: list[Table]) -> dict[Key, list[Key]]:
     return out
 
 
-def _sequences(src_cur, rel_set: set[Key], include, exclude) -> list[Sequence]:
+def _sequences(src_cur, rel_set: set[Key], include, exclude, shared: catalog.Shared) -> list[Sequence]:
     """Sequences owned by a selected table (or its parent), or standalone and matching."""
     inc, exc = patterns.parse_patterns(include), patterns.parse_patterns(exclude)
     out = []
-    for seq in catalog.read_sequences(src_cur):
+    for seq in catalog.read_sequences(src_cur, shared):
         if seq.owner_table is not None:
             if seq.owner_table in rel_set:
                 out.append(seq)
@@ -77,8 +78,15 @@ def _sequences(src_cur, rel_set: set[Key], include, exclude) -> list[Sequence]:
 
 
 def read_catalogs(
-    src_cur, dst_cur, selected: list[Table], dst_tables: list[Table], include, exclude
+    src_cur,
+    dst_cur,
+    selected: list[Table],
+    dst_tables: list[Table],
+    include,
+    exclude,
+    shared: catalog.Shared | None = None,
 ) -> Catalogs:
+    shared = shared if shared is not None else catalog.Shared()
     dst_by_key = {t.key: t for t in dst_tables}
     present = [t for t in selected if t.key in dst_by_key]
     dst_oids = [dst_by_key[t.key].oid for t in present]
@@ -91,13 +99,15 @@ def read_catalogs(
         dst_cols=catalog.read_columns(dst_cur, dst_oids),
         fkeys=[],
         leaves=_leaves_of(dst_tables),
-        triggers=catalog.read_triggers(dst_cur, dst_oids),
+        triggers=catalog.read_triggers(dst_cur, dst_oids, shared),
         checks=catalog.read_not_valid_checks(dst_cur, dst_oids),
         sequences=[],
+        shared=shared,
     )
     rel = cats.rel_set
-    cats.fkeys = [fk for fk in catalog.read_foreign_keys(dst_cur) if fk.table in rel or fk.ref_table in rel]
-    cats.sequences = _sequences(src_cur, rel, include, exclude)
+    fkeys = catalog.read_foreign_keys(dst_cur, shared=shared)
+    cats.fkeys = [fk for fk in fkeys if fk.table in rel or fk.ref_table in rel]
+    cats.sequences = _sequences(src_cur, rel, include, exclude, shared)
     return cats
 
 
@@ -236,7 +246,7 @@ def sequence_problems(c: Catalogs) -> list[str]:
              FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace WHERE s.relkind = 'S'"""
     )
     dst_seqs = {(s, n): owner for s, n, owner in c.dst_cur.fetchall()}
-    c.owned_sequences = {k for k, owner in dst_seqs.items() if owner}
+    c.owned_sequences = {s.key for s in c.sequences if dst_seqs.get(s.key)}
     out += [
         f"sequence {qualname(s.key)} does not exist on the destination: create it there"
         for s in c.sequences

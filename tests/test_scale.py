@@ -204,3 +204,40 @@ def test_tasks_and_results_cross_the_line_without_filling_free_lists():
         pickle.loads(pickle.dumps(("done", 0, result), pickle.HIGHEST_PROTOCOL))
     gc.collect(1)  # not a full collection: it would empty them again
     assert sys.getallocatedblocks() - before < 500
+
+
+def test_the_plan_names_each_table_with_one_tuple(src, dst):
+    """A table's key is one tuple in the whole plan: its task, its FKs' ends and its
+    sequences name it with the same object, and equal lists of column names are one tuple
+    (a plan of 10,000 tables held each key four times over, 4.5 MB of tuples)."""
+    from pgcopy import catalog
+    from pgcopy.log import Logger
+    from pgcopy.plan import PlanInputs, build_plan
+
+    schema = """CREATE TABLE p (id serial PRIMARY KEY, v text);
+                CREATE TABLE p2 (id int PRIMARY KEY, v text);
+                CREATE TABLE q (id serial PRIMARY KEY, v text, p int REFERENCES p);
+                CREATE TABLE r (id serial PRIMARY KEY, v text, p int REFERENCES p, q int REFERENCES q)"""
+    src.execute(schema)
+    dst.execute(schema)
+    sconn, dconn = src.connect(), dst.connect()
+    try:
+        for conn in (sconn, dconn):
+            catalog.intern_names(conn)
+        sizes = catalog.read_sizes(sconn), catalog.read_sizes(dconn)
+        plan = build_plan(sconn.cursor(), dconn.cursor(), PlanInputs(), Logger(stream=None), *sizes)
+    finally:
+        sconn.close()
+        dconn.close()
+    keys = {t.key[1]: t.key for t in plan.tasks}
+    assert {fk.ref_table[1] for fk in plan.fkeys} == {"p", "q"}
+    for fk in plan.fkeys:
+        assert fk.table is keys[fk.table[1]] and fk.ref_table is keys[fk.ref_table[1]]
+    assert len(plan.sequences) == 3
+    for seq in plan.sequences:
+        assert seq.owner_table is keys[seq.owner_table[1]]
+        assert any(k is seq.key for k in plan.owned_sequences)
+    assert len({id(fk.ref_columns) for fk in plan.fkeys}) == 1  # ("id",) for all three
+    tasks = {t.key[1]: t for t in plan.tasks}
+    assert tasks["p"].columns == ("id", "v") and tasks["p2"].columns is tasks["p"].columns
+    assert tasks["p2"].column_types is tasks["p"].column_types
