@@ -84,6 +84,8 @@ class Spool:
 
 @dataclass
 class Spooled:
+    """One small table's rows, read from the source and waiting for their COPY FROM."""
+
     index: int
     task: CopyTask
     data: Spool | None  # None for a table without columns

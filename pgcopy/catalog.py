@@ -49,6 +49,8 @@ KIND_NAMES = {"r": "table", "p": "partitioned parent"}
 
 @dataclass(frozen=True, slots=True)
 class Table:
+    """A table, partition or partitioned parent, as one side's catalog shows it."""
+
     oid: int
     key: Key  # one tuple, shared by everything that names the table
     kind: str  # 'table', 'partition' or 'partitioned parent'
@@ -92,6 +94,8 @@ def regclass_literal(key: Key) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Column:
+    """One column of a table, as COPY and the preflight checks need it."""
+
     name: str
     type: str  # format_type()
     generated: bool
@@ -201,6 +205,8 @@ class ForeignKey:
 @by_position
 @dataclass(frozen=True, slots=True)
 class Trigger:
+    """A destination user trigger, held off during its table's load."""
+
     table: Key
     name: str
     enabled: str  # pg_trigger.tgenabled: O, D, R or A
@@ -208,6 +214,8 @@ class Trigger:
 
 @dataclass(frozen=True, slots=True)
 class Sequence:
+    """A sequence, and the table that owns it (serial or identity), if any."""
+
     key: Key
     owner_table: Key | None
 

@@ -18,8 +18,12 @@ from pgcopy import channel
 
 # The child finds pgcopy where we did (a checkout run by bin/pgcopy is on no path of its
 # own), and everything else on our path; its argv: its socket's fd, our pid, then ``args``
-# (see pgcopy.channel.child_start).
-_BOOT = "import sys; sys.path[:] = {path!r}; from {module} import main; main()"
+# (see pgcopy.channel.child_start).  ``inspect`` is deferred before anything imports
+# dataclasses (see pgcopy.lean).
+_BOOT = (
+    "import sys; sys.path[:] = {path!r}; import pgcopy.lean; pgcopy.lean.defer_inspect(); "
+    "from {module} import main; main()"
+)
 
 
 def _child_path(root: str) -> list[str]:

@@ -24,6 +24,8 @@ COMPRESSED_READ = 16 << 10
 
 @dataclass(frozen=True)
 class Codec:
+    """The compression of the pipe between the two COPYs (--compress)."""
+
     name: str  # 'gzip' or 'zstd'
     level: int
 

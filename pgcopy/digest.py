@@ -26,6 +26,8 @@ MOD = 1 << 64
 
 @dataclass(frozen=True)
 class Digest:
+    """A table's row count and order-independent checksum, as one server computed it."""
+
     rows: int
     value: int
 

@@ -123,6 +123,8 @@ class Expected:
 
 @dataclass(frozen=True, slots=True)
 class InFlight:
+    """One table being loaded, as the display shows it."""
+
     task: int
     bytes: float
     rows_est: float  # from the bytes and the table's expected bytes per row
@@ -134,6 +136,8 @@ class InFlight:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
+    """The whole run's progress at one moment, for the display."""
+
     fraction: float  # of the whole run's estimated work (rows, index rebuilds, FK validation)
     bytes: float
     rows: float  # finished tables: COPY's counts; in flight: estimated from bytes

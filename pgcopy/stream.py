@@ -51,6 +51,8 @@ class StreamSpec:
 @by_position
 @dataclass(frozen=True, slots=True)
 class TableResult:
+    """What one table's load did, measured (COPY's own counts), or why it failed."""
+
     key: tuple[str, str]
     rows: int = 0
     bytes: int = 0  # COPY data (or text values in row mode) as produced by the source
@@ -146,6 +148,8 @@ def empty_table(dcur, task: CopyTask) -> bool:
 
 @dataclass(frozen=True)
 class Completion:
+    """What was done after a table's rows were in: digest check, index rebuild."""
+
     verified: bool = False
     verify_seconds: float = 0.0
     index_seconds: float = 0.0

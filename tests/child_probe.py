@@ -11,7 +11,6 @@ def main() -> None:
 
     from pgcopy.worker import usage
 
-    channel.send(
-        sock,
-        {"site": "site" in sys.modules, "path": sys.path, "psycopg2": psycopg2.__file__, "usage": usage()},
-    )
+    modules = sorted(sys.modules)  # what a worker has imported, before it uses anything more
+    got = {"site": "site" in sys.modules, "path": sys.path, "psycopg2": psycopg2.__file__, "usage": usage()}
+    channel.send(sock, {**got, "modules": modules})

@@ -171,6 +171,29 @@ def test_children_start_without_site_on_the_parents_path(tmp_path, monkeypatch):
     assert got["psycopg2"].startswith(tuple(p for p in sys.path if "site-packages" in p))
 
 
+def test_workers_do_not_import_inspect():
+    """dataclasses imports inspect (with ast, dis, tokenize: 1.2 MB of RSS in each worker)
+    only to write a signature into a dataclass without a docstring; a child starts with a
+    stand-in for it (pgcopy.lean).  A dataclass without a docstring among a worker's
+    modules would load it all again."""
+    got = _probe_child()
+    assert "pgcopy.worker" in got["modules"] and "dataclasses" in got["modules"]
+    assert not {"ast", "dis", "tokenize"} & set(got["modules"])
+
+
+def test_the_stand_in_for_inspect_is_the_real_module_once_used():
+    code = (
+        "import sys\nimport pgcopy.lean\npgcopy.lean.defer_inspect()\nimport dataclasses, inspect\n"
+        "assert 'ast' not in sys.modules\n"
+        "@dataclasses.dataclass\nclass A:\n    x: int\n"  # no docstring: its signature is written
+        "assert A.__doc__ == 'A(x: int)', A.__doc__\n"
+        "import inspect as again\n"
+        "assert again is sys.modules['inspect'] and again.isclass(A) and 'ast' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_a_child_reports_its_own_peak_rss_not_ours():
     """The report's "Worker peak RSS" is the worker's: Linux hands the starting process's
     high-water mark (getrusage's ru_maxrss) through fork and exec to the child, so a
