@@ -23,7 +23,8 @@ class Plan:
     ancestors: dict[Key, tuple[Key, ...]] = field(default_factory=dict)  # partition -> parents
     large_objects: int = 0  # on the source; not copied
     owned_sequences: set[Key] = field(default_factory=set)  # destination sequences the role owns
-    sequence_values: dict[Key, SequenceValue] = field(default_factory=dict)  # read after the snapshot
+    # read after the snapshot; those set in their table's load are in its task instead
+    sequence_values: dict[Key, SequenceValue] = field(default_factory=dict)
     sequences_in_load: set[Key] = field(default_factory=set)  # set inside their table's load
 
 

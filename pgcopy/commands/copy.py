@@ -505,7 +505,8 @@ class CopyRun:
         for k, owner in in_load.items():
             owned.setdefault(owner, []).append(values[k])
         plan.tasks = [replace(t, sequences=tuple(owned.get(t.key, ()))) for t in plan.tasks]
-        plan.sequence_values = values
+        # the others' values wait for the load's end; these are in their tasks
+        plan.sequence_values = {k: v for k, v in values.items() if k not in in_load}
         plan.sequences_in_load = set(in_load)
         return plan
 
