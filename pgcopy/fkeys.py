@@ -47,8 +47,13 @@ class RestoreTarget:
     lock_timeout: str
     session: Session
     parallel: int = 2
-    quick: frozenset = frozenset()  # (table, name) of FKs between small tables (see _add_missing)
+    small: frozenset = frozenset()  # loaded tables small enough for "quick" FKs (see _add_missing)
     on_settled: Settled | None = None  # (fk, seconds) once nothing more will be done to it
+
+
+def between(fk: ForeignKey, tables: frozenset) -> bool:
+    """Are both of the FK's tables in ``tables``?"""
+    return fk.table in tables and fk.ref_table in tables
 
 
 def batch_size(conn) -> int:
@@ -403,13 +408,13 @@ def _add_batch(cur, batch: list[ForeignKey], lock: bool, how: Callable[[ForeignK
 
 
 def _add_missing(
-    sessions: Sessions, fkeys: list[ForeignKey], out: RestoreOutcome, quick: frozenset = frozenset()
+    sessions: Sessions, fkeys: list[ForeignKey], out: RestoreOutcome, small: frozenset = frozenset()
 ) -> _Added:
     """Re-create absent FKs; returns those to validate (absent or present NOT VALID), those
     settled (present as journaled, or added and needing nothing more) and the seconds of
     each FK added validated.
 
-    An FK in ``quick`` (both its tables small) is added validated in one statement: on
+    An FK between two ``small`` tables is added validated in one statement: on
     tiny tables a separate VALIDATE and its commit cost more than the check itself, and
     holding both tables' locks for that check is brief.  If its rows do not hold, it is
     added NOT VALID instead, and VALIDATE reports why."""
@@ -433,7 +438,7 @@ def _add_missing(
         key = (fk.table, fk.name)
         if not fk.validated:
             return "not valid"
-        return "validated" if key in partitioned else "quick" if key in quick else "not valid"
+        return "validated" if key in partitioned else "quick" if between(fk, small) else "not valid"
 
     for added in _in_parallel(sessions, to_add, lambda cur, b, lock: _add_batch(cur, b, lock, how)):
         result.to_validate += added.to_validate
@@ -495,7 +500,7 @@ def restore_all(
     own = sessions is None
     sessions = sessions or Sessions(target)
     try:
-        added = _add_missing(sessions, fkeys, out, target.quick)
+        added = _add_missing(sessions, fkeys, out, target.small)
         failpoints.hit("after-add")
         if target.on_settled is not None:
             for fk in added.settled:

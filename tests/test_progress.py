@@ -209,3 +209,40 @@ def test_an_fk_waits_for_every_loaded_table_it_touches():
     assert r._ready() == []
     r.table_finished(p2)
     assert r._ready() == [to_parent]
+
+
+def test_the_view_counts_each_settled_fk_once_by_the_fk_itself():
+    """The display finds a settled FK by the FK (equal to the plan's, as the journal's
+    copies are), not by a (table, name) tuple per FK; FKs between two small tables are
+    estimated as restored on one connection; a table is counted once, however reported."""
+    import dataclasses
+
+    from pgcopy.catalog import ForeignKey
+    from pgcopy.log import Logger
+    from pgcopy.stream import TableResult
+    from pgcopy.task import CopyTask
+    from pgcopy.ui.base import FkEstimate, LiveView
+
+    a, b, big = ("s", "a"), ("s", "b"), ("s", "big")
+    tasks = [CopyTask(k, ("id",), (), 1.0, 8192, 0.0, 0) for k in (a, b, big)]
+    fkeys = [
+        ForeignKey("a_b", a, b, "FOREIGN KEY (b) REFERENCES s.b(id)", True),
+        ForeignKey("a_big", a, big, "", True),
+    ]
+    view = LiveView(
+        Logger(stream=None),
+        tasks,
+        ProgressBus(2),
+        lambda: None,
+        FkEstimate(fkeys, [8192.0, 1e9], frozenset({a, b})),
+    )
+    assert list(view.model.fk_serial) == [1, 0]
+    view.fk_settled(dataclasses.replace(fkeys[0]), 0.01)  # an equal object, not the plan's
+    view.fk_settled(fkeys[0], 0.01)
+    view.fk_settled(ForeignKey("other", a, b, "", True), 0.01)  # not one of the run's
+    view.table_done(TableResult(a, rows=5, bytes=100))
+    view.table_done(TableResult(a, rows=5, bytes=100))
+    view.table_failed(TableResult(b, error="x"))
+    s = view.snapshot()
+    assert (s.fks_done, s.fks_total) == (1, 2)
+    assert (s.tables_done, s.tables_failed, s.tables_total, s.rows) == (1, 1, 3, 5)

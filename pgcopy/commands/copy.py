@@ -91,17 +91,16 @@ def _loaded_sizes(plan: Plan) -> dict:
     return size
 
 
-def fk_sizes(plan: Plan) -> dict[tuple, float]:
-    """(table, FK name) -> the referencing table's size: what a validation scans, for the ETA."""
+def fk_sizes(plan: Plan) -> list[float]:
+    """Per FK of the plan, the referencing table's size: what its validation scans, for the ETA."""
     size = _loaded_sizes(plan)
-    return {(fk.table, fk.name): float(size.get(fk.table, 0)) for fk in plan.fkeys}
+    return [float(size.get(fk.table, 0)) for fk in plan.fkeys]
 
 
-def quick_fkeys(plan: Plan) -> frozenset:
-    """FKs whose two tables are both loaded and small: added validated in one statement."""
-    size = _loaded_sizes(plan)
-    small = {k for k, n in size.items() if n <= SMALL_BYTES}
-    return frozenset((fk.table, fk.name) for fk in plan.fkeys if fk.table in small and fk.ref_table in small)
+def small_tables(plan: Plan) -> frozenset:
+    """Loaded tables that are small: an FK between two of them is added validated in one
+    statement (see fkeys.between); a set of the tables, not of thousands of FKs."""
+    return frozenset(k for k, n in _loaded_sizes(plan).items() if n <= SMALL_BYTES)
 
 
 def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions, stream) -> None:
@@ -257,8 +256,9 @@ class CopyRun:
             bus,
             lambda: self.stop.request(signal.SIGINT),
             self.opts.progress_interval,
+            plan.fkeys,
             fk_sizes(plan),
-            quick_fkeys(plan),
+            small_tables(plan),
         )
         if os.environ.get("PGCOPY_BENCH_NO_BUS"):
             # measurement switch for benchmarks/run.py: the same run without bus and display
@@ -297,7 +297,7 @@ class CopyRun:
             self.log.error(f"stopping after an error: {error_line(exc)}")
         finally:
             workers.close()  # idle ones, when the drop failed or a stop came before the load
-        restored = self.restore_fkeys(plan.fkeys, view, quick_fkeys(plan))
+        restored = self.restore_fkeys(plan.fkeys, view, small_tables(plan))
         self.sequences_and_matviews(plan, outcome, view)
         try:
             # restore_all flushed the workers' and FK sessions' asynchronous commits (see
@@ -590,7 +590,7 @@ class CopyRun:
             + (f" ({grouped} small tables in {sum(len(b) > 1 for b in batches)} batches)" if grouped else "")
         )
         # FKs whose tables have all loaded are restored while the others still load
-        target = self.fk_target(quick=quick_fkeys(plan), on_settled=view.fk_settled)
+        target = self.fk_target(small=small_tables(plan), on_settled=view.fk_settled)
         early = EarlyRestorer(
             replace(target, parallel=max(1, o.parallel // 2)), plan.fkeys, plan.ancestors, self.log
         )
@@ -627,12 +627,12 @@ class CopyRun:
         return fkmod.RestoreTarget(o.dest, o.lock_timeout, self.session, o.parallel, **kw)
 
     def restore_fkeys(
-        self, fkeys: list[ForeignKey], view, quick: frozenset = frozenset()
+        self, fkeys: list[ForeignKey], view, small: frozenset = frozenset()
     ) -> fkmod.RestoreOutcome:
         view.phase("restoring and validating foreign keys")
         self.report.mark("restore foreign keys")
         self.log.info(f"STEP 6: restoring {len(fkeys)} foreign keys")
-        restored = fkmod.restore_all(self.fk_target(quick=quick, on_settled=view.fk_settled), fkeys)
+        restored = fkmod.restore_all(self.fk_target(small=small, on_settled=view.fk_settled), fkeys)
         fkmod.log_outcome(restored, self.log)
         self.report.fkeys_restored = [fkmod.describe(fk) for fk in restored.restored]
         self.report.fkeys_not_valid = [fkmod.describe(fk) for fk, _ in restored.not_valid]

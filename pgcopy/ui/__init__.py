@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from pgcopy.log import Logger
-from pgcopy.ui.base import LogReporter
+from pgcopy.ui.base import FkEstimate, LogReporter
 
 OUTPUTS = ("auto", "plain", "progress", "interactive")
 
@@ -22,18 +22,28 @@ def resolve_output(requested: str, log: Logger) -> str:
 
 
 def make_view(
-    output: str, log: Logger, tasks, bus, request_stop, interval: float, fk_bytes=None, fk_quick=frozenset()
+    output: str,
+    log: Logger,
+    tasks,
+    bus,
+    request_stop,
+    interval: float,
+    fkeys=(),
+    fk_bytes=(),
+    small=frozenset(),
 ) -> LogReporter:
-    """For the ETA: ``fk_bytes``, (table, FK name) -> the referencing table's size;
-    ``fk_quick``, the FKs added validated in one statement (on one connection)."""
+    """For the ETA: ``fk_bytes``, per FK of ``fkeys``, the referencing table's size;
+    ``small``, the tables between which FKs are added validated in one statement (on one
+    connection)."""
+    fk = FkEstimate(list(fkeys), list(fk_bytes), small)
     if output == "progress":
         from pgcopy.ui.bar import BarView
 
-        return BarView(log, tasks, bus, request_stop, fk_bytes, fk_quick)
+        return BarView(log, tasks, bus, request_stop, fk)
     if output == "interactive":
         from pgcopy.ui.interactive import InteractiveView
 
-        return InteractiveView(log, tasks, bus, request_stop, fk_bytes, fk_quick)
+        return InteractiveView(log, tasks, bus, request_stop, fk)
     from pgcopy.ui.plain import PlainView
 
-    return PlainView(log, tasks, bus, request_stop, fk_bytes, fk_quick, interval=interval)
+    return PlainView(log, tasks, bus, request_stop, fk, interval=interval)

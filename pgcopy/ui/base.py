@@ -10,10 +10,12 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from pgcopy import fmt
 from pgcopy.catalog import qualname
 from pgcopy.coordinator import Reporter
+from pgcopy.fkeys import between
 from pgcopy.log import Logger
 from pgcopy.progress import STREAM_PER_TABLE_BYTE, Expected, ProgressBus, ProgressModel, Snapshot, duration
 from pgcopy.stream import TableResult
@@ -54,6 +56,17 @@ def expected_of(task: CopyTask) -> Expected:
     return Expected(task.data_bytes * STREAM_PER_TABLE_BYTE, task.est_rows, index_bytes)
 
 
+@dataclass(frozen=True)
+class FkEstimate:
+    """What the ETA needs of the FKs to restore: per FK, the referencing table's size (what
+    its validation scans), and the small tables between which FKs are added validated in
+    one statement (on one connection, see fkeys.between)."""
+
+    fkeys: list = field(default_factory=list)
+    sizes: list[float] = field(default_factory=list)
+    small: frozenset = frozenset()
+
+
 class LiveView(LogReporter):
     """A LogReporter with a renderer thread reading the bus ``TICK`` times a second."""
 
@@ -65,22 +78,21 @@ class LiveView(LogReporter):
         tasks: list[CopyTask],
         bus: ProgressBus,
         request_stop: Callable[[], None],
-        fk_bytes: dict[tuple, float] | None = None,
-        fk_quick: frozenset = frozenset(),
+        fk: FkEstimate | None = None,
     ):
         super().__init__(log)
         self.tasks = tasks
         self.bus = bus
         self.request_stop = request_stop
         self.index = {t.key: i for i, t in enumerate(tasks)}
-        fk_bytes = fk_bytes or {}
-        self.fk_index = {key: i for i, key in enumerate(fk_bytes)}
+        fk = fk or FkEstimate()
+        self.fk_index = {f: i for i, f in enumerate(fk.fkeys)}  # the FK objects: no key tuples
         self.model = ProgressModel(
             [expected_of(t) for t in tasks],
-            list(fk_bytes.values()),
+            fk.sizes,
             bus.nworkers,
             bus.nworkers,
-            fk_serial={i for key, i in self.fk_index.items() if key in fk_quick},
+            fk_serial=(i for i, f in enumerate(fk.fkeys) if between(f, fk.small)),
         )
         self.lock = threading.Lock()
         self.phase_text: str | None = None
@@ -103,7 +115,7 @@ class LiveView(LogReporter):
         self.phase_text = text
 
     def fk_settled(self, fk, seconds: float) -> None:  # from FK restore threads
-        i = self.fk_index.get((fk.table, fk.name))
+        i = self.fk_index.get(fk)
         if i is not None:
             with self.lock:
                 self.model.fk_done(i, seconds)

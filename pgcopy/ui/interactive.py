@@ -71,11 +71,7 @@ class InteractiveView(LiveView):
         for _ in range(self.bus.nworkers - len(s.in_flight)):
             out.append("  (idle)")
         busy = {f.task for f in s.in_flight}
-        queued = [
-            i
-            for i in range(len(self.tasks))
-            if i not in busy and i not in self.model.actual and i not in self.model.failed
-        ]
+        queued = [i for i in range(len(self.tasks)) if i not in busy and not self.model.settled(i)]
         if queued:
             largest = max(queued, key=lambda i: self.tasks[i].data_bytes)
             out.append(
