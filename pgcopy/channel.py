@@ -16,12 +16,11 @@ Why not multiprocessing: its spawn method starts a resource-tracker process for 
 that a killed coordinator leaves behind, and importing multiprocessing.connection alone
 costs each process 1.9 MB more than pickle and socket.  A socket pair and a memfd vanish
 with the last process holding them; a worker whose coordinator died reads end-of-file
-(and is killed by PR_SET_PDEATHSIG anyway).
+(and is killed by PR_SET_PDEATHSIG anyway, see pgcopy.child).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import signal
@@ -67,17 +66,11 @@ def _exactly(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Never outlive the coordinator: the kernel sends SIGKILL when our parent exits
-    (Linux); elsewhere a thread watches the parent's pid."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl")
-    except (OSError, AttributeError):
+def die_with_parent(parent_pid: int, guard: str) -> None:
+    """Never outlive the coordinator.  ``guard`` "kernel": it sends us SIGKILL when our
+    parent exits (armed by pgcopy.child before exec); "watch": a thread watches the
+    parent's pid."""
+    if guard != "kernel":
 
         def watch() -> None:
             while os.getppid() == parent_pid:
@@ -85,18 +78,18 @@ def die_with_parent(parent_pid: int) -> None:
             os._exit(1)
 
         threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
         os._exit(1)
 
 
 def child_start() -> tuple[socket.socket, list[str]]:
-    """A child's first steps (argv from pgcopy.child: socket fd, parent pid, the rest):
-    its socket to the parent, and the rest of its argv."""
+    """A child's first steps (argv from pgcopy.child: socket fd, parent pid, guard, the
+    rest): its socket to the parent, and the rest of its argv."""
     # The parent owns Ctrl-C and hangups: it cancels our statements, then stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    fd, parent_pid, *rest = sys.argv[1:]
-    die_with_parent(int(parent_pid))
+    fd, parent_pid, guard, *rest = sys.argv[1:]
+    die_with_parent(int(parent_pid), guard)
     os.set_inheritable(int(fd), False)
     return socket.socket(fileno=int(fd)), rest
 

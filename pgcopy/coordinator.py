@@ -31,7 +31,7 @@ from pgcopy.child import ChildProcess
 from pgcopy.progress import ProgressBus
 from pgcopy.stream import TableResult
 from pgcopy.task import CopyTask
-from pgcopy.worker import WorkerSpec, WorkerStart
+from pgcopy.worker import ENVIRONMENT, WorkerSpec, WorkerStart
 
 
 class Backends(Protocol):
@@ -98,7 +98,7 @@ def start_workers(spec: WorkerSpec, nworkers: int, bus: ProgressBus | None = Non
     try:
         for wid in range(nworkers):
             args = [str(bus.fd if bus else -1), str(bus.length if bus else 0)]
-            procs[wid] = ChildProcess("pgcopy.worker", args, [bus.fd] if bus else [])
+            procs[wid] = ChildProcess("pgcopy.worker", args, [bus.fd] if bus else [], ENVIRONMENT)
             procs[wid].send(WorkerStart(wid, spec))
     except BaseException:
         Workers(procs).close()

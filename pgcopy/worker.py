@@ -7,7 +7,6 @@ coordinator's live libpq sockets), and costs ~0.1 s per worker, once per run.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 from dataclasses import dataclass
@@ -61,18 +60,13 @@ def _begin_read(src, snapshot: str | None) -> None:
         src.cursor().execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def return_freed_buffers() -> None:
-    """Give freed COPY chunks (256 kB) straight back to the OS.  glibc otherwise raises its
-    mmap threshold after the first such chunk is freed, then keeps up to twice that much
-    freed memory per arena: a worker grew by 10 MB on a 4M-row table (benchmarks/run.py),
-    and by nothing with the threshold fixed.  Setting it, even to the default, fixes it."""
-    try:
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-    except (OSError, AttributeError):
-        pass  # not glibc: its allocator has its own policy
+# Freed COPY chunks (256 kB) go straight back to the OS.  glibc otherwise raises its mmap
+# threshold after the first such chunk is freed, then keeps up to twice that much freed
+# memory per arena: a worker grew by 10 MB on a 4M-row table (benchmarks/run.py), and by
+# nothing with the threshold fixed.  Setting it, even to the default, fixes it; from the
+# environment (glibc reads it at start), a worker needs no ctypes for mallopt.  Other
+# allocators ignore it.
+ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
 
 
 def _close(*conns) -> None:
@@ -98,7 +92,6 @@ def main() -> None:
     bus_fd, bus_len = (int(a) for a in argv)
     if bus_fd >= 0:
         os.set_inheritable(bus_fd, False)
-    return_freed_buffers()
     slot = Slot(attach(bus_fd, bus_len), start.wid) if bus_fd >= 0 else NullSlot()
     line = channel.Line(sock, start.wid)
     w = Worker(start.wid, start.spec, line, slot)

@@ -1,6 +1,7 @@
 """A pgcopy child (see pgcopy.child) that reports how it was started, for test_cli."""
 
 import sys
+import threading
 
 from pgcopy import channel
 
@@ -13,4 +14,5 @@ def main() -> None:
 
     modules = sorted(sys.modules)  # what a worker has imported, before it uses anything more
     got = {"site": "site" in sys.modules, "path": sys.path, "psycopg2": psycopg2.__file__, "usage": usage()}
-    channel.send(sock, {**got, "modules": modules})
+    threads = [t.name for t in threading.enumerate()]
+    channel.send(sock, {**got, "modules": modules, "threads": threads})
