@@ -39,6 +39,7 @@ from pgcopy.stream import (
     copy_empty_rows,
     copy_statements,
     empty_table,
+    read_sequences,
     setval,
 )
 from pgcopy.task import CopyTask
@@ -155,22 +156,23 @@ def _empty_all(dcur, plain: list[Spooled]) -> None:
     )
 
 
-def _commit_setting_sequences(dst, dcur, plain: list[Spooled]) -> None:
-    """Set the plain tables' sequences and commit, in one message: the server runs its
-    statements back to back, so a client that dies or a stop cannot come between the
-    setvals and the COMMIT.  ``setval`` is not transactional, and ``ALTER SEQUENCE ...
+def _commit_setting_sequences(src, dst, dcur, plain: list[Spooled]) -> None:
+    """Set the plain tables' sequences (read from the source just now) and commit, in one
+    message: the server runs its statements back to back, so a client that dies or a stop
+    cannot come between the setvals and the COMMIT.  ``setval`` is not transactional, and ``ALTER SEQUENCE ...
     RESTART`` (which makes it so) gives each sequence a new relation file: 0.3 ms each,
     half of the load's time at 1,000 tiny tables (benchmarks/many_tables.py).  Deferred
     constraints were checked at each statement's end (``begin_load``), so the COMMIT has
     nothing left to fail on after the setvals.  The trailing BEGIN leaves the server in the
     transaction psycopg2 believes is open; the commit() after it ends that empty one (no
     WAL, no flush)."""
-    seqs = [seq for s in plain for seq in s.task.sequences]
-    if not seqs:
+    keys = [k for s in plain for k in s.task.sequences]
+    if not keys:
         dst.commit()
         return
-    setvals = sql.SQL(", ").join(setval(seq) for seq in seqs)
     with _failing(dst, None):
+        seqs = read_sequences(src.cursor(), keys)
+        setvals = sql.SQL(", ").join(setval(seq) for seq in seqs)
         dcur.execute(
             sql.SQL("SELECT {}; COMMIT; BEGIN").format(setvals),
             [v for seq in seqs for v in (seq.last_value, seq.is_called)],
@@ -275,7 +277,7 @@ def _load(
             batched=True,
         )
         out.append((s.index, result))
-    _commit_setting_sequences(dst, dcur, plain)
+    _commit_setting_sequences(src, dst, dcur, plain)
     return out, busy
 
 

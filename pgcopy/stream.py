@@ -21,7 +21,7 @@ from pgcopy.catalog import regclass_literal
 from pgcopy.codec import Codec, DecompressingReader, open_writer
 from pgcopy.progress import NullSlot
 from pgcopy.records import by_position
-from pgcopy.task import CopyTask
+from pgcopy.task import CopyTask, SequenceValue
 
 CHUNK = 1 << 18  # read size for COPY FROM and write buffer for COPY TO
 PIPE_SIZE = 1 << 20  # a deeper pipe lets the source run ahead of a busy destination
@@ -163,7 +163,7 @@ def complete_table(scur, dcur, task: CopyTask, spec: StreamSpec, rebuilt: bool) 
         _create_indexes(dcur, task)
     index_seconds = time.monotonic() - t0 if rebuilt else 0.0
     _add_checks(dcur, task)
-    set_sequences(dcur, task)
+    set_sequences(scur, dcur, task)
     verified, verify_seconds = _verify(scur, dcur, task, spec) if spec.verify else (False, 0.0)
     for trig in task.triggers:
         dcur.execute(
@@ -258,22 +258,43 @@ def setval(seq) -> sql.Composed:
     return sql.SQL("setval({}, %s, %s)").format(sql.Literal(regclass_literal(seq.key)))
 
 
-def sequence_statements(task: CopyTask) -> tuple[sql.Composed, list]:
+def read_sequences(scur, keys) -> list[SequenceValue]:
+    """The sequences' states on the source, in one statement.  A worker reads its tables'
+    sequences in their read transaction right before the load commits: later than the
+    snapshot, so never behind the rows copied (ids drawn before it are at most this), and
+    without the coordinator reading them all before the load.  Behind a savepoint, so a
+    failure leaves the read transaction usable (the caller's table fails)."""
+    keys = list(keys)
+    if not keys:
+        return []
+    query = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT {}::int, last_value, is_called FROM {}").format(sql.Literal(j), sql.Identifier(*k))
+        for j, k in enumerate(keys)
+    )
+    try:
+        scur.execute(sql.SQL("SAVEPOINT pgcopy_seq; ") + query)
+    except psycopg2.Error:
+        scur.execute("ROLLBACK TO SAVEPOINT pgcopy_seq")
+        raise
+    return [SequenceValue(keys[j], last, called) for j, last, called in sorted(scur.fetchall())]
+
+
+def sequence_statements(values: list[SequenceValue]) -> tuple[sql.Composed, list]:
     """The statements (and parameters) that set the table's own sequences in its load
     transaction: setval alone is not transactional, but after ALTER SEQUENCE ... RESTART
     (which gives the sequence a new relfilenode in this transaction) it is, so rows and
     sequence commit or vanish together."""
     stmts, params = [], []
-    for seq in task.sequences:
+    for seq in values:
         stmts.append(sql.SQL("ALTER SEQUENCE {} RESTART").format(sql.Identifier(*seq.key)))
         stmts.append(sql.SQL("SELECT ") + setval(seq))
         params += [seq.last_value, seq.is_called]
     return sql.SQL("; ").join(stmts), params
 
 
-def set_sequences(dcur, task: CopyTask) -> None:
+def set_sequences(scur, dcur, task: CopyTask) -> None:
     if task.sequences:
-        dcur.execute(*sequence_statements(task))  # one round trip
+        dcur.execute(*sequence_statements(read_sequences(scur, task.sequences)))  # one round trip
 
 
 def analyze(dst, keys, lock_timeout: str) -> None:

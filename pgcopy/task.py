@@ -23,7 +23,7 @@ SMALL_BYTES = 1 << 20
 @by_position
 @dataclass(frozen=True, slots=True)
 class SequenceValue:
-    """A sequence's state on the source, read right after the snapshot was taken."""
+    """A sequence's state on the source (``last_value``, ``is_called``)."""
 
     key: Key
     last_value: int
@@ -50,8 +50,9 @@ class CopyTask:
     indexes: tuple[catalog.Index, ...] = ()
     # NOT VALID CHECKs set aside after the TRUNCATE and re-added NOT VALID before the commit
     checks: tuple[catalog.CheckConstraint, ...] = ()
-    # sequences this table owns, set inside its load transaction (see stream.set_sequences)
-    sequences: tuple[SequenceValue, ...] = ()
+    # sequences this table owns: read from the source and set inside its load transaction,
+    # right before the commit (see stream.set_sequences)
+    sequences: tuple[Key, ...] = ()
     # how the destination is emptied: 'truncate', or 'delete' for a small table (see SMALL_BYTES)
     clear: str = "truncate"
     relations: int = 1  # destination relations the load locks (table, TOAST, indexes)

@@ -121,6 +121,46 @@ def test_a_session_using_a_sequence_does_not_hold_up_its_batch(src, dst, state):
     ]
 
 
+def test_a_tables_sequences_are_read_from_the_source_when_its_load_commits(src, dst, state):
+    """A table's own sequences are read from the source in its read transaction right
+    before its load commits, not with the catalogs: a sequence that moved on in the
+    meantime ends at its newer value (never behind the rows copied).  Here s5 waits for
+    a lock held on the destination while the source's s5_id_seq moves on."""
+    import threading
+    import time
+
+    _serial_tables(src, dst)
+    holder = dst.connect()
+    holder.autocommit = False
+    holder.cursor().execute("SELECT 1 FROM s5")  # pgcopy's lock on s5 waits for this one
+    result = {}
+    run = threading.Thread(
+        target=lambda: result.update(
+            r=copy(src.dsn, dst.dsn, "--yes", "-p", "1", "--lock-timeout", "60s", state_dir=state)
+        )
+    )
+    run.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not dst.scalar(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 's5'::regclass"
+        ):
+            assert time.monotonic() < deadline and run.is_alive(), result
+            time.sleep(0.05)
+        src.execute("SELECT setval('s5_id_seq', 500)")  # after the snapshot and the plan
+    finally:
+        holder.rollback()
+        holder.close()
+        run.join(120)
+    r = result["r"]
+    assert r.returncode == 0, r.stderr
+    assert checksums(dst) == checksums(src)
+    assert dst.scalar("SELECT last_value FROM s5_id_seq") == 500
+    assert [dst.scalar(f"SELECT last_value FROM s{i}_id_seq") for i in range(N) if i != 5] == [
+        100 + i for i in range(N) if i != 5
+    ]
+
+
 def test_delete_stands_in_for_truncate_only_where_it_changes_nothing_else(src, dst, state, tmp_path):
     """An ON DELETE rule would fire on DELETE (not on TRUNCATE): that table is truncated.
     A row-level ON DELETE trigger is held off like every user trigger."""

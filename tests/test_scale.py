@@ -178,7 +178,7 @@ def test_tasks_and_results_cross_the_line_without_filling_free_lists():
 
     from pgcopy.catalog import CheckConstraint, Index, Trigger
     from pgcopy.stream import TableResult
-    from pgcopy.task import CopyTask, SequenceValue
+    from pgcopy.task import CopyTask
 
     key = ("public", "t")
     task = CopyTask(
@@ -191,7 +191,7 @@ def test_tasks_and_results_cross_the_line_without_filling_free_lists():
         dest_est_bytes=0,
         indexes=(Index("i", "CREATE INDEX i ON public.t (id)", None, None, False, False, None, None),),
         checks=(CheckConstraint("c", "CHECK (id > 0) NOT VALID", None),),
-        sequences=(SequenceValue(("public", "t_id_seq"), 7, True),),
+        sequences=(("public", "t_id_seq"),),
     )
     result = TableResult(key, rows=3, bytes=10, seconds=0.5, format="binary")
     assert pickle.loads(pickle.dumps(task, pickle.HIGHEST_PROTOCOL)) == task

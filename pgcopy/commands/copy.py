@@ -65,8 +65,8 @@ from pgcopy.preflight import CHECKS
 from pgcopy.progress import ProgressBus
 from pgcopy.report import RunReport
 from pgcopy.stopping import RunBackends, StopFlag, Tee
-from pgcopy.stream import StreamSpec
-from pgcopy.task import SMALL_BYTES, SequenceValue
+from pgcopy.stream import StreamSpec, read_sequences
+from pgcopy.task import SMALL_BYTES
 from pgcopy.ui import make_view
 from pgcopy.ui.base import LogReporter
 from pgcopy.worker import WorkerSpec
@@ -157,16 +157,7 @@ def read_sequence_values(conn, keys: list) -> dict:
     cur = conn.cursor()
     out = {}
     for i in range(0, len(keys), SEQUENCE_CHUNK):
-        chunk = keys[i : i + SEQUENCE_CHUNK]
-        query = sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT {}::int, last_value, is_called FROM {}").format(
-                sql.Literal(j), sql.Identifier(*k)
-            )
-            for j, k in enumerate(chunk)
-        )
-        cur.execute(query)
-        for j, last, called in cur.fetchall():
-            out[chunk[j]] = SequenceValue(chunk[j], last, called)
+        out.update((v.key, v) for v in read_sequences(cur, keys[i : i + SEQUENCE_CHUNK]))
         conn.commit()
     return out
 
@@ -489,24 +480,22 @@ class CopyRun:
         return plan
 
     def read_sequences(self, plan: Plan) -> Plan:
-        """Sequences are not transactional: read them right after the snapshot was taken.
-
-        Those a loaded table owns (and the role owns on the destination) are set inside
-        that table's load transaction; the others after the load."""
-        values = read_sequence_values(self.scat, [s.key for s in plan.sequences])
+        """Those a loaded table owns (and the role owns on the destination) are set inside
+        that table's load transaction, which reads them from the source right before its
+        commit (stream.read_sequences).  The others are not transactional: read them right
+        after the snapshot was taken, to be set after the load."""
+        keys = {t.key for t in plan.tasks}
         in_load = {
             s.key: s.owner_table
             for s in plan.sequences
-            if s.owner_table is not None and s.key in plan.owned_sequences
+            if s.owner_table in keys and s.key in plan.owned_sequences
         }
-        keys = {t.key for t in plan.tasks}
-        in_load = {k: owner for k, owner in in_load.items() if owner in keys}
         owned: dict = {}
         for k, owner in in_load.items():
-            owned.setdefault(owner, []).append(values[k])
+            owned.setdefault(owner, []).append(k)
         plan.tasks = [replace(t, sequences=tuple(owned.get(t.key, ()))) for t in plan.tasks]
-        # the others' values wait for the load's end; these are in their tasks
-        plan.sequence_values = {k: v for k, v in values.items() if k not in in_load}
+        others = [s.key for s in plan.sequences if s.key not in in_load]
+        plan.sequence_values = read_sequence_values(self.scat, others)
         plan.sequences_in_load = set(in_load)
         return plan
 
@@ -654,9 +643,7 @@ class CopyRun:
         self.report.mark("sequences and matviews")
         self.log.info("STEP 7: sequences and materialized views")
         done_keys = {r.key for r in outcome.done}
-        in_load = [
-            qualname(k) for t in plan.tasks if t.key in done_keys for k in (s.key for s in t.sequences)
-        ]
+        in_load = [qualname(k) for t in plan.tasks if t.key in done_keys for k in t.sequences]
         self.report.sequences_set = in_load + _set_sequences(self.dst, plan, done_keys, self.log)
         if self.stop():
             self.log.warn("stopping: materialized views not refreshed")
