@@ -142,9 +142,7 @@ def test_a_tables_sequences_are_read_from_the_source_when_its_load_commits(src, 
     run.start()
     try:
         deadline = time.monotonic() + 60
-        while not dst.scalar(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 's5'::regclass"
-        ):
+        while not dst.scalar("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 's5'::regclass"):
             assert time.monotonic() < deadline and run.is_alive(), result
             time.sleep(0.05)
         src.execute("SELECT setval('s5_id_seq', 500)")  # after the snapshot and the plan
