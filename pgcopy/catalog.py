@@ -270,11 +270,12 @@ def read_sizes(conn) -> Sizes:
     conn.commit()
     out: Sizes = {}
     for i in range(0, len(oids), SIZE_CHUNK):
+        # pg_total_relation_size is these two added up: it would size the table twice
         cur.execute(
-            "SELECT o, pg_total_relation_size(o), pg_table_size(o) FROM unnest(%s::oid[]) o",
+            "SELECT o, pg_table_size(o), pg_indexes_size(o) FROM unnest(%s::oid[]) o",
             (oids[i : i + SIZE_CHUNK],),
         )
-        out.update({o: (int(total or 0), int(data or 0)) for o, total, data in cur.fetchall()})
+        out.update({o: (int(data or 0) + int(ix or 0), int(data or 0)) for o, data, ix in cur.fetchall()})
         conn.commit()
     return out
 
