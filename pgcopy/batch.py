@@ -159,8 +159,8 @@ def _empty_all(dcur, plain: list[Spooled]) -> None:
 def _commit_setting_sequences(src, dst, dcur, plain: list[Spooled]) -> None:
     """Set the plain tables' sequences (read from the source just now) and commit, in one
     message: the server runs its statements back to back, so a client that dies or a stop
-    cannot come between the setvals and the COMMIT.  ``setval`` is not transactional, and ``ALTER SEQUENCE ...
-    RESTART`` (which makes it so) gives each sequence a new relation file: 0.3 ms each,
+    cannot come between the setvals and the COMMIT.  ``setval`` is not transactional, and
+    ``ALTER SEQUENCE ... RESTART`` (which makes it so) gives each sequence a new relation file: 0.3 ms each,
     half of the load's time at 1,000 tiny tables (benchmarks/many_tables.py).  Deferred
     constraints were checked at each statement's end (``begin_load``), so the COMMIT has
     nothing left to fail on after the setvals.  The trailing BEGIN leaves the server in the

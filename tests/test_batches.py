@@ -159,6 +159,50 @@ def test_a_tables_sequences_are_read_from_the_source_when_its_load_commits(src, 
     ]
 
 
+def test_a_sequence_the_source_refuses_at_the_commit_fails_its_table_alone(src, dst, state):
+    """When the read of a table's sequences at its commit fails (here the reader lost
+    SELECT on s5_id_seq while s5 waited for its lock), that table rolls back fully old
+    with its sequence untouched, the failure is the source's, and the other tables load."""
+    import threading
+    import time
+
+    _serial_tables(src, dst)
+    src.execute(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'reader') THEN "
+        "CREATE ROLE reader LOGIN PASSWORD 'reader-pw'; END IF; END $$;"
+        + "".join(f"GRANT SELECT ON s{i}, s{i}_id_seq TO reader;" for i in range(N))
+    )
+    reader = src.cluster.dsn(src.dbname, user="reader", password="reader-pw")
+    before = dst.query("SELECT last_value, is_called FROM s5_id_seq")
+    holder = dst.connect()
+    holder.autocommit = False
+    holder.cursor().execute("SELECT 1 FROM s5")
+    result = {}
+    run = threading.Thread(
+        target=lambda: result.update(
+            r=copy(reader, dst.dsn, "--yes", "-p", "1", "--lock-timeout", "60s", state_dir=state)
+        )
+    )
+    run.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not dst.scalar("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 's5'::regclass"):
+            assert time.monotonic() < deadline and run.is_alive(), result
+            time.sleep(0.05)
+        src.execute("REVOKE SELECT ON s5_id_seq FROM reader")
+    finally:
+        holder.rollback()
+        holder.close()
+        run.join(120)
+    r = result["r"]
+    assert r.returncode == 4, r.stderr
+    assert "Failed public.s5 (source)" in r.stderr and "permission denied" in r.stderr
+    assert dst.query("SELECT v FROM s5 ORDER BY id") == [("old",)] * 3
+    assert dst.query("SELECT last_value, is_called FROM s5_id_seq") == before
+    ours, theirs = checksums(dst), checksums(src)
+    assert all(ours[t] == theirs[t] for t in theirs if t != "public.s5")
+
+
 def test_delete_stands_in_for_truncate_only_where_it_changes_nothing_else(src, dst, state, tmp_path):
     """An ON DELETE rule would fire on DELETE (not on TRUNCATE): that table is truncated.
     A row-level ON DELETE trigger is held off like every user trigger."""
