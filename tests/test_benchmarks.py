@@ -59,3 +59,5 @@ def test_many_tables_benchmark_tiny(tmp_path):
     assert by["pgcopy -p 2 (owner)"]["tables"] == 60 and by["pgcopy -p 2 (owner)"]["fkeys"] > 100
     assert by["pgcopy -p 2 (owner)"]["phases"]["load"] > 0
     assert 0 < by["pgcopy -p 2 (owner)"]["peak_locks_per_pgcopy_session"] <= 40
+    # in MiB, the unit of run.py's table (it was 10^6 bytes under another name)
+    assert 20 < by["pgcopy -p 4 (owner)"]["peak_rss_mib"] < 400
