@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, fields
 from pgcopy import fmt
 from pgcopy.catalog import qualname
 
-REPORT_VERSION = 1
+# 2: the dry-run plan lost replica_mode (load transactions no longer use replica mode)
+REPORT_VERSION = 2
 
 
 @dataclass

@@ -205,7 +205,7 @@ def test_json_report(src, dst, state, tmp_path):
     text = path.read_text()
     assert "do-not-show" not in text
     rep = json.loads(text)
-    assert rep["report_version"] == 1 and rep["exit_code"] == 0 and rep["error"] is None
+    assert rep["report_version"] == 2 and rep["exit_code"] == 0 and rep["error"] is None
     assert rep["options"]["dest"] == f"postgres@127.0.0.1:{dst.cluster.port}/{dst.dbname}"
     assert rep["options"]["codec"] == "zstd:1" and rep["options"]["parallel"] == 4
     assert len(rep["tables"]) == 18
