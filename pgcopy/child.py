@@ -38,24 +38,36 @@ def _child_path(root: str) -> list[str]:
     return [root, *(p for p in inherited if p != root)]
 
 
-PR_SET_PDEATHSIG = 1
+PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2
 
 
-def _death_signal() -> Callable[[], None] | None:
-    """What the forked child runs before exec to be killed when we exit (Linux), or None.
+def _death_signal(libc=None) -> Callable[[], None] | None:
+    """What the forked child runs before exec to be killed when we exit (Linux), or None
+    (the child then watches for our exit itself).
 
     It makes one libc call and touches no lock of ours, which is what is safe between fork
     and exec while our other threads (display, FK restore) may hold some.  The setting
-    survives exec: it is cleared only for set-user-ID programs."""
+    survives exec: it is cleared only for set-user-ID programs.  prctl is tried here first
+    (reading the setting changes nothing): where it fails, say under a seccomp filter that
+    refuses it, a child told the kernel guards it would be guarded by nothing."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl = (libc or ctypes.CDLL(None, use_errno=True)).prctl
     except (OSError, AttributeError):
         return None
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    current = ctypes.c_int(0)
+    if prctl(PR_GET_PDEATHSIG, ctypes.addressof(current), 0, 0, 0) != 0:
+        return None
     sig = int(signal.SIGKILL)
-    return lambda: prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+    def arm() -> None:
+        if prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            # raised in the child before exec: Popen fails rather than start it unguarded
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+    return arm
 
 
 class ChildProcess:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from pgcopy import child
 from pgcopy.cli import main
 from tests.helpers import descendants
 
@@ -224,3 +225,38 @@ def test_workers_ignore_modules_in_the_working_directory(src, dst, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert dst.scalar("SELECT count(*) FROM a") == 10
+
+
+def test_a_child_is_left_to_watch_for_us_where_prctl_is_refused():
+    """Where prctl fails (a seccomp filter, say), the children are not told the kernel
+    guards them: they watch for the coordinator's exit themselves."""
+
+    class Refusing:
+        @staticmethod
+        def prctl(*args):
+            return -1
+
+    class Working:
+        calls: list = []
+
+        @staticmethod
+        def prctl(option, *args):
+            Working.calls.append(option)
+            return 0
+
+    assert child._death_signal(Refusing()) is None
+    arm = child._death_signal(Working())
+    assert arm is not None and Working.calls == [child.PR_GET_PDEATHSIG]
+    arm()
+    assert Working.calls[-1] == child.PR_SET_PDEATHSIG
+
+    class SetRefused:
+        @staticmethod
+        def prctl(option, *args):
+            return 0 if option == child.PR_GET_PDEATHSIG else -1
+
+    # between fork and exec: raising makes Popen fail instead of starting it unguarded
+    with pytest.raises(OSError):
+        child._death_signal(SetRefused())()
+    # on this machine prctl works: the kernel guards the workers
+    assert child._death_signal() is not None
