@@ -240,6 +240,7 @@ class CopyRun:
         started = time.monotonic()
         self.stop.install()
         bus = ProgressBus(workers_for(self.opts.parallel, plan.tasks))
+        small = small_tables(plan)  # one set for the display, the early and the final restore
         view = make_view(
             self.opts.output,
             self.log,
@@ -249,14 +250,14 @@ class CopyRun:
             self.opts.progress_interval,
             plan.fkeys,
             fk_sizes(plan),
-            small_tables(plan),
+            small,
         )
         if os.environ.get("PGCOPY_BENCH_NO_BUS"):
             # measurement switch for benchmarks/run.py: the same run without bus and display
             bus, view = None, LogReporter(self.log)
         view.start()
         try:
-            code = self.phases(plan, view, bus)
+            code = self.phases(plan, view, bus, small)
         except KeyboardInterrupt:  # a second Ctrl-C: stop trying to put things back
             view.stop()
             self.log.error(
@@ -272,14 +273,14 @@ class CopyRun:
             safe_write(self.human, f"warning: {w}\n")
         return code
 
-    def phases(self, plan: Plan, view, bus) -> int:
+    def phases(self, plan: Plan, view, bus, small: frozenset) -> int:
         """Once anything may have been dropped, every way out restores it first."""
         outcome, error = LoadOutcome(stopped=True), None
         load = self.load_setup(plan)
         workers = start_workers(load.spec, workers_for(self.opts.parallel, load.batches), bus)
         try:
             self.drop_fkeys(plan, view)
-            outcome = self.load(plan, view, load, workers)
+            outcome = self.load(plan, view, load, workers, small)
         except Stopped as exc:
             self.log.warn(f"{exc}: putting back those dropped")
             outcome = LoadOutcome(stopped=True, not_started=[t.key for t in plan.tasks])
@@ -288,7 +289,7 @@ class CopyRun:
             self.log.error(f"stopping after an error: {error_line(exc)}")
         finally:
             workers.close()  # idle ones, when the drop failed or a stop came before the load
-        restored = self.restore_fkeys(plan.fkeys, view, small_tables(plan))
+        restored = self.restore_fkeys(plan.fkeys, view, small)
         self.sequences_and_matviews(plan, outcome, view)
         try:
             # restore_all flushed the workers' and FK sessions' asynchronous commits (see
@@ -569,7 +570,7 @@ class CopyRun:
         stream = StreamSpec(o.codec, o.batch_size, o.lock_timeout, o.analyze, o.verify, to_utf8, lock_budget)
         return LoadSetup(WorkerSpec(o.source, o.dest, self.snapshot, stream, self.session), batches)
 
-    def load(self, plan: Plan, view, setup: LoadSetup, workers: Workers) -> LoadOutcome:
+    def load(self, plan: Plan, view, setup: LoadSetup, workers: Workers, small: frozenset) -> LoadOutcome:
         view.phase(None)
         self.report.mark("load")
         o, batches = self.opts, setup.batches
@@ -579,7 +580,7 @@ class CopyRun:
             + (f" ({grouped} small tables in {sum(len(b) > 1 for b in batches)} batches)" if grouped else "")
         )
         # FKs whose tables have all loaded are restored while the others still load
-        target = self.fk_target(small=small_tables(plan), on_settled=view.fk_settled)
+        target = self.fk_target(small=small, on_settled=view.fk_settled)
         early = EarlyRestorer(
             replace(target, parallel=max(1, o.parallel // 2)), plan.fkeys, plan.ancestors, self.log
         )
