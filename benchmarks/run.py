@@ -379,7 +379,7 @@ def markdown(summaries: list[Summary], meta: dict) -> str:
         f"Scale {meta['scale']}: {meta['rows']:,} rows, {meta['bytes'] / 1e6:,.0f} MB of table data in {meta['tables']} tables; "
         f"{meta['repeat']} rounds; {meta['machine']}; PostgreSQL {meta['server_version']}; settings {meta['settings']}",
         "",
-        "| method | ok | median s | min s | max s | MB/s | rows/s | tool CPU s | src CPU s | dst CPU s | peak RSS MB | peak PSS MB | vs pgcopy |",
+        "| method | ok | median s | min s | max s | MB/s | rows/s | tool CPU s | src CPU s | dst CPU s | peak RSS MiB | peak PSS MiB | vs pgcopy |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for s in summaries:
