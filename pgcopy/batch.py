@@ -96,10 +96,14 @@ class Spooled:
 
 
 Report = Callable[[int, TableResult], None]  # called as soon as a table's outcome is final
+Holders = Callable[[tuple[str, str]], str]  # "; held by pid N (...)" for a table's lock, or ""
 
 
-def read_batch(src, items: list[tuple[int, CopyTask]], slot, report: Report) -> list[Spooled]:
-    """Every table's rows from the source transaction already begun on ``src``."""
+def read_batch(
+    src, items: list[tuple[int, CopyTask]], slot, report: Report, holders: Holders = lambda key: ""
+) -> list[Spooled]:
+    """Every table's rows from the source transaction already begun on ``src``; a table
+    whose lock wait timed out is reported with ``holders(key)`` appended."""
     cur = src.cursor()
     spooled: list[Spooled] = []
     # each table's COPY goes behind a savepoint of its own, set in the same round trip
@@ -121,7 +125,10 @@ def read_batch(src, items: list[tuple[int, CopyTask]], slot, report: Report) -> 
             if data is not None:
                 data.close()
             cur.execute("ROLLBACK TO SAVEPOINT pgcopy_read")
-            report(index, TableResult(task.key, error=error_line(exc), side="source"))
+            error = error_line(exc)
+            if isinstance(exc, psycopg2.errors.LockNotAvailable):
+                error += holders(task.key)
+            report(index, TableResult(task.key, error=error, side="source"))
             continue
         slot.add(nbytes, nbytes)
         spooled.append(Spooled(index, task, data, rows, nbytes, time.monotonic() - t0))
@@ -289,11 +296,12 @@ def copy_batch(
     slot,
     stopped: Callable[[], bool],
     report: Report,
+    holders: Holders = lambda key: "",
 ) -> None:
     """Load a batch of small tables; every table's result, done or failed, goes to
     ``report`` right after its commit or failure.  The source transaction must already be
     begun (with the run's snapshot) on ``src``."""
-    spooled = read_batch(src, items, slot, report)
+    spooled = read_batch(src, items, slot, report, holders)
     try:
         busy = _load_until_done(src, dst, spooled, spec, slot, stopped, report, wait=False)
         for s in busy:  # alone, waiting for its lock like any big table

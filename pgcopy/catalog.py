@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 
+import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
@@ -258,6 +259,22 @@ SIZE_CHUNK = 20
 Sizes = dict[int, tuple[int, int]]  # oid -> (pg_total_relation_size, pg_table_size)
 
 
+# How long a size read waits for a table locked elsewhere (an ALTER, a LOCK TABLE): sizes
+# only plan the load, so a table still locked after it is sized from the catalog's
+# estimate instead (relpages, as of its last VACUUM or ANALYZE), and its own read or
+# load then waits --lock-timeout like any other.  Without a limit the run waited in its
+# catalog phase for as long as the lock was held, whatever --lock-timeout said.
+SIZE_LOCK_WAIT = "200ms"
+
+ESTIMATED_SIZES_SQL = """
+SELECT c.oid,
+       (c.relpages::bigint + coalesce(t.relpages, 0)) * current_setting('block_size')::bigint,
+       coalesce((SELECT sum(i.relpages) FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
+                  WHERE x.indrelid = c.oid), 0)::bigint * current_setting('block_size')::bigint
+  FROM pg_class c LEFT JOIN pg_class t ON t.oid = c.reltoastrelid
+ WHERE c.oid = ANY(%s)"""
+
+
 def read_sizes(conn) -> Sizes:
     """Sizes of every ordinary table, a few tables per transaction (commits ``conn``)."""
     cur = conn.cursor()
@@ -270,14 +287,30 @@ def read_sizes(conn) -> Sizes:
     conn.commit()
     out: Sizes = {}
     for i in range(0, len(oids), SIZE_CHUNK):
-        # pg_total_relation_size is these two added up: it would size the table twice
-        cur.execute(
-            "SELECT o, pg_table_size(o), pg_indexes_size(o) FROM unnest(%s::oid[]) o",
-            (oids[i : i + SIZE_CHUNK],),
-        )
-        out.update({o: (int(data or 0) + int(ix or 0), int(data or 0)) for o, data, ix in cur.fetchall()})
+        chunk = oids[i : i + SIZE_CHUNK]
+        try:
+            out.update(_measured(cur, chunk))
+        except psycopg2.errors.LockNotAvailable:
+            conn.rollback()
+            for oid in chunk:  # find the locked ones; the others are measured
+                try:
+                    out.update(_measured(cur, [oid]))
+                except psycopg2.errors.LockNotAvailable:
+                    conn.rollback()
+                    cur.execute(ESTIMATED_SIZES_SQL, ([oid],))
+                    out.update({o: (data + ix, data) for o, data, ix in cur.fetchall()})
+                conn.commit()
         conn.commit()
     return out
+
+
+def _measured(cur, oids: list[int]) -> Sizes:
+    # pg_total_relation_size is these two added up: it would size the table twice
+    cur.execute(
+        "SET LOCAL lock_timeout = %s; SELECT o, pg_table_size(o), pg_indexes_size(o) FROM unnest(%s::oid[]) o",
+        (SIZE_LOCK_WAIT, oids),
+    )
+    return {o: (int(data or 0) + int(ix or 0), int(data or 0)) for o, data, ix in cur.fetchall()}
 
 
 def read_tables(cur, sizes: Sizes | None = None, shared: Shared | None = None) -> list[Table]:

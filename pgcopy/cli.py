@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="30s",
         type=_duration,
         metavar="DURATION",
-        help="lock_timeout for destination DDL and TRUNCATE (default 30s)",
+        help="lock_timeout for destination DDL and TRUNCATE and for each table's source read (default 30s)",
     )
     cp.add_argument(
         "--no-snapshot",

@@ -52,12 +52,16 @@ def _open(spec: WorkerSpec):
     return src, dst
 
 
-def _begin_read(src, snapshot: str | None) -> None:
+def _begin_read(src, snapshot: str | None, lock_timeout: str) -> None:
     """One short source transaction per table, in the run's snapshot: a worker never
-    accumulates locks on the source (one AccessShareLock at a time)."""
+    accumulates locks on the source (one AccessShareLock at a time).  A table locked on
+    the source (an ALTER, a LOCK TABLE) fails after ``lock_timeout`` with the sessions
+    that hold it, as on the destination, instead of holding the worker indefinitely."""
     src.rollback()
+    cur = src.cursor()
     if snapshot:
-        src.cursor().execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+        cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+    cur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
 
 
 # Freed COPY chunks (256 kB) go straight back to the OS.  glibc otherwise raises its mmap
@@ -116,7 +120,7 @@ class Worker:
         try:
             if self.src is None:
                 self.src, self.dst = _open(self.spec)
-            _begin_read(self.src, self.spec.snapshot)
+            _begin_read(self.src, self.spec.snapshot, self.spec.stream.lock_timeout)
         except Exception as exc:
             self._reset()
             for _, task in item:
@@ -138,7 +142,8 @@ class Worker:
             msg, side = error_line(exc), _side(exc, self.src, self.dst)
             self._reset()  # the connections may be mid-COPY: start clean for the next table
             if isinstance(exc, psycopg2.errors.LockNotAvailable):
-                msg += _lock_holders(self.spec, task.key)  # after closing: still one connection per side
+                # after closing: still one connection per side
+                msg += _lock_holders(self.spec, task.key, side)
             self.slot.end(False)
             self.put("failed", TableResult(task.key, error=msg, side=side))
             return
@@ -161,7 +166,16 @@ class Worker:
                 committed.append(tasks[index])
 
         try:
-            copy_batch(self.src, self.dst, item, self.spec.stream, self.slot, self.line.stopped, report)
+            copy_batch(
+                self.src,
+                self.dst,
+                item,
+                self.spec.stream,
+                self.slot,
+                self.line.stopped,
+                report,
+                lambda key: _lock_holders(self.spec, key, "source"),
+            )
         except Exception as exc:  # a connection broke outside a table's load
             self._reset()
             self.slot.end(False)
@@ -253,10 +267,14 @@ def _peak_rss_kb() -> int:
         return 0
 
 
-def _lock_holders(spec: WorkerSpec, key) -> str:
-    """Name the sessions that hold a lock on the table, for the lock_timeout message."""
+def _lock_holders(spec: WorkerSpec, key, side: str | None = "destination") -> str:
+    """Name the sessions that hold a lock on the table on ``side``, for the lock_timeout
+    message (on a connection of its own: the worker's may be mid-transaction)."""
     try:
-        conn = connect(spec.dest, "destination", spec.session)
+        if side == "source":
+            conn = connect(spec.source, "source", spec.session, readonly=True)
+        else:
+            conn = connect(spec.dest, "destination", spec.session)
         try:
             return lock_holders(conn, key)
         finally:

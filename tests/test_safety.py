@@ -231,6 +231,31 @@ def test_lock_timeout_fails_one_table_names_holder(src, dst, state):
     assert fk_state(dst) == fks
 
 
+@pytest.mark.parametrize("alone", [[], ["--compress", "zstd"]], ids=["batched", "alone"])
+def test_a_table_locked_on_the_source_fails_alone_after_the_lock_timeout(src, dst, state, alone):
+    """An ALTER or LOCK TABLE on the source: sizing the table in the catalog phase does
+    not wait for it (its size is the catalog's estimate), and its read waits
+    --lock-timeout, then fails that table alone, naming the holder, as on the
+    destination.  The run used to wait in its catalog phase, silently, for as long as the
+    lock was held."""
+    load_fidelity(src, dst)
+    fks = fk_state(dst)
+    lock = hold_lock(src, "empty_src", "ACCESS EXCLUSIVE")
+    t0 = time.monotonic()
+    try:
+        r = copy(src.dsn, dst.dsn, "--yes", "--lock-timeout", "1s", *alone, state_dir=state, timeout=60)
+    finally:
+        lock.close()
+    assert r.returncode == 4, r.stderr
+    assert "Failed public.empty_src (source)" in r.stderr and "lock timeout" in r.stderr
+    assert "held by pid" in r.stderr
+    assert dst.query("SELECT * FROM empty_src") == [(1, "stale")]  # fully old
+    ours, theirs = checksums(dst), checksums(src)
+    assert all(ours[t] == theirs[t] for t in theirs if t != "public.empty_src")
+    assert fk_state(dst) == fks
+    assert time.monotonic() - t0 < 45
+
+
 def test_lock_held_on_an_fk_table_fails_the_drops_and_changes_nothing(src, dst, state):
     """FK drops run in parallel batches, each locking its tables first: a table locked
     elsewhere fails the run at the drops (after one lock timeout), and every FK dropped by

@@ -7,8 +7,6 @@ validity, comment); otherwise recover exits non-zero and keeps it.
 
 from __future__ import annotations
 
-import psycopg2.errors
-
 from pgcopy import fkeys as fkmod
 from pgcopy import runlock
 from pgcopy.catalog import ForeignKey, database_identity, read_foreign_keys, read_sizes, read_tables
@@ -30,20 +28,13 @@ def _fkeys(dsn: str, role: str, session: Session) -> list[ForeignKey]:
         conn.close()
 
 
-def _small_tables(conn, lock_timeout: str) -> frozenset:
+def _small_tables(conn) -> frozenset:
     """The destination's tables small enough that an FK between two of them is added
     validated in one statement, as copy does (fkeys.RestoreTarget.small): otherwise every
     FK is added NOT VALID and validated on its own, 4x the time at 10,000 tiny tables.
-    Sizes a few tables per transaction (catalog.read_sizes; commits ``conn``); a table
-    locked past ``lock_timeout`` leaves every table treated as big, as before sizes were
-    read, instead of keeping recover waiting."""
-    cur = conn.cursor()
-    cur.execute("SET lock_timeout = %s", (lock_timeout,))
-    try:
-        tables = read_tables(cur, read_sizes(conn))
-    except psycopg2.errors.LockNotAvailable:
-        conn.rollback()
-        return frozenset()
+    Sizes a few tables per transaction (catalog.read_sizes: a locked table is estimated,
+    not waited for; commits ``conn``)."""
+    tables = read_tables(conn.cursor(), read_sizes(conn))
     conn.commit()
     return frozenset(t.key for t in tables if t.kind != "partitioned parent" and t.data_bytes <= SMALL_BYTES)
 
@@ -57,7 +48,7 @@ def recover(dest: str, source: str | None, state_dir: str | None, lock_timeout: 
         identity = database_identity(conn.cursor())
         conn.commit()
         journal = Journal(state_dir or default_state_dir(), identity, where)
-        target = fkmod.RestoreTarget(dest, lock_timeout, session, small=_small_tables(conn, lock_timeout))
+        target = fkmod.RestoreTarget(dest, lock_timeout, session, small=_small_tables(conn))
         return _recover(target, source, journal, where, log)
     finally:
         conn.close()
