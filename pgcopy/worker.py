@@ -58,10 +58,12 @@ def _begin_read(src, snapshot: str | None, lock_timeout: str) -> None:
     the source (an ALTER, a LOCK TABLE) fails after ``lock_timeout`` with the sessions
     that hold it, as on the destination, instead of holding the worker indefinitely."""
     src.rollback()
-    cur = src.cursor()
-    if snapshot:
-        cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
-    cur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
+    if snapshot:  # one round trip for both
+        src.cursor().execute(
+            "SET TRANSACTION SNAPSHOT %s; SET LOCAL lock_timeout = %s", (snapshot, lock_timeout)
+        )
+    else:
+        src.cursor().execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
 
 
 # Freed COPY chunks (256 kB) go straight back to the OS.  glibc otherwise raises its mmap
