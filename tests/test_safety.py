@@ -256,6 +256,26 @@ def test_a_table_locked_on_the_source_fails_alone_after_the_lock_timeout(src, ds
     assert time.monotonic() - t0 < 45
 
 
+def test_a_standalone_sequence_locked_on_the_source_fails_the_run_before_any_change(src, dst, state):
+    """A sequence no loaded table owns is read before anything changes: locked on the
+    source (a DROP or ALTER in an open transaction) it fails the run after
+    --lock-timeout, naming it and its holder, with exit 1 and nothing touched; it used
+    to wait there forever."""
+    load_fidelity(src, dst)
+    fks, before = fk_state(dst), checksums(dst)
+    holder = psycopg2.connect(src.dsn)
+    holder.cursor().execute("DROP SEQUENCE standalone_seq")  # not committed: a lock
+    try:
+        r = copy(src.dsn, dst.dsn, "--yes", "--lock-timeout", "1s", state_dir=state, timeout=60)
+    finally:
+        holder.close()  # rolled back
+    assert r.returncode == 1, r.stderr
+    assert "public.standalone_seq; held by pid" in r.stderr and "nothing was changed" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert checksums(dst) == before and fk_state(dst) == fks
+    assert not list(state.glob("*.json"))
+
+
 def test_lock_held_on_an_fk_table_fails_the_drops_and_changes_nothing(src, dst, state):
     """FK drops run in parallel batches, each locking its tables first: a table locked
     elsewhere fails the run at the drops (after one lock timeout), and every FK dropped by

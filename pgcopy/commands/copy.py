@@ -31,6 +31,7 @@ from pgcopy.catalog import (
     ForeignKey,
     database_identity,
     intern_names,
+    lock_holders,
     locks_per_transaction,
     qualname,
     read_sizes,
@@ -152,12 +153,23 @@ def _rows_for_prompt(cur, key, size: int, estimate: float) -> str:
 SEQUENCE_CHUNK = 20
 
 
-def read_sequence_values(conn, keys: list) -> dict:
-    """last_value and is_called of each sequence, a few per transaction (commits ``conn``)."""
+def read_sequence_values(conn, keys: list, lock_timeout: str = "0") -> dict:
+    """last_value and is_called of each sequence, a few per transaction (commits ``conn``);
+    a sequence locked on the source (an ALTER SEQUENCE not committed) fails the run after
+    ``lock_timeout``, before anything has changed, instead of holding it there."""
     cur = conn.cursor()
     out = {}
     for i in range(0, len(keys), SEQUENCE_CHUNK):
-        out.update((v.key, v) for v in read_sequences(cur, keys[i : i + SEQUENCE_CHUNK]))
+        chunk = keys[i : i + SEQUENCE_CHUNK]
+        cur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
+        try:
+            out.update((v.key, v) for v in read_sequences(cur, chunk))
+        except psycopg2.errors.LockNotAvailable:
+            conn.rollback()
+            held = [f"{qualname(k)}{h}" for k in chunk if (h := lock_holders(conn, k))]
+            raise PgcopyError(
+                f"a source sequence stayed locked past --lock-timeout: {', '.join(held) or 'one of ' + ', '.join(map(qualname, chunk))}; nothing was changed"
+            ) from None
         conn.commit()
     return out
 
@@ -496,7 +508,7 @@ class CopyRun:
             owned.setdefault(owner, []).append(k)
         plan.tasks = [replace(t, sequences=tuple(owned.get(t.key, ()))) for t in plan.tasks]
         others = [s.key for s in plan.sequences if s.key not in in_load]
-        plan.sequence_values = read_sequence_values(self.scat, others)
+        plan.sequence_values = read_sequence_values(self.scat, others, self.opts.lock_timeout)
         plan.sequences_in_load = set(in_load)
         return plan
 
