@@ -226,3 +226,36 @@ def test_copy_over_ssl_with_workers(tmp_path):
             if c is not None:
                 c.destroy()
         shutil.rmtree(certs, ignore_errors=True)
+
+
+def test_the_prompt_does_not_wait_for_a_table_locked_elsewhere(src, dst, state):
+    """The prompt counts small tables' rows; one locked on the source shows its estimate,
+    marked, instead of holding the prompt until the lock is released."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    import psycopg2
+
+    load_fidelity(src, dst)
+    holder = psycopg2.connect(src.dsn)
+    holder.cursor().execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pgcopy", "copy", "-s", src.dsn, "-d", dst.dsn, "--state-dir", str(state)],
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(slave)
+        os.write(master, b"no\n")
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+        holder.close()
+    assert proc.returncode == 3, err
+    line = next(line for line in err.splitlines() if "public.customers:" in line)
+    assert "(locked elsewhere) from the source" in line, line

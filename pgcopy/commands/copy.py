@@ -28,6 +28,7 @@ from psycopg2 import sql
 from pgcopy import failpoints, fmt, runlock
 from pgcopy import fkeys as fkmod
 from pgcopy.catalog import (
+    SIZE_LOCK_WAIT,
     ForeignKey,
     database_identity,
     intern_names,
@@ -143,8 +144,15 @@ EXACT_COUNT_BYTES = 64 << 20
 def _rows_for_prompt(cur, key, size: int, estimate: float) -> str:
     if size > EXACT_COUNT_BYTES:
         return fmt.estimate(estimate)
-    cur.execute(sql.SQL("SELECT count(*) FROM ONLY {}").format(sql.Identifier(*key)))
-    n = cur.fetchone()[0]
+    try:  # a table locked elsewhere is not waited for here (its load will wait for it)
+        cur.execute(
+            sql.SQL("SET LOCAL lock_timeout = %s; SELECT count(*) FROM ONLY {}").format(sql.Identifier(*key)),
+            (SIZE_LOCK_WAIT,),
+        )
+        n = cur.fetchone()[0]
+    except psycopg2.errors.LockNotAvailable:
+        cur.connection.rollback()
+        return f"{fmt.estimate(estimate)} (locked elsewhere)"
     cur.connection.commit()  # one table's lock at a time
     return f"{n:,}"
 
