@@ -103,6 +103,30 @@ def pgcopy(
     )
 
 
+def answer_prompt(args: list[str], answer: str, timeout: float = 60) -> tuple[int, str]:
+    """Run ``pgcopy *args`` on a pty (the prompt needs a terminal), type ``answer``;
+    (exit code, stderr)."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pgcopy", *args],
+            cwd=ROOT,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(slave)
+        os.write(master, (answer + "\n").encode())
+        _, err = proc.communicate(timeout=timeout)
+    finally:
+        os.close(master)
+    return proc.returncode, err
+
+
 def descendants(pid: int) -> dict[int, str]:
     """Every live process below ``pid`` (read from /proc), with its command line."""
     parents, cmdlines = {}, {}

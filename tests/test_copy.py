@@ -13,6 +13,7 @@ import pytest
 
 from pgcopy import sandbox
 from tests.helpers import (
+    answer_prompt,
     checksums,
     copy,
     fk_state,
@@ -97,39 +98,12 @@ def test_dry_run_changes_nothing(src, dst, state):
 
 def test_confirmation_declined_and_accepted(src, dst, state, monkeypatch):
     """The prompt needs a terminal: drive it through a pty."""
-    import os
-    import pty
-    import subprocess
-    import sys
-
     load_fidelity(src, dst)
     before = checksums(dst)
+    args = ["copy", "-s", src.uri, "-d", dst.dsn + " password=topsecret", "--state-dir", str(state)]
 
     def run(answer: str) -> tuple[int, str]:
-        master, slave = pty.openpty()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pgcopy",
-                "copy",
-                "-s",
-                src.uri,
-                "-d",
-                dst.dsn + " password=topsecret",
-                "--state-dir",
-                str(state),
-            ],
-            stdin=slave,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        os.close(slave)
-        os.write(master, (answer + "\n").encode())
-        out, err = proc.communicate(timeout=60)
-        os.close(master)
-        return proc.returncode, err
+        return answer_prompt(args, answer)
 
     code, err = run("no")
     assert code == 3, err
@@ -231,31 +205,15 @@ def test_copy_over_ssl_with_workers(tmp_path):
 def test_the_prompt_does_not_wait_for_a_table_locked_elsewhere(src, dst, state):
     """The prompt counts small tables' rows; one locked on the source shows its estimate,
     marked, instead of holding the prompt until the lock is released."""
-    import os
-    import pty
-    import subprocess
-    import sys
-
     import psycopg2
 
     load_fidelity(src, dst)
     holder = psycopg2.connect(src.dsn)
     holder.cursor().execute("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
-    master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pgcopy", "copy", "-s", src.dsn, "-d", dst.dsn, "--state-dir", str(state)],
-            stdin=slave,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        os.close(slave)
-        os.write(master, b"no\n")
-        _, err = proc.communicate(timeout=60)
+        code, err = answer_prompt(["copy", "-s", src.dsn, "-d", dst.dsn, "--state-dir", str(state)], "no")
     finally:
-        os.close(master)
         holder.close()
-    assert proc.returncode == 3, err
+    assert code == 3, err
     line = next(line for line in err.splitlines() if "public.customers:" in line)
     assert "(locked elsewhere) from the source" in line, line

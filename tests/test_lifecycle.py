@@ -16,6 +16,7 @@ import pytest
 from pgcopy.failpoints import ACTIONS, POINTS
 from tests.helpers import (
     ROOT,
+    answer_prompt,
     checksums,
     copy,
     descendants,
@@ -284,26 +285,12 @@ def test_a_worker_killed_alone_fails_only_its_table(src, dst, state):
 
 
 def test_prompt_says_interrupted_runs_fks_were_restored(src, dst, state):
-    import pty
-
     prepare(src, dst)
     with copy_blocked_on_empty_src(src, dst, state, "-p", "2") as run:
         os.killpg(run.proc.pid, signal.SIGKILL)
         run.proc.wait(30)
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pgcopy", "copy", "-s", src.dsn, "-d", dst.dsn, "--state-dir", str(state)],
-        cwd=ROOT,
-        stdin=slave,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    os.close(slave)
-    os.write(master, b"no\n")
-    out, err = proc.communicate(timeout=60)
-    os.close(master)
-    assert proc.returncode == 3, err
+    code, err = answer_prompt(["copy", "-s", src.dsn, "-d", dst.dsn, "--state-dir", str(state)], "no")
+    assert code == 3, err
     assert "foreign keys an interrupted run had dropped were restored" in err
     assert "nothing was changed" not in err
 
