@@ -258,7 +258,7 @@ def test_a_table_locked_on_the_source_fails_alone_after_the_lock_timeout(src, ds
 
 def test_a_standalone_sequence_locked_on_the_source_fails_the_run_before_any_change(src, dst, state):
     """A sequence no loaded table owns is read before anything changes: locked on the
-    source (a DROP or ALTER in an open transaction) it fails the run after
+    source (an uncommitted DROP SEQUENCE, say) it fails the run after
     --lock-timeout, naming it and its holder, with exit 1 and nothing touched; it used
     to wait there forever."""
     load_fidelity(src, dst)

@@ -163,7 +163,7 @@ SEQUENCE_CHUNK = 20
 
 def read_sequence_values(conn, keys: list, lock_timeout: str = "0") -> dict:
     """last_value and is_called of each sequence, a few per transaction (commits ``conn``);
-    a sequence locked on the source (an ALTER SEQUENCE not committed) fails the run after
+    a sequence locked on the source (an uncommitted DROP SEQUENCE, say) fails the run after
     ``lock_timeout``, before anything has changed, instead of holding it there."""
     cur = conn.cursor()
     out = {}
@@ -175,8 +175,9 @@ def read_sequence_values(conn, keys: list, lock_timeout: str = "0") -> dict:
         except psycopg2.errors.LockNotAvailable:
             conn.rollback()
             held = [f"{qualname(k)}{h}" for k in chunk if (h := lock_holders(conn, k))]
+            which = ", ".join(held) or "one of " + ", ".join(map(qualname, chunk))
             raise PgcopyError(
-                f"a source sequence stayed locked past --lock-timeout: {', '.join(held) or 'one of ' + ', '.join(map(qualname, chunk))}; nothing was changed"
+                f"a source sequence stayed locked past --lock-timeout: {which}; nothing was changed"
             ) from None
         conn.commit()
     return out
