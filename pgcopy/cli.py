@@ -309,6 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("-d", "--dest", metavar="DSN", help=DEST_HELP)
     _add_selection(vf)
     _add_parallel(vf, "tables compared at once (default 4)")
+    vf.add_argument(
+        "--lock-timeout",
+        default="30s",
+        type=_duration,
+        metavar="DURATION",
+        help="how long a table's read waits for a lock on either side before it is reported as an error (default 30s)",
+    )
     vf.add_argument("--report", metavar="FILE", help="write the results as JSON to FILE ('-' for stdout)")
 
     sub.add_parser("version", help="print pgcopy, Python, psycopg2 and libpq versions")
@@ -412,7 +419,13 @@ def _dispatch(args: argparse.Namespace, log: Logger) -> int:
         from pgcopy.commands.verify import VerifyOptions, verify
 
         vopts = VerifyOptions(
-            args.source, args.dest, tuple(args.include), tuple(args.exclude), args.parallel, args.report
+            args.source,
+            args.dest,
+            tuple(args.include),
+            tuple(args.exclude),
+            args.parallel,
+            args.report,
+            args.lock_timeout,
         )
         return verify(vopts, log)
     if args.command == "config":

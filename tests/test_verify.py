@@ -137,3 +137,23 @@ def test_verify_bad_input_and_missing_table(copied):
         "verify", "-s", src.dsn, "-d", "host=127.0.0.1 port=1 dbname=x connect_timeout=2", state_dir=None
     )
     assert r.returncode == 1 and "cannot connect to destination" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("side", ["source", "destination"])
+def test_a_table_locked_elsewhere_is_an_error_after_the_lock_timeout(copied, side):
+    """A table under an ALTER or LOCK TABLE on either side is reported as an error once
+    --lock-timeout has passed, and every other table is still compared; verify used to
+    wait for as long as the lock was held, silently."""
+    import psycopg2
+
+    src, dst = copied
+    db = src if side == "source" else dst
+    holder = psycopg2.connect(db.dsn)
+    holder.cursor().execute("LOCK TABLE dup IN ACCESS EXCLUSIVE MODE")
+    try:
+        r = pgcopy("verify", "-s", src.dsn, "-d", dst.dsn, "--lock-timeout", "1s", state_dir=None, timeout=60)
+    finally:
+        holder.close()
+    assert r.returncode == 4, r.stderr
+    assert "ERROR public.dup: canceling statement due to lock timeout" in r.stderr, r.stderr
+    assert "match  public.customers" in r.stderr

@@ -30,6 +30,7 @@ class VerifyOptions:
     exclude: tuple[str, ...] = ()
     parallel: int = 4
     report_file: str | None = None
+    lock_timeout: str = "30s"  # per table read, either side: a locked table is an error, not a hang
 
 
 @dataclass
@@ -87,6 +88,8 @@ def verify(opts: VerifyOptions, log: Logger) -> int:
         log.info(f"verifying {report.dest} against {report.source} (client_encoding {enc})")
         src.set_session(isolation_level="REPEATABLE READ", readonly=True)
         scur, dcur = src.cursor(), dst.cursor()
+        for cur in (scur, dcur):  # sessions pin lock_timeout = 0 (see connections)
+            cur.execute("SET lock_timeout = %s", (opts.lock_timeout,))
         scur.execute("SELECT pg_export_snapshot()")
         snapshot = scur.fetchone()[0]
         src_tables = catalog.read_tables(scur, {})
@@ -108,6 +111,9 @@ def verify(opts: VerifyOptions, log: Logger) -> int:
                 s = connect(opts.source, "source", session, readonly=True)
                 s.set_session(isolation_level="REPEATABLE READ", readonly=True)
                 d = connect(opts.dest, "destination", session, readonly=True)
+                for conn in (s, d):
+                    conn.cursor().execute("SET lock_timeout = %s", (opts.lock_timeout,))
+                    conn.commit()
                 local.conns = (s, d)
                 opened.extend((s, d))
             return local.conns
