@@ -410,8 +410,8 @@ def test_recover_adds_small_tables_fks_validated_at_once(src, dst, state):
 
 def test_recover_is_not_held_up_by_a_locked_table_it_only_sizes(src, dst, state):
     """Reading the tables' sizes locks each briefly: a table locked elsewhere (one no FK
-    touches) costs recover at most its --lock-timeout, after which every table is treated
-    as big, as before sizes were read; the FKs are all put back."""
+    touches) is sized from the catalog's estimate after 200 ms instead of being waited
+    for (catalog.read_sizes); the FKs are all put back."""
     before = prepare(src, dst)
     env = dict(os.environ, PGCOPY_FAILPOINT="after-drop:kill")
     run = Running(["copy", "-s", src.dsn, "-d", dst.dsn, "--yes"], state, env=env)
