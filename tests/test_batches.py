@@ -121,22 +121,19 @@ def test_a_session_using_a_sequence_does_not_hold_up_its_batch(src, dst, state):
     ]
 
 
-def test_a_tables_sequences_are_read_from_the_source_when_its_load_commits(src, dst, state):
-    """A table's own sequences are read from the source in its read transaction right
-    before its load commits, not with the catalogs: a sequence that moved on in the
-    meantime ends at its newer value (never behind the rows copied).  Here s5 waits for
-    a lock held on the destination while the source's s5_id_seq moves on."""
+def _copy_while_s5_waits(src_dsn: str, dst, state, meanwhile):
+    """Run a copy (-p 1) while another destination session holds s5 open; once pgcopy's
+    lock on s5 waits, run ``meanwhile()``, then release s5.  The copy's result."""
     import threading
     import time
 
-    _serial_tables(src, dst)
     holder = dst.connect()
     holder.autocommit = False
     holder.cursor().execute("SELECT 1 FROM s5")  # pgcopy's lock on s5 waits for this one
     result = {}
     run = threading.Thread(
         target=lambda: result.update(
-            r=copy(src.dsn, dst.dsn, "--yes", "-p", "1", "--lock-timeout", "60s", state_dir=state)
+            r=copy(src_dsn, dst.dsn, "--yes", "-p", "1", "--lock-timeout", "60s", state_dir=state)
         )
     )
     run.start()
@@ -145,12 +142,22 @@ def test_a_tables_sequences_are_read_from_the_source_when_its_load_commits(src, 
         while not dst.scalar("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 's5'::regclass"):
             assert time.monotonic() < deadline and run.is_alive(), result
             time.sleep(0.05)
-        src.execute("SELECT setval('s5_id_seq', 500)")  # after the snapshot and the plan
+        meanwhile()
     finally:
         holder.rollback()
         holder.close()
         run.join(120)
-    r = result["r"]
+    return result["r"]
+
+
+def test_a_tables_sequences_are_read_from_the_source_when_its_load_commits(src, dst, state):
+    """A table's own sequences are read from the source in its read transaction right
+    before its load commits, not with the catalogs: a sequence that moved on in the
+    meantime ends at its newer value (never behind the rows copied).  Here s5 waits for
+    a lock held on the destination while the source's s5_id_seq moves on."""
+    _serial_tables(src, dst)
+    # after the snapshot and the plan
+    r = _copy_while_s5_waits(src.dsn, dst, state, lambda: src.execute("SELECT setval('s5_id_seq', 500)"))
     assert r.returncode == 0, r.stderr
     assert checksums(dst) == checksums(src)
     assert dst.scalar("SELECT last_value FROM s5_id_seq") == 500
@@ -163,9 +170,6 @@ def test_a_sequence_the_source_refuses_at_the_commit_fails_its_table_alone(src, 
     """When the read of a table's sequences at its commit fails (here the reader lost
     SELECT on s5_id_seq while s5 waited for its lock), that table rolls back fully old
     with its sequence untouched, the failure is the source's, and the other tables load."""
-    import threading
-    import time
-
     _serial_tables(src, dst)
     src.execute(
         "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'reader') THEN "
@@ -174,27 +178,9 @@ def test_a_sequence_the_source_refuses_at_the_commit_fails_its_table_alone(src, 
     )
     reader = src.cluster.dsn(src.dbname, user="reader", password="reader-pw")
     before = dst.query("SELECT last_value, is_called FROM s5_id_seq")
-    holder = dst.connect()
-    holder.autocommit = False
-    holder.cursor().execute("SELECT 1 FROM s5")
-    result = {}
-    run = threading.Thread(
-        target=lambda: result.update(
-            r=copy(reader, dst.dsn, "--yes", "-p", "1", "--lock-timeout", "60s", state_dir=state)
-        )
+    r = _copy_while_s5_waits(
+        reader, dst, state, lambda: src.execute("REVOKE SELECT ON s5_id_seq FROM reader")
     )
-    run.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not dst.scalar("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 's5'::regclass"):
-            assert time.monotonic() < deadline and run.is_alive(), result
-            time.sleep(0.05)
-        src.execute("REVOKE SELECT ON s5_id_seq FROM reader")
-    finally:
-        holder.rollback()
-        holder.close()
-        run.join(120)
-    r = result["r"]
     assert r.returncode == 4, r.stderr
     assert "Failed public.s5 (source)" in r.stderr and "permission denied" in r.stderr
     assert dst.query("SELECT v FROM s5 ORDER BY id") == [("old",)] * 3
