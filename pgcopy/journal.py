@@ -85,12 +85,11 @@ class Journal:
     def write(self, fkeys: list[ForeignKey], destination: str, owner: str) -> None:
         """Atomically replace the journal: unique temp file (0600), fsync, rename, fsync dir."""
         self._ensure_dir()
-        body = {
+        head = {
             "version": JOURNAL_VERSION,
             "destination": destination,
             "owner": owner,
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "fkeys": [fk.as_dict() for fk in fkeys],
         }
         # mkstemp's contract (new, 0600) without the tempfile module, which the coordinator
         # would import only for this (with random, shutil, bz2, lzma: 0.8 MB of RSS)
@@ -98,7 +97,13 @@ class Journal:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "w") as fh:
-                fh.write(json.dumps(body))  # json.dumps without indent is C: 0.1 s per 1,000 FKs less
+                # one JSON document, written an FK at a time: json.dumps of the whole body
+                # held every FK's dict and the text at once (7 MB of the coordinator's
+                # RSS at 10,000 FKs, kept through the load); each dumps call is still C
+                fh.write(json.dumps(head)[:-1] + ', "fkeys": [')
+                for i, fk in enumerate(fkeys):
+                    fh.write((", " if i else "") + json.dumps(fk.as_dict()))
+                fh.write("]}")
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
