@@ -4,10 +4,12 @@
 
 - ``kill`` (default): SIGKILL the coordinator alone (from a worker: its parent);
 - ``killgroup``: SIGKILL the whole process group (coordinator and workers);
+- ``killself``: SIGKILL the process the point is in alone (a worker, the planning process);
 - ``raise``: raise :class:`FailpointError` where the point is;
 - ``sigterm``: send SIGTERM to the coordinator (a stop at exactly that point).
 
-A point fires once per process.  Points, in run order: ``after-journal`` (journal written, FKs not yet dropped),
+A point fires once per process.  Points, in run order: ``during-planning`` (the planning
+process has read both catalogs and not yet sent the plan), ``after-journal`` (journal written, FKs not yet dropped),
 ``after-drop``, ``mid-copy`` (a worker, after the first chunk of a table), ``after-commit``
 (a worker, right after a table's commit), ``after-add`` (FKs added NOT VALID, none
 validated), ``during-validate`` (a VALIDATE, or an ADD that validates, executed and not committed), ``during-sequences``
@@ -20,6 +22,7 @@ import os
 import signal
 
 POINTS = (
+    "during-planning",
     "after-journal",
     "after-drop",
     "mid-copy",
@@ -48,6 +51,8 @@ def hit(name: str, *, in_worker: bool = False) -> None:
     os.environ.pop("PGCOPY_FAILPOINT", None)  # fires once per process (and its later children)
     if action == "raise":
         raise FailpointError(f"failpoint {name}")
+    if action == "killself":
+        os.kill(os.getpid(), signal.SIGKILL)
     coordinator = os.getppid() if in_worker else os.getpid()
     if action == "sigterm":
         os.kill(coordinator, signal.SIGTERM)
