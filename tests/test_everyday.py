@@ -154,6 +154,19 @@ def test_dry_run_json_plan_on_stdout(src, dst, state):
     assert any("public.tree does not exist" in p for p in data["problems"])
 
 
+def test_a_warning_of_the_planning_is_printed_once_and_reported(src, dst, state):
+    """The catalogs are read in a forked process (pgcopy.planner): what it warns about is
+    logged once, listed once after the statistics, and in the JSON report's warnings."""
+    load_fidelity(src, dst)
+    args = ["copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "--exclude", "no_such_table", "--report", "-"]
+    r = run(*args, "--state-dir", str(state))
+    assert r.returncode == 0, r.stderr
+    warning = "pattern 'no_such_table' matches no table"
+    assert r.stderr.count(f"WARN  {warning}") == 1 and r.stderr.count(f"warning: {warning}") == 1, r.stderr
+    assert warning in json.loads(r.stdout)["warnings"]
+    assert checksums(dst) == checksums(src)
+
+
 def test_demo_keep_leaves_clusters_running(tmp_path):
     r = run("demo", "--keep", "-p", "2", timeout=300)
     assert r.returncode == 0, r.stderr

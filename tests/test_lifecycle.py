@@ -133,7 +133,8 @@ def prepare(src, dst) -> dict:
 # points in the coordinator where an exception ends the run with exit 1 (during-validate
 # counts as a failed validation instead: the FK stays NOT VALID and journaled, exit 4;
 # after-add usually fires in the early FK restore thread, whose errors STEP 6 redoes)
-COORDINATOR_RAISES = {"after-journal", "after-drop", "during-sequences", "during-matviews"}
+# (during-planning raises in the planning process: the coordinator raises it again)
+COORDINATOR_RAISES = {"during-planning", "after-journal", "after-drop", "during-sequences", "during-matviews"}
 
 
 @pytest.mark.parametrize("action", ACTIONS)
@@ -170,6 +171,22 @@ def test_failpoint_then_recover_then_rerun(src, dst, state, point, action):
     assert trigger_state(dst) == before["triggers"] and checks(dst) == before["checks"]
     assert not list(state.glob("*.json"))
     assert no_pgcopy_backends(dst)
+
+
+def test_the_planning_process_killed_ends_the_run_with_one_line_and_changes_nothing(src, dst, state):
+    """The catalogs are read in a forked process (pgcopy.planner); when it dies before
+    sending the plan, the coordinator says so in one line and exits 1, before the journal,
+    the drops or any table; no session of the run is left on either server."""
+    before = prepare(src, dst)
+    env = dict(os.environ, PGCOPY_FAILPOINT="during-planning:killself")
+    run = Running(["copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "2"], state, env=env)
+    code, _, err = run.finish(timeout=120)
+    assert code == 1, err
+    assert "pgcopy: error: the process reading the catalogs ended without a plan; nothing was changed" in err
+    assert "Traceback" not in err
+    assert wait_until(lambda: no_pgcopy_backends(src) and no_pgcopy_backends(dst))
+    assert snapshot(dst) == before
+    assert not list(state.glob("*.json"))
 
 
 def test_two_runs_at_once(src, dst, state):

@@ -19,7 +19,6 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 
 import psycopg2
@@ -35,7 +34,6 @@ from pgcopy.catalog import (
     lock_holders,
     locks_per_transaction,
     qualname,
-    read_sizes,
     regclass_literal,
 )
 from pgcopy.connections import (
@@ -61,8 +59,9 @@ from pgcopy.fkearly import EarlyRestorer
 from pgcopy.journal import Journal
 from pgcopy.log import Logger, safe_write
 from pgcopy.options import CopyOptions
-from pgcopy.plan import Plan, PlanInputs, build_plan
+from pgcopy.plan import Plan, PlanInputs
 from pgcopy.plan import batches as plan_batches
+from pgcopy.planner import PlanRequest, plan_apart
 from pgcopy.preflight import CHECKS
 from pgcopy.progress import ProgressBus
 from pgcopy.report import RunReport
@@ -460,8 +459,9 @@ class CopyRun:
 
     def snapshot_and_plan(self) -> Plan:
         """The coordinator's first source session only exports the snapshot (it holds no
-        lock); catalogs are read on a second one that imports it, and sizes and sequences
-        a few tables per transaction, so no pgcopy transaction nears the lock budget."""
+        lock); the catalogs are read in a forked process on sessions of its own, the
+        source's importing the snapshot (pgcopy.planner), sizes and sequences a few tables
+        per transaction, so no pgcopy transaction nears the lock budget."""
         self.src.set_session(isolation_level="REPEATABLE READ", readonly=True)
         if self.opts.snapshot:
             try:
@@ -474,25 +474,23 @@ class CopyRun:
                         f"the source cannot export a snapshot ({error_line(exc)}): connect to the server directly, or pass --no-snapshot to read each table at a different moment"
                     ]
                 ) from None
-        self.scat = connect(self.opts.source, "source", self.session)
-        for conn in (self.scat, self.dst):
-            intern_names(conn)
         self.log.info("STEP 3: reading catalogs and checking the destination")
-        with ThreadPoolExecutor(max_workers=1) as pool:  # both servers at once
-            pending = pool.submit(read_sizes, self.scat)
-            dst_sizes = read_sizes(self.dst)
-            src_sizes = pending.result()
-        self.scat.set_session(isolation_level="REPEATABLE READ", readonly=True)
-        scur, dcur = self.scat.cursor(), self.dst.cursor()
-        if self.snapshot:
-            scur.execute("SET TRANSACTION SNAPSHOT %s", (self.snapshot,))
-        scur.execute("SET search_path = pg_catalog")
-        fkmod.session_setup(dcur, self.opts.lock_timeout)
         o = self.opts
         inputs = PlanInputs(o.include, o.exclude, o.format, o.index_rebuild_bytes)
-        plan = build_plan(scur, dcur, inputs, self.log, src_sizes, dst_sizes)
-        self.scat.commit()
+        request = PlanRequest(
+            o.source, o.dest, self.session, self.snapshot, o.lock_timeout, inputs, o.dry_run
+        )
+        plan = plan_apart(request, self.log)
+        # our own sessions, as the planning's were: catalog names unqualified nowhere, and
+        # the destination's waits bounded by --lock-timeout
+        dcur = self.dst.cursor()
+        fkmod.session_setup(dcur, o.lock_timeout)
         self.dst.commit()
+        self.scat = connect(o.source, "source", self.session)
+        intern_names(self.scat)
+        self.scat.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        self.scat.cursor().execute("SET search_path = pg_catalog")
+        self.scat.commit()
         # an interrupted run's journal holds the original state of the FKs it dropped
         plan.fkeys = [self.carried.get((fk.table, fk.name), fk) for fk in plan.fkeys]
         planned = {(fk.table, fk.name) for fk in plan.fkeys}

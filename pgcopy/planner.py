@@ -1,0 +1,178 @@
+"""STEP 3's catalog reads and planning, in a forked process that hands back the plan.
+
+Reading both catalogs takes far more memory than the plan they yield: every column, FK and
+size row of both sides, the preflight's lists.  In the coordinator that memory stayed: at
+10,000 tables it grew by 25-31 MB, of which the plan is 15, because CPython's allocator
+gives an arena back only once nothing in it is alive, and the plan's objects sit among the
+freed rows.  It then held that through the load, next to the workers.  So the reading runs
+in a child forked for it, on sessions of its own (in the run's snapshot, as the
+coordinator's catalog session did), and sends back the pickled plan: the coordinator
+unpickles it into memory it uses for nothing else, and the child's is gone with it.
+
+The child dies with the coordinator (PR_SET_PDEATHSIG where the kernel has it), ignores
+Ctrl-C (the coordinator, interrupted, kills it), and leaves the coordinator's connections
+alone: it opens its own and exits without running any cleanup of the parent's objects.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import struct
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import psycopg2
+
+from pgcopy import failpoints
+from pgcopy import fkeys as fkmod
+from pgcopy.catalog import intern_names, read_sizes
+from pgcopy.child import _death_signal
+from pgcopy.connections import Session, connect, error_line
+from pgcopy.errors import PgcopyError
+from pgcopy.log import Logger
+from pgcopy.plan import Plan, PlanInputs, build_plan
+
+_LENGTH = struct.Struct("!Q")
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What the planning needs from the run: where to read, in which snapshot."""
+
+    source: str
+    dest: str
+    session: Session
+    snapshot: str | None
+    lock_timeout: str
+    inputs: PlanInputs
+    readonly_dest: bool = False  # a dry run
+
+
+def read_plan(req: PlanRequest, log: Logger) -> Plan:
+    """Sizes in short transactions on both servers at once, then both catalogs (the
+    source's in the run's snapshot) and the plan, on sessions opened for it."""
+    src = connect(req.source, "source", req.session)
+    try:
+        dst = connect(req.dest, "destination", req.session, readonly=req.readonly_dest)
+    except BaseException:
+        src.close()
+        raise
+    try:
+        for conn in (src, dst):
+            intern_names(conn)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(read_sizes, src)
+            dst_sizes = read_sizes(dst)
+            src_sizes = pending.result()
+        src.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        scur, dcur = src.cursor(), dst.cursor()
+        if req.snapshot:
+            scur.execute("SET TRANSACTION SNAPSHOT %s", (req.snapshot,))
+        scur.execute("SET search_path = pg_catalog")
+        fkmod.session_setup(dcur, req.lock_timeout)
+        plan = build_plan(scur, dcur, req.inputs, log, src_sizes, dst_sizes)
+        src.commit()
+        dst.commit()
+        return plan
+    finally:
+        src.close()
+        dst.close()
+
+
+def plan_apart(req: PlanRequest, log: Logger) -> Plan:
+    """:func:`read_plan` in a forked child; in this process where fork is missing or
+    other threads run (a child forked then could find a lock of theirs held forever)."""
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        return read_plan(req, log)
+    for stream in (sys.stdout, sys.stderr):  # nothing buffered for the child to write again
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    parent = os.getpid()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        _child(req, log, w, parent)  # never returns
+    os.close(w)
+    try:
+        kind, value, warnings = _receive(r)
+    finally:
+        os.close(r)
+        _reap(pid)
+    log.warnings.extend(warnings)  # the child printed them; the report lists them
+    if kind == "error":
+        raise value
+    return value
+
+
+def _child(req: PlanRequest, log: Logger, fd: int, parent: int) -> None:
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        arm = _death_signal()
+        if arm is not None:
+            arm()
+        if os.getppid() != parent:  # the coordinator died before the guard was set
+            os._exit(1)
+        before = len(log.warnings)
+        try:
+            plan = read_plan(req, log)
+            failpoints.hit("during-planning", in_worker=True)
+            payload = ("plan", plan, log.warnings[before:])
+        except BaseException as exc:  # noqa: BLE001 - every failure goes to the coordinator
+            payload = ("error", _portable(exc), log.warnings[before:])
+        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+        with open(fd, "wb") as out:
+            out.write(_LENGTH.pack(len(data)))
+            out.write(data)
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)  # no cleanup: the parent's connections and files are the parent's
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives a pickle round trip, else a PgcopyError with its line."""
+    if not isinstance(exc, (PgcopyError, psycopg2.Error)):
+        traceback.print_exc()  # a bug: where it happened, as it would show without the fork
+    try:
+        return pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return PgcopyError(f"reading the catalogs failed: {error_line(exc)}")
+
+
+def _receive(fd: int) -> tuple:
+    with open(fd, "rb", buffering=0, closefd=False) as f:
+        head = _read_exactly(f, _LENGTH.size)
+        if head is None:
+            raise PgcopyError("the process reading the catalogs ended without a plan; nothing was changed")
+        buf = _read_exactly(f, _LENGTH.unpack(head)[0])
+        if buf is None:
+            raise PgcopyError("the process reading the catalogs ended mid-plan; nothing was changed")
+    return pickle.loads(buf)
+
+
+def _read_exactly(f, n: int) -> bytearray | None:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = f.readinto(view[got:])
+        if not k:
+            return None
+        got += k
+    return buf
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)  # gone already, or interrupted: either way, gone now
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
