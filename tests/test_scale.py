@@ -241,3 +241,28 @@ def test_the_plan_names_each_table_with_one_tuple(src, dst):
     tasks = {t.key[1]: t for t in plan.tasks}
     assert tasks["p"].columns == ("id", "v") and tasks["p2"].columns is tasks["p"].columns
     assert tasks["p2"].column_types is tasks["p"].column_types
+
+
+def test_the_plan_from_the_planning_process_is_the_plan_read_here(src, dst):
+    """STEP 3 runs in a forked process that pickles the plan back (pgcopy.planner): what
+    arrives equals what reading the catalogs in this process yields, warnings included,
+    and still names each table with one tuple (pickle's memo keeps the sharing)."""
+    from pgcopy.connections import Session
+    from pgcopy.log import Logger
+    from pgcopy.plan import PlanInputs
+    from pgcopy.planner import PlanRequest, plan_apart, read_plan
+    from tests.helpers import load_fidelity
+
+    load_fidelity(src, dst)
+    inputs = PlanInputs(exclude=("no_such_table",))
+    req = PlanRequest(src.dsn, dst.dsn, Session("plantest"), None, "5s", inputs, readonly_dest=True)
+    here, there = Logger(stream=None), Logger(stream=None)
+    expected = read_plan(req, here)
+    assert threading.active_count() == 1  # else plan_apart reads in this process, unforked
+    got = plan_apart(req, there)
+    assert len(got.tasks) > 10 and got.fkeys and got.sequences
+    assert got == expected
+    assert there.warnings == here.warnings and any("no_such_table" in w for w in there.warnings)
+    keys = {t.key: t.key for t in got.tasks}
+    ends = [end for fk in got.fkeys for end in (fk.table, fk.ref_table) if end in keys]
+    assert ends and all(end is keys[end] for end in ends)
