@@ -41,7 +41,7 @@ def _child_path(root: str) -> list[str]:
 PR_SET_PDEATHSIG, PR_GET_PDEATHSIG = 1, 2
 
 
-def _death_signal(libc=None) -> Callable[[], None] | None:
+def death_signal(libc=None) -> Callable[[], None] | None:
     """What the forked child runs before exec to be killed when we exit (Linux), or None
     (the child then watches for our exit itself).
 
@@ -84,7 +84,7 @@ class ChildProcess:
         self.sock, theirs = socket.socketpair()
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         boot = _BOOT.format(path=_child_path(root), module=module)
-        arm = _death_signal()
+        arm = death_signal()
         # the child watches for our exit itself where the kernel will not kill it
         guard = "kernel" if arm else "watch"
         try:

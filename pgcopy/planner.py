@@ -6,7 +6,7 @@ size row of both sides, the preflight's lists.  In the coordinator that memory s
 gives an arena back only once nothing in it is alive, and the plan's objects sit among the
 freed rows.  It then held that through the load, next to the workers.  So the reading runs
 in a child forked for it, on sessions of its own (in the run's snapshot, as the
-coordinator's catalog session did), and sends back the pickled plan: the coordinator
+coordinator's catalog session did), and sends back the pickled plan (a pgcopy.channel message): the coordinator
 unpickles it into memory it uses for nothing else, and the child's is gone with it.
 
 The child dies with the coordinator (PR_SET_PDEATHSIG where the kernel has it), ignores
@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import struct
+import socket
 import sys
 import threading
 import traceback
@@ -28,16 +28,14 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from pgcopy import failpoints
+from pgcopy import channel, failpoints
 from pgcopy import fkeys as fkmod
 from pgcopy.catalog import intern_names, read_sizes
-from pgcopy.child import _death_signal
+from pgcopy.child import death_signal
 from pgcopy.connections import Session, connect, error_line
 from pgcopy.errors import PgcopyError
 from pgcopy.log import Logger
 from pgcopy.plan import Plan, PlanInputs, build_plan
-
-_LENGTH = struct.Struct("!Q")
 
 
 @dataclass(frozen=True)
@@ -95,16 +93,20 @@ def plan_apart(req: PlanRequest, log: Logger) -> Plan:
         except (OSError, ValueError):
             pass
     parent = os.getpid()
-    r, w = os.pipe()
+    ours, theirs = socket.socketpair()  # one pickled message back, framed by pgcopy.channel
     pid = os.fork()
     if pid == 0:
-        os.close(r)
-        _child(req, log, w, parent)  # never returns
-    os.close(w)
+        ours.close()
+        _child(req, log, theirs, parent)  # never returns
+    theirs.close()
     try:
-        kind, value, warnings = _receive(r)
+        kind, value, warnings = channel.recv(ours)
+    except (EOFError, OSError):
+        raise PgcopyError(
+            "the process reading the catalogs ended without a plan; nothing was changed"
+        ) from None
     finally:
-        os.close(r)
+        ours.close()
         _reap(pid)
     log.warnings.extend(warnings)  # the child printed them; the report lists them
     if kind == "error":
@@ -112,11 +114,11 @@ def plan_apart(req: PlanRequest, log: Logger) -> Plan:
     return value
 
 
-def _child(req: PlanRequest, log: Logger, fd: int, parent: int) -> None:
+def _child(req: PlanRequest, log: Logger, sock: socket.socket, parent: int) -> None:
     code = 0
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        arm = _death_signal()
+        arm = death_signal()
         if arm is not None:
             arm()
         if os.getppid() != parent:  # the coordinator died before the guard was set
@@ -128,10 +130,7 @@ def _child(req: PlanRequest, log: Logger, fd: int, parent: int) -> None:
             payload = ("plan", plan, log.warnings[before:])
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the coordinator
             payload = ("error", _portable(exc), log.warnings[before:])
-        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
-        with open(fd, "wb") as out:
-            out.write(_LENGTH.pack(len(data)))
-            out.write(data)
+        channel.send(sock, payload)
     except BaseException:
         code = 1
     finally:
@@ -146,28 +145,6 @@ def _portable(exc: BaseException) -> BaseException:
         return pickle.loads(pickle.dumps(exc))
     except Exception:
         return PgcopyError(f"reading the catalogs failed: {error_line(exc)}")
-
-
-def _receive(fd: int) -> tuple:
-    with open(fd, "rb", buffering=0, closefd=False) as f:
-        head = _read_exactly(f, _LENGTH.size)
-        if head is None:
-            raise PgcopyError("the process reading the catalogs ended without a plan; nothing was changed")
-        buf = _read_exactly(f, _LENGTH.unpack(head)[0])
-        if buf is None:
-            raise PgcopyError("the process reading the catalogs ended mid-plan; nothing was changed")
-    return pickle.loads(buf)
-
-
-def _read_exactly(f, n: int) -> bytearray | None:
-    buf = bytearray(n)
-    view, got = memoryview(buf), 0
-    while got < n:
-        k = f.readinto(view[got:])
-        if not k:
-            return None
-        got += k
-    return buf
 
 
 def _reap(pid: int) -> None:

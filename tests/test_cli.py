@@ -244,8 +244,8 @@ def test_a_child_is_left_to_watch_for_us_where_prctl_is_refused():
             Working.calls.append(option)
             return 0
 
-    assert child._death_signal(Refusing()) is None
-    arm = child._death_signal(Working())
+    assert child.death_signal(Refusing()) is None
+    arm = child.death_signal(Working())
     assert arm is not None and Working.calls == [child.PR_GET_PDEATHSIG]
     arm()
     assert Working.calls[-1] == child.PR_SET_PDEATHSIG
@@ -257,6 +257,6 @@ def test_a_child_is_left_to_watch_for_us_where_prctl_is_refused():
 
     # between fork and exec: raising makes Popen fail instead of starting it unguarded
     with pytest.raises(OSError):
-        child._death_signal(SetRefused())()
+        child.death_signal(SetRefused())()
     # on this machine prctl works: the kernel guards the workers
-    assert child._death_signal() is not None
+    assert child.death_signal() is not None
