@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from pgcopy import channel, failpoints
+from pgcopy import channel, failpoints, sequences
 from pgcopy import fkeys as fkmod
 from pgcopy.catalog import intern_names, read_sizes
 from pgcopy.child import death_signal
@@ -53,7 +53,8 @@ class PlanRequest:
 
 def read_plan(req: PlanRequest, log: Logger) -> Plan:
     """Sizes in short transactions on both servers at once, then both catalogs (the
-    source's in the run's snapshot) and the plan, on sessions opened for it."""
+    source's in the run's snapshot) and the plan, on sessions opened for it; then the
+    values of the sequences set after the load (pgcopy.sequences), unless a dry run."""
     src = connect(req.source, "source", req.session)
     try:
         dst = connect(req.dest, "destination", req.session, readonly=req.readonly_dest)
@@ -76,7 +77,9 @@ def read_plan(req: PlanRequest, log: Logger) -> Plan:
         plan = build_plan(scur, dcur, req.inputs, log, src_sizes, dst_sizes)
         src.commit()
         dst.commit()
-        return plan
+        if req.readonly_dest:  # a dry run sets no sequence
+            return plan
+        return sequences.settle(plan, src, req.lock_timeout)
     finally:
         src.close()
         dst.close()

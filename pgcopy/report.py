@@ -133,7 +133,7 @@ class RunReport:
                 }
                 for fk in plan.fkeys
             ],
-            "sequences": [qualname(s.key) for s in plan.sequences],
+            "sequences": [qualname(s.key) for s in plan.sequences.open().sequences],
             "matviews": [qualname(m) for m in plan.matviews],
             "large_objects": plan.large_objects,
             "snapshot": snapshot,

@@ -24,17 +24,14 @@ from dataclasses import dataclass, fields, replace
 import psycopg2
 from psycopg2 import sql
 
-from pgcopy import failpoints, fmt, runlock
+from pgcopy import failpoints, fmt, runlock, sequences
 from pgcopy import fkeys as fkmod
 from pgcopy.catalog import (
     SIZE_LOCK_WAIT,
     ForeignKey,
     database_identity,
-    intern_names,
-    lock_holders,
     locks_per_transaction,
     qualname,
-    regclass_literal,
 )
 from pgcopy.connections import (
     Session,
@@ -66,7 +63,7 @@ from pgcopy.preflight import CHECKS
 from pgcopy.progress import ProgressBus
 from pgcopy.report import RunReport
 from pgcopy.stopping import RunBackends, StopFlag, Tee
-from pgcopy.stream import StreamSpec, read_sequences
+from pgcopy.stream import StreamSpec
 from pgcopy.task import SMALL_BYTES
 from pgcopy.ui import make_view
 from pgcopy.ui.base import LogReporter
@@ -124,8 +121,9 @@ def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions, stream) -> 
     p(f"Foreign keys to drop and restore: {len(plan.fkeys)}")
     for fk in plan.fkeys:
         p(f"  {fkmod.describe(fk)}{'' if fk.validated else ' (NOT VALID, stays so)'}")
-    p(f"Sequences to set from the source: {len(plan.sequences)}")
-    for s in plan.sequences:
+    seqs = plan.sequences.open().sequences
+    p(f"Sequences to set from the source: {len(seqs)}")
+    for s in seqs:
         p(f"  {qualname(s.key)}")
     p(f"Materialized views to refresh: {len(plan.matviews)}")
     for m in plan.matviews:
@@ -154,32 +152,6 @@ def _rows_for_prompt(cur, key, size: int, estimate: float) -> str:
         return f"{fmt.estimate(estimate)} (locked elsewhere)"
     cur.connection.commit()  # one table's lock at a time
     return f"{n:,}"
-
-
-# Sequences read per transaction (each read locks its sequence until the commit).
-SEQUENCE_CHUNK = 20
-
-
-def read_sequence_values(conn, keys: list, lock_timeout: str = "0") -> dict:
-    """last_value and is_called of each sequence, a few per transaction (commits ``conn``);
-    a sequence locked on the source (an uncommitted DROP SEQUENCE, say) fails the run after
-    ``lock_timeout``, before anything has changed, instead of holding it there."""
-    cur = conn.cursor()
-    out = {}
-    for i in range(0, len(keys), SEQUENCE_CHUNK):
-        chunk = keys[i : i + SEQUENCE_CHUNK]
-        cur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
-        try:
-            out.update((v.key, v) for v in read_sequences(cur, chunk))
-        except psycopg2.errors.LockNotAvailable:
-            conn.rollback()
-            held = [f"{qualname(k)}{h}" for k in chunk if (h := lock_holders(conn, k))]
-            which = ", ".join(held) or "one of " + ", ".join(map(qualname, chunk))
-            raise PgcopyError(
-                f"a source sequence stayed locked past --lock-timeout: {which}; nothing was changed"
-            ) from None
-        conn.commit()
-    return out
 
 
 def copy(opts: CopyOptions, log: Logger) -> int:
@@ -219,7 +191,6 @@ class CopyRun:
         self.opts, self.report, self.log = opts, report, log
         self.session = Session.new()
         self.src = self.dst = None
-        self.scat = None  # the source session that reads catalogs in the snapshot
         self.journal: Journal | None = None
         self.carried: dict[tuple, ForeignKey] = {}  # original FK states from an interrupted run
         self.journal_restored = 0  # FKs of an interrupted run put back before the prompt
@@ -242,12 +213,11 @@ class CopyRun:
                 _print_plan(plan, self.snapshot, self.opts, self.human)
                 self.log.done("dry run: nothing was changed")
                 return EXIT_OK
-            plan = self.read_sequences(plan)
             if not self.opts.yes:
                 self.confirm(plan)
             return self.change(plan)
         finally:
-            for conn in (self.src, self.scat, self.dst):
+            for conn in (self.src, self.dst):
                 if conn is not None:
                     conn.close()
 
@@ -255,8 +225,6 @@ class CopyRun:
         """Everything that changes the destination, with the stop flag installed."""
         self.report.tables_total = len(plan.tasks)
         self.report.large_objects = plan.large_objects
-        self.scat.close()
-        self.scat = None
         started = time.monotonic()
         self.stop.install()
         bus = ProgressBus(workers_for(self.opts.parallel, plan.tasks))
@@ -486,11 +454,6 @@ class CopyRun:
         dcur = self.dst.cursor()
         fkmod.session_setup(dcur, o.lock_timeout)
         self.dst.commit()
-        self.scat = connect(o.source, "source", self.session)
-        intern_names(self.scat)
-        self.scat.set_session(isolation_level="REPEATABLE READ", readonly=True)
-        self.scat.cursor().execute("SET search_path = pg_catalog")
-        self.scat.commit()
         # an interrupted run's journal holds the original state of the FKs it dropped
         plan.fkeys = [self.carried.get((fk.table, fk.name), fk) for fk in plan.fkeys]
         planned = {(fk.table, fk.name) for fk in plan.fkeys}
@@ -499,30 +462,19 @@ class CopyRun:
             self.log.warn(f"the source has {plan.large_objects} large objects; pgcopy does not copy them")
         return plan
 
-    def read_sequences(self, plan: Plan) -> Plan:
-        """Those a loaded table owns (and the role owns on the destination) are set inside
-        that table's load transaction, which reads them from the source right before its
-        commit (stream.read_sequences).  The others are not transactional: read them right
-        after the snapshot was taken, to be set after the load."""
-        keys = {t.key for t in plan.tasks}
-        in_load = {
-            s.key: s.owner_table
-            for s in plan.sequences
-            if s.owner_table in keys and s.key in plan.owned_sequences
-        }
-        owned: dict = {}
-        for k, owner in in_load.items():
-            owned.setdefault(owner, []).append(k)
-        plan.tasks = [replace(t, sequences=tuple(owned.get(t.key, ()))) for t in plan.tasks]
-        others = [s.key for s in plan.sequences if s.key not in in_load]
-        plan.sequence_values = read_sequence_values(self.scat, others, self.opts.lock_timeout)
-        plan.sequences_in_load = set(in_load)
-        return plan
-
     # --- STEP 4 --------------------------------------------------------------------
 
     def confirm(self, plan: Plan) -> None:
-        scur, dcur = self.scat.cursor(), self.dst.cursor()
+        # the source's row counts on a session of their own: the exporting one stays idle
+        counts = connect(self.opts.source, "source", self.session, readonly=True)
+        try:
+            counts.cursor().execute("SET search_path = pg_catalog")
+            counts.commit()
+            self.ask(plan, counts.cursor(), self.dst.cursor())
+        finally:
+            counts.close()
+
+    def ask(self, plan: Plan, scur, dcur) -> None:
         err = sys.stderr
         err.write("\nWARNING: this will OVERWRITE data in the destination database\n")
         err.write(f"  Destination: {describe_conn(self.dst)}\n")
@@ -664,7 +616,7 @@ class CopyRun:
         self.log.info("STEP 7: sequences and materialized views")
         done_keys = {r.key for r in outcome.done}
         in_load = [qualname(k) for t in plan.tasks if t.key in done_keys for k in t.sequences]
-        self.report.sequences_set = in_load + _set_sequences(self.dst, plan, done_keys, self.log)
+        self.report.sequences_set = in_load + sequences.set_others(self.dst, plan, done_keys, self.log)
         if self.stop():
             self.log.warn("stopping: materialized views not refreshed")
         elif self.opts.refresh_matviews and outcome.done:
@@ -689,38 +641,6 @@ class CopyRun:
         if report.tables_failed or report.tables_not_copied or report.fkeys_not_valid:
             return EXIT_PARTIAL
         return EXIT_OK
-
-
-def _set_sequences(dst, plan: Plan, done_keys, log: Logger) -> list[str]:
-    """Sequences not set inside a load transaction: standalone ones, ones the role does
-    not own, ones owned by a partitioned parent (set when one of its leaves loaded)."""
-    cur = dst.cursor()
-    done = []
-    for seq in plan.sequences:
-        if seq.key in plan.sequences_in_load:
-            continue
-        owner = seq.owner_table
-        if (
-            owner is not None
-            and owner not in done_keys
-            and not any(owner in plan.ancestors.get(k, ()) for k in done_keys)
-        ):
-            continue  # its table failed: keep the destination's sequence in step with its old rows
-        v = plan.sequence_values[seq.key]
-        try:
-            cur.execute(
-                sql.SQL("SELECT setval({}, %s, %s)").format(sql.Literal(regclass_literal(seq.key))),
-                (v.last_value, v.is_called),
-            )
-            dst.commit()
-            done.append(qualname(seq.key))
-            failpoints.hit("during-sequences")
-        except failpoints.FailpointError:
-            raise
-        except Exception as exc:
-            dst.rollback()
-            log.warn(f"sequence {qualname(seq.key)} not set: {error_line(exc)}")
-    return done
 
 
 def _refresh_matviews(dst, plan: Plan, log: Logger, stop) -> list[str]:
