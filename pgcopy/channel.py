@@ -5,7 +5,8 @@
         ◀─ ("ready", wid, None) ──────────────────  idle: asks for its next item
         ── item | None | STOP ──────────────────▶  a list of (index, task); None: no more work;
                                                    STOP: stop now (may come at any time)
-        ◀─ ("start"/"done"/"failed"/"log"/"exit", wid, payload)
+        ◀─ ("start"/"done"/"failed"/"log"/"exit", wid, payload)  start: the task's index;
+                                                   done/failed: (index, TableResult)
 
 A worker is a plain child process (``python -P -S -c 'from pgcopy.worker import main; main()'``,
 see pgcopy.child) holding one end of a socket pair that carries pickled messages, each

@@ -21,8 +21,14 @@ class EarlyRestorer:
     """A coordinator thread; ``table_finished`` is called for every table done or failed."""
 
     def __init__(
-        self, target: fkmod.RestoreTarget, fkeys: list[ForeignKey], ancestors: dict[Key, tuple[Key, ...]], log
+        self,
+        target: fkmod.RestoreTarget,
+        fkeys: list[ForeignKey],
+        ancestors: dict[Key, tuple[Key, ...]],
+        log,
+        index: dict[Key, int] | None = None,
     ):
+        """``ancestors`` has every loaded table; ``index`` numbers them (the display's)."""
         self.target, self.log = target, log
         # a key stands for the loaded tables it covers: itself, or a partitioned parent's
         # leaves; only parents get an entry (thousands of one-table sets cost 0.8 MB)
@@ -30,11 +36,12 @@ class EarlyRestorer:
         for leaf, parents in ancestors.items():
             for parent in parents:
                 self.leaves.setdefault(parent, []).append(leaf)
-        self.loaded = ancestors  # every loaded table is a key
+        # a byte per loaded table, not a set (20,000 keys held 2 MB through the load)
+        self.index = index if index is not None else {k: i for i, k in enumerate(ancestors)}
         # each FK waits for the tables its two ends cover (worked out at each round: a
         # tuple of them per FK held 1.1 MB at 10,000 FKs)
         self.waiting = list(fkeys)
-        self.finished: set[Key] = set()
+        self.finished = bytearray(len(self.index))
         self.restored = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -46,7 +53,7 @@ class EarlyRestorer:
 
     def table_finished(self, key: Key) -> None:
         with self._lock:
-            self.finished.add(key)
+            self.finished[self.index[key]] = 1
 
     def request_stop(self) -> None:
         """No new batches (the one in progress goes on until cancelled)."""
@@ -61,10 +68,11 @@ class EarlyRestorer:
 
     def _covered_finished(self, k: Key) -> bool:
         """Has every loaded table that ``k`` covers finished?"""
-        finished = self.finished
-        if k in self.loaded and k not in finished:
+        finished, index = self.finished, self.index
+        i = index.get(k)
+        if i is not None and not finished[i]:
             return False
-        return all(leaf in finished for leaf in self.leaves.get(k, ()))
+        return all(finished[index[leaf]] for leaf in self.leaves.get(k, ()))
 
     def _ready(self) -> list[ForeignKey]:
         with self._lock:

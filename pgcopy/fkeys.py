@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,11 +47,11 @@ class RestoreTarget:
     lock_timeout: str
     session: Session
     parallel: int = 2
-    small: frozenset = frozenset()  # loaded tables small enough for "quick" FKs (see _add_missing)
+    small: Container = frozenset()  # loaded tables small enough for "quick" FKs (see _add_missing)
     on_settled: Settled | None = None  # (fk, seconds) once nothing more will be done to it
 
 
-def between(fk: ForeignKey, tables: frozenset) -> bool:
+def between(fk: ForeignKey, tables: Container) -> bool:
     """Are both of the FK's tables in ``tables``?"""
     return fk.table in tables and fk.ref_table in tables
 
@@ -408,7 +408,7 @@ def _add_batch(cur, batch: list[ForeignKey], lock: bool, how: Callable[[ForeignK
 
 
 def _add_missing(
-    sessions: Sessions, fkeys: list[ForeignKey], out: RestoreOutcome, small: frozenset = frozenset()
+    sessions: Sessions, fkeys: list[ForeignKey], out: RestoreOutcome, small: Container = frozenset()
 ) -> _Added:
     """Re-create absent FKs; returns those to validate (absent or present NOT VALID), those
     settled (present as journaled, or added and needing nothing more) and the seconds of

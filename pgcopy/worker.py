@@ -125,12 +125,12 @@ class Worker:
             _begin_read(self.src, self.spec.snapshot, self.spec.stream.lock_timeout)
         except Exception as exc:
             self._reset()
-            for _, task in item:
-                self.put("failed", TableResult(task.key, error=error_line(exc)))
+            for index, task in item:
+                self.put("failed", (index, TableResult(task.key, error=error_line(exc))))
             return
         # only now: the coordinator may release the snapshot once every table has started
-        for _, task in item:
-            self.put("start", task.key)
+        for index, _ in item:
+            self.put("start", index)
         if len(item) == 1:
             self._one(*item[0])
         else:
@@ -147,11 +147,11 @@ class Worker:
                 # after closing: still one connection per side
                 msg += _lock_holders(self.spec, task.key, side)
             self.slot.end(False)
-            self.put("failed", TableResult(task.key, error=msg, side=side))
+            self.put("failed", (index, TableResult(task.key, error=msg, side=side)))
             return
         self._end_read()
         self.slot.end(True, res.rows)
-        self.put("done", res)
+        self.put("done", (index, res))
         self._committed([task], big=task.est_bytes >= ANALYZE_ALONE_BYTES)
 
     def _batch(self, item: list) -> None:
@@ -163,7 +163,7 @@ class Worker:
             reported.add(index)
             self.slot.begin(index)
             self.slot.end(res.error is None, res.rows)
-            self.put("done" if res.error is None else "failed", res)
+            self.put("done" if res.error is None else "failed", (index, res))
             if res.error is None:
                 committed.append(tasks[index])
 
@@ -183,7 +183,7 @@ class Worker:
             self.slot.end(False)
             for index, task in item:
                 if index not in reported:
-                    self.put("failed", TableResult(task.key, error=error_line(exc)))
+                    self.put("failed", (index, TableResult(task.key, error=error_line(exc))))
             return
         self._end_read()
         if committed:

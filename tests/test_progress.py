@@ -167,13 +167,15 @@ def test_a_rebuild_in_flight_counts_down_and_shows():
 
 
 def test_phase_label_and_progress_line():
+    from pgcopy.task import CopyTask
     from pgcopy.ui.base import progress_line
 
+    tasks = [CopyTask(("public", "t"), ("id",), (), 10.0, 1000, 0.0, 0)]
     m = ProgressModel([Expected(1000, 10)], fk_bytes=[10.0, 10.0], now=0.0)
     m.finished(0, 1000, 10)
     m.fk_done(0, 0.01)
     s = m.snapshot([], now=1.0)
-    line = progress_line(s, ["public.t"], "restoring and validating foreign keys")
+    line = progress_line(s, tasks, "restoring and validating foreign keys")
     assert "restoring and validating foreign keys" in line and "1/1 tables" in line and "1/2 FKs" in line
     assert "ETA 0:00" in line  # one tiny FK left: under a second, but not --:--
 

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Container
 from dataclasses import dataclass, fields, replace
 
 import psycopg2
@@ -95,10 +96,25 @@ def fk_sizes(plan: Plan) -> list[float]:
     return [float(size.get(fk.table, 0)) for fk in plan.fkeys]
 
 
-def small_tables(plan: Plan) -> frozenset:
-    """Loaded tables that are small: an FK between two of them is added validated in one
-    statement (see fkeys.between); a set of the tables, not of thousands of FKs."""
-    return frozenset(k for k, n in _loaded_sizes(plan).items() if n <= SMALL_BYTES)
+@dataclass(frozen=True)
+class SmallTables:
+    """Loaded tables (and partitioned parents) that are small: an FK between two of them
+    is added validated in one statement (see fkeys.between).  Most tables are small, so it
+    holds the few that are not (a set of 20,000 small ones held 2 MB through the load)."""
+
+    loaded: dict  # every loaded table (plan.ancestors)
+    big: frozenset
+    parents: frozenset  # partitioned parents
+
+    def __contains__(self, key) -> bool:
+        return key not in self.big and (key in self.loaded or key in self.parents)
+
+
+def small_tables(plan: Plan) -> SmallTables:
+    sizes = _loaded_sizes(plan)
+    big = frozenset(k for k, n in sizes.items() if n > SMALL_BYTES)
+    parents = frozenset(p for ps in plan.ancestors.values() for p in ps)
+    return SmallTables(plan.ancestors, big, parents)
 
 
 def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions, stream) -> None:
@@ -195,6 +211,7 @@ class CopyRun:
         self.carried: dict[tuple, ForeignKey] = {}  # original FK states from an interrupted run
         self.journal_restored = 0  # FKs of an interrupted run put back before the prompt
         self.snapshot: str | None = None
+        self.dropped = False  # every FK of the plan was dropped
         self.stop = StopFlag()
         # the plan and statistics for humans; stderr when stdout carries the JSON report
         self.human = sys.stderr if opts.report_file == "-" else sys.stdout
@@ -229,6 +246,7 @@ class CopyRun:
         self.stop.install()
         bus = ProgressBus(workers_for(self.opts.parallel, plan.tasks))
         small = small_tables(plan)  # one set for the display, the early and the final restore
+        index = {t.key: i for i, t in enumerate(plan.tasks)}  # the display's and the early restore's
         view = make_view(
             self.opts.output,
             self.log,
@@ -239,13 +257,14 @@ class CopyRun:
             plan.fkeys,
             fk_sizes(plan),
             small,
+            index,
         )
         if os.environ.get("PGCOPY_BENCH_NO_BUS"):
             # measurement switch for benchmarks/run.py: the same run without bus and display
             bus, view = None, LogReporter(self.log)
         view.start()
         try:
-            code = self.phases(plan, view, bus, small)
+            code = self.phases(plan, view, bus, small, index)
         except KeyboardInterrupt:  # a second Ctrl-C: stop trying to put things back
             view.stop()
             self.log.error(
@@ -261,14 +280,14 @@ class CopyRun:
             safe_write(self.human, f"warning: {w}\n")
         return code
 
-    def phases(self, plan: Plan, view, bus, small: frozenset) -> int:
+    def phases(self, plan: Plan, view, bus, small: SmallTables, index: dict) -> int:
         """Once anything may have been dropped, every way out restores it first."""
         outcome, error = LoadOutcome(stopped=True), None
         load = self.load_setup(plan)
         workers = start_workers(load.spec, workers_for(self.opts.parallel, load.batches), bus)
         try:
             self.drop_fkeys(plan, view)
-            outcome = self.load(plan, view, load, workers, small)
+            outcome = self.load(plan, view, load, workers, small, index)
         except Stopped as exc:
             self.log.warn(f"{exc}: putting back those dropped")
             outcome = LoadOutcome(stopped=True, not_started=[t.key for t in plan.tasks])
@@ -524,7 +543,7 @@ class CopyRun:
         if self.stop():
             raise Stopped("stopped while dropping foreign keys")
         failpoints.hit("after-drop")
-        self.report.fkeys_dropped = [fkmod.describe(fk) for fk in plan.fkeys]
+        self.dropped = True  # the report lists them after the load (a list of 20,000 strings is 2 MB)
         self.report.triggers_held = sum(len(t.triggers) for t in plan.tasks)
 
     # --- STEP 5 --------------------------------------------------------------------
@@ -541,7 +560,9 @@ class CopyRun:
         stream = StreamSpec(o.codec, o.batch_size, o.lock_timeout, o.analyze, o.verify, to_utf8, lock_budget)
         return LoadSetup(WorkerSpec(o.source, o.dest, self.snapshot, stream, self.session), batches)
 
-    def load(self, plan: Plan, view, setup: LoadSetup, workers: Workers, small: frozenset) -> LoadOutcome:
+    def load(
+        self, plan: Plan, view, setup: LoadSetup, workers: Workers, small: SmallTables, index: dict
+    ) -> LoadOutcome:
         view.phase(None)
         self.report.mark("load")
         o, batches = self.opts, setup.batches
@@ -553,7 +574,7 @@ class CopyRun:
         # FKs whose tables have all loaded are restored while the others still load
         target = self.fk_target(small=small, on_settled=view.fk_settled)
         early = EarlyRestorer(
-            replace(target, parallel=max(1, o.parallel // 2)), plan.fkeys, plan.ancestors, self.log
+            replace(target, parallel=max(1, o.parallel // 2)), plan.fkeys, plan.ancestors, self.log, index
         )
         backends = RunBackends(self.dst, self.session, early.request_stop, early.stop)
         early.start()
@@ -588,13 +609,15 @@ class CopyRun:
         return fkmod.RestoreTarget(o.dest, o.lock_timeout, self.session, o.parallel, **kw)
 
     def restore_fkeys(
-        self, fkeys: list[ForeignKey], view, small: frozenset = frozenset()
+        self, fkeys: list[ForeignKey], view, small: Container = frozenset()
     ) -> fkmod.RestoreOutcome:
         view.phase("restoring and validating foreign keys")
         self.report.mark("restore foreign keys")
         self.log.info(f"STEP 6: restoring {len(fkeys)} foreign keys")
         restored = fkmod.restore_all(self.fk_target(small=small, on_settled=view.fk_settled), fkeys)
         fkmod.log_outcome(restored, self.log)
+        if self.dropped:
+            self.report.fkeys_dropped = [fkmod.describe(fk) for fk in fkeys]
         self.report.fkeys_restored = [fkmod.describe(fk) for fk in restored.restored]
         self.report.fkeys_not_valid = [fkmod.describe(fk) for fk, _ in restored.not_valid]
         self.report.fkeys_missing = [fkmod.describe(fk) for fk, _ in restored.missing]

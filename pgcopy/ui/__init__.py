@@ -31,19 +31,20 @@ def make_view(
     fkeys=(),
     fk_bytes=(),
     small=frozenset(),
+    index: dict | None = None,
 ) -> LogReporter:
     """For the ETA: ``fk_bytes``, per FK of ``fkeys``, the referencing table's size;
     ``small``, the tables between which FKs are added validated in one statement (on one
-    connection)."""
+    connection); ``index``, each task's position (made from ``tasks`` if not given)."""
     fk = FkEstimate(list(fkeys), list(fk_bytes), small)
     if output == "progress":
         from pgcopy.ui.bar import BarView
 
-        return BarView(log, tasks, bus, request_stop, fk)
+        return BarView(log, tasks, bus, request_stop, fk, index)
     if output == "interactive":
         from pgcopy.ui.interactive import InteractiveView
 
-        return InteractiveView(log, tasks, bus, request_stop, fk)
+        return InteractiveView(log, tasks, bus, request_stop, fk, index)
     from pgcopy.ui.plain import PlainView
 
-    return PlainView(log, tasks, bus, request_stop, fk, interval=interval)
+    return PlainView(log, tasks, bus, request_stop, fk, index, interval=interval)

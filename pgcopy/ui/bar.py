@@ -36,7 +36,6 @@ class BarView(LiveView):
         self.term = term or Terminal()
         self.pending: deque[str] = deque()
         self.size = (0, 0)
-        self.names = [t.qualname for t in self.tasks]
 
     def _sink(self, line: str) -> None:
         self.pending.append(line)  # never blocks the caller

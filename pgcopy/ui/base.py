@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 from pgcopy import fmt
@@ -64,7 +64,7 @@ class FkEstimate:
 
     fkeys: list = field(default_factory=list)
     sizes: list[float] = field(default_factory=list)
-    small: frozenset = frozenset()
+    small: Container = frozenset()
 
 
 class LiveView(LogReporter):
@@ -79,12 +79,14 @@ class LiveView(LogReporter):
         bus: ProgressBus,
         request_stop: Callable[[], None],
         fk: FkEstimate | None = None,
+        index: dict | None = None,
     ):
         super().__init__(log)
         self.tasks = tasks
         self.bus = bus
         self.request_stop = request_stop
-        self.index = {t.key: i for i, t in enumerate(tasks)}
+        # each task's position (shared with the early FK restore: one dict for the run)
+        self.index = index if index is not None else {t.key: i for i, t in enumerate(tasks)}
         fk = fk or FkEstimate()
         self.fk_index = {f: i for i, f in enumerate(fk.fkeys)}  # the FK objects: no key tuples
         self.model = ProgressModel(
@@ -164,9 +166,12 @@ class LiveView(LogReporter):
     def teardown(self) -> None: ...
 
 
-def progress_line(s: Snapshot, names: list[str], phase: str) -> str:
+def progress_line(s: Snapshot, tasks: list[CopyTask], phase: str) -> str:
     """One line: percent of the run, phase, tables, FKs, rows, MB/s, ETA, tables in flight."""
-    flying = ", ".join(names[f.task] + (" (indexes)" if f.indexing else "") for f in s.in_flight) or "-"
+    # names made for the line: a list of every table's would stay in memory through the load
+    flying = (
+        ", ".join(tasks[f.task].qualname + (" (indexes)" if f.indexing else "") for f in s.in_flight) or "-"
+    )
     return (
         f"{s.fraction * 100:5.1f}% | {phase} | {s.tables_done}/{s.tables_total} tables"
         + (f" ({s.tables_failed} failed)" if s.tables_failed else "")

@@ -12,13 +12,12 @@ class PlainView(LiveView):
         super().__init__(*args, **kw)
         self.interval = interval
         self._next = time.monotonic() + interval
-        self.names = [t.qualname for t in self.tasks]
 
     def tick(self) -> None:
         if time.monotonic() >= self._next:
             self._next += self.interval
             s = self.snapshot()
-            self.log_.info(progress_line(s, self.names, self.phase_label(s)))
+            self.log_.info(progress_line(s, self.tasks, self.phase_label(s)))
 
     def teardown(self) -> None:
         pass
