@@ -52,6 +52,8 @@ class Reporter:
 
 @dataclass
 class LoadOutcome:
+    """What the load phase did: results per table, and the tables it did not finish."""
+
     done: list[TableResult] = field(default_factory=list)
     failed: list[TableResult] = field(default_factory=list)
     rolled_back: list[tuple[str, str]] = field(default_factory=list)  # in flight at a stop

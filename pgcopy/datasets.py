@@ -70,6 +70,8 @@ ANALYZE documents;
 
 @dataclass(frozen=True)
 class Dataset:
+    """A generated dataset: its schema and the SQL that fills it."""
+
     name: str
     schema_sql: str
     seed_sql: str

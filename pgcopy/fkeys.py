@@ -63,6 +63,8 @@ def batch_size(conn) -> int:
 
 @dataclass
 class RestoreOutcome:
+    """Each FK after a restore: exactly as journaled, left NOT VALID, or missing."""
+
     restored: list[ForeignKey] = field(default_factory=list)  # exactly as journaled
     not_valid: list[tuple[ForeignKey, str]] = field(default_factory=list)  # validation failed
     missing: list[tuple[ForeignKey, str]] = field(default_factory=list)  # could not be re-created

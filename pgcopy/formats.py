@@ -21,6 +21,8 @@ FIRST_USER_OID = 16384  # FirstNormalObjectId: below it, built-in types
 
 @dataclass(frozen=True)
 class TypeInfo:
+    """A type from pg_type, for choosing the COPY format."""
+
     oid: int
     name: str
     kind: str  # pg_type.typtype: b base, c composite, d domain, e enum, r range, m multirange, p pseudo

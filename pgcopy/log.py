@@ -34,6 +34,8 @@ def safe_write(stream: TextIO, text: str) -> None:
 
 @dataclass
 class Logger:
+    """Leveled log lines to a stream (or a live display's sink); warnings are kept for the report."""
+
     stream: TextIO | None = field(default_factory=lambda: sys.stderr)
     debug_enabled: bool = False
     warnings: list[str] = field(default_factory=list)

@@ -31,6 +31,8 @@ def _codec(args: argparse.Namespace) -> Codec | None:
 
 @dataclass(frozen=True)
 class CopyOptions:
+    """The copy command's options, as parsed and checked."""
+
     source: str
     dest: str
     parallel: int = 4

@@ -26,6 +26,8 @@ from pgcopy.errors import PreflightError, UsageError
 
 @dataclass(frozen=True)
 class Pattern:
+    """A --table/--exclude pattern, compiled: schema part (if any) and name part."""
+
     text: str
     schema: re.Pattern[str] | None
     name: re.Pattern[str]
@@ -108,6 +110,8 @@ class Named(Protocol):
 
 @dataclass(frozen=True)
 class Selection:
+    """The tables a selection matched, and the patterns that matched none."""
+
     selected: list
     unmatched: list[str]  # patterns that matched no table at all (warnings)
 

@@ -57,6 +57,8 @@ class Sequences:
 
 @dataclass
 class Plan:
+    """Everything the run will do, worked out from both catalogs before anything changes."""
+
     tasks: list[CopyTask]
     fkeys: list[ForeignKey]
     sequences: Packed[Sequences]

@@ -16,6 +16,8 @@ REPORT_VERSION = 2
 
 @dataclass
 class RunReport:
+    """What the run did, measured, for the summary box and the JSON report."""
+
     options: dict = field(default_factory=dict)  # with connections described, never passwords
     tables_total: int = 0
     tables: list[dict] = field(default_factory=list)  # one entry per selected table

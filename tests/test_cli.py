@@ -260,3 +260,27 @@ def test_a_child_is_left_to_watch_for_us_where_prctl_is_refused():
         child.death_signal(SetRefused())()
     # on this machine prctl works: the kernel guards the workers
     assert child.death_signal() is not None
+
+
+def test_the_coordinator_does_not_import_inspect():
+    """The command starts with the same stand-in for inspect as the workers
+    (pgcopy.__main__): every dataclass of pgcopy has a docstring, so importing all of
+    pgcopy's modules (the live displays' blessed aside) loads neither inspect's ast nor dis."""
+    code = (
+        "import sys, importlib, pathlib\nimport pgcopy.lean\npgcopy.lean.defer_inspect()\n"
+        "root = pathlib.Path('pgcopy')\n"
+        "names = ['.'.join(p.with_suffix('').parts).removesuffix('.__init__') for p in sorted(root.rglob('*.py'))]\n"
+        "for name in names:\n"
+        "    if name not in ('pgcopy.ui.bar', 'pgcopy.ui.interactive', 'pgcopy.__main__'):\n"
+        "        importlib.import_module(name)\n"
+        "print(len(names), sorted({'ast', 'dis'} & set(sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    count, loaded = proc.stdout.split(" ", 1)
+    assert int(count) > 30 and loaded.strip() == "[]", proc.stdout
+    # and the command itself starts with the stand-in
+    cmd = [sys.executable, "-X", "importtime", "-m", "pgcopy", "copy", "--help"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    assert "dataclasses" in imported and not {"ast", "dis"} & imported

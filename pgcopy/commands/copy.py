@@ -77,6 +77,8 @@ class Stopped(Exception):
 
 @dataclass(frozen=True)
 class LoadSetup:
+    """What the workers are started with, and the items they will load."""
+
     spec: WorkerSpec
     batches: list[list[int]]  # task indices loaded together (plan.batches)
 

@@ -16,6 +16,8 @@ from pgcopy.log import Logger
 
 @dataclass(frozen=True)
 class ListOptions:
+    """The list command's options."""
+
     source: str
     schema: str | None
     include: list[str]

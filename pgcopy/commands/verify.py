@@ -24,6 +24,8 @@ from pgcopy.log import Logger
 
 @dataclass(frozen=True)
 class VerifyOptions:
+    """The verify command's options."""
+
     source: str
     dest: str
     include: tuple[str, ...] = ()
@@ -35,6 +37,8 @@ class VerifyOptions:
 
 @dataclass
 class TableCheck:
+    """One table's comparison: its status and each side's count and digest."""
+
     table: str
     status: str  # 'match', 'differ', 'missing', 'error', 'inexact'
     source: str | None = None
@@ -45,6 +49,8 @@ class TableCheck:
 
 @dataclass
 class VerifyReport:
+    """Every table's comparison, and the sequence and constraint differences."""
+
     source: str = ""
     dest: str = ""
     tables: list[TableCheck] = field(default_factory=list)
