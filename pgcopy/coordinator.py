@@ -22,7 +22,7 @@ import selectors
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -110,19 +110,22 @@ def start_workers(spec: WorkerSpec, nworkers: int, bus: ProgressBus | None = Non
 
 def run_load(
     workers: Workers,
-    tasks: list[CopyTask],
+    tasks: Sequence[CopyTask],
     reporter: Reporter,
     stop_requested: Callable[[], bool],
     backends: Backends | None = None,
     all_reading: Callable[[], None] | None = None,
     batches: list[list[int]] | None = None,
+    keys: list | None = None,
 ) -> LoadOutcome:
     """Load every task on ``workers`` (closed on return); ``batches`` groups task indices
     loaded in one transaction (see ``plan.batches``; default: one table each).
     ``all_reading`` is called once every table has begun its source read (or failed),
-    when the run's snapshot is no longer needed."""
+    when the run's snapshot is no longer needed.  ``keys``, each task's key, are the
+    key objects the results and reports carry (the run's own, see CopyRun.change)."""
     items = batches if batches is not None else [[i] for i in range(len(tasks))]
-    load = _Load(workers.procs, tasks, reporter, items if not stop_requested() else [], all_reading)
+    keys = keys if keys is not None else [t.key for t in tasks]
+    load = _Load(workers.procs, tasks, keys, reporter, items if not stop_requested() else [], all_reading)
     out = load.out
     try:
         while load.alive:
@@ -156,7 +159,7 @@ def run_load(
         else:
             out.rolled_back = sorted(load.in_flight_keys())
         rolled = set(out.rolled_back)
-        out.not_started = [t.key for i, t in enumerate(tasks) if not load.finished[i] and t.key not in rolled]
+        out.not_started = [k for i, k in enumerate(keys) if not load.finished[i] and k not in rolled]
         workers.close()
     return out
 
@@ -168,9 +171,15 @@ class _Load:
     entry (three sets and a dict of 20,000 keys held 4 MB through the load)."""
 
     def __init__(
-        self, procs: dict[int, ChildProcess], tasks: list[CopyTask], reporter: Reporter, items, all_reading
+        self,
+        procs: dict[int, ChildProcess],
+        tasks: Sequence[CopyTask],
+        keys: list,
+        reporter: Reporter,
+        items,
+        all_reading,
     ):
-        self.procs, self.tasks, self.reporter = procs, tasks, reporter
+        self.procs, self.tasks, self.keys, self.reporter = procs, tasks, keys, reporter
         self.todo: deque[list[int]] = deque(items)
         self.out = LoadOutcome()
         self.in_flight: dict[int, list[int]] = {}  # worker -> tables started, not finished
@@ -185,7 +194,7 @@ class _Load:
         self.all_reading = all_reading
 
     def in_flight_keys(self) -> set:
-        return {self.tasks[i].key for started in self.in_flight.values() for i in started}
+        return {self.keys[i] for started in self.in_flight.values() for i in started}
 
     def poll(self, timeout: float) -> None:
         """Handle what the workers have sent, waiting at most ``timeout``."""
@@ -218,7 +227,7 @@ class _Load:
         p = self.procs[wid]
         p.join(timeout=2)
         for i in self.in_flight.pop(wid, []):
-            res = TableResult(self.tasks[i].key, error=f"worker died (exit code {p.exitcode})")
+            res = TableResult(self.keys[i], error=f"worker died (exit code {p.exitcode})")
             self.out.failed.append(res)
             self.finished[i] = 1
             self.reporter.table_failed(res)
@@ -241,7 +250,7 @@ class _Load:
             index, r = payload
             payload = replace(
                 r,
-                key=self.tasks[index].key,
+                key=self.keys[index],
                 format=sys.intern(r.format),
                 wire_bytes=r.bytes if r.wire_bytes == r.bytes else r.wire_bytes,
                 verify_seconds=r.verify_seconds or 0.0,
@@ -251,7 +260,7 @@ class _Load:
             self.hand_out(wid)
         elif kind == "start":
             self.in_flight.setdefault(wid, []).append(index)
-            reporter.table_started(self.tasks[index].key)
+            reporter.table_started(self.keys[index])
         elif kind == "failed" and out.stopped:
             self._settled(wid, index)
             out.cancelled.add(payload.key)

@@ -10,11 +10,19 @@ the journal goes.
 from __future__ import annotations
 
 import threading
+from array import array
+from collections.abc import Sequence
+from dataclasses import replace
 
 from pgcopy import fkeys as fkmod
 from pgcopy.catalog import ForeignKey, Key
 
 POLL_SECONDS = 0.3
+
+
+# what an FK end is waiting for (see EarlyRestorer._end): a task index, or
+NOT_LOADED = -1  # a table this run does not load: nothing
+# -2 - n: the leaves of the n-th partitioned parent (EarlyRestorer.leaves)
 
 
 class EarlyRestorer:
@@ -23,29 +31,41 @@ class EarlyRestorer:
     def __init__(
         self,
         target: fkmod.RestoreTarget,
-        fkeys: list[ForeignKey],
+        fkeys: Sequence[ForeignKey],
         ancestors: dict[Key, tuple[Key, ...]],
+        index: dict[Key, int],
         log,
-        index: dict[Key, int] | None = None,
     ):
-        """``ancestors`` has every loaded table; ``index`` numbers them (the display's)."""
+        """``fkeys``, the plan's (``target.on_settled`` hears their positions in it);
+        ``ancestors``, the loaded partitions' parents; ``index`` numbers the loaded tables."""
         self.target, self.log = target, log
-        # a key stands for the loaded tables it covers: itself, or a partitioned parent's
-        # leaves; only parents get an entry (thousands of one-table sets cost 0.8 MB)
-        self.leaves: dict[Key, list[Key]] = {}
-        for leaf, parents in ancestors.items():
-            for parent in parents:
-                self.leaves.setdefault(parent, []).append(leaf)
-        # a byte per loaded table, not a set (20,000 keys held 2 MB through the load)
-        self.index = index if index is not None else {k: i for i, k in enumerate(ancestors)}
-        # each FK waits for the tables its two ends cover (worked out at each round: a
-        # tuple of them per FK held 1.1 MB at 10,000 FKs)
-        self.waiting = list(fkeys)
-        self.finished = bytearray(len(self.index))
+        self.fkeys, self.index = fkeys, index
+        # a partitioned parent stands for its loaded leaves
+        parents: dict[Key, list[int]] = {}
+        for leaf, ups in ancestors.items():
+            for parent in ups:
+                parents.setdefault(parent, []).append(index[leaf])
+        self.leaves = list(parents.values())
+        number = {parent: n for n, parent in enumerate(parents)}
+        # each FK's two ends as numbers, and the FKs still waiting by position: no FK
+        # object is kept through the load (the plan holds them packed)
+        self.ends = array("l")
+        for fk in fkeys:
+            self.ends.append(self._end(fk.table, number))
+            self.ends.append(self._end(fk.ref_table, number))
+        self.waiting = array("l", range(len(fkeys)))
+        self.finished = bytearray(len(index))  # a byte per loaded table
         self.restored = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pgcopy-fk-early", daemon=True)
+
+    def _end(self, key: Key, parent_number: dict[Key, int]) -> int:
+        i = self.index.get(key)
+        if i is not None:
+            return i
+        n = parent_number.get(key)
+        return NOT_LOADED if n is None else -2 - n
 
     def start(self) -> None:
         if self.waiting:
@@ -66,22 +86,25 @@ class EarlyRestorer:
         if self._thread.is_alive():
             self._thread.join()
 
-    def _covered_finished(self, k: Key) -> bool:
-        """Has every loaded table that ``k`` covers finished?"""
-        finished, index = self.finished, self.index
-        i = index.get(k)
-        if i is not None and not finished[i]:
-            return False
-        return all(finished[index[leaf]] for leaf in self.leaves.get(k, ()))
+    def _finished(self, end: int) -> bool:
+        """Has every loaded table that an FK end covers finished?"""
+        if end >= 0:
+            return bool(self.finished[end])
+        return end == NOT_LOADED or all(self.finished[i] for i in self.leaves[-2 - end])
 
-    def _ready(self) -> list[ForeignKey]:
+    def _ready(self) -> list[int]:
+        """The FKs whose tables have all finished (their positions), out of the waiting."""
         with self._lock:
-            ready, waiting = [], []
-            for fk in self.waiting:
-                done = self._covered_finished(fk.table) and self._covered_finished(fk.ref_table)
-                (ready if done else waiting).append(fk)
+            ready, waiting = [], array("l")
+            for pos in self.waiting:
+                done = self._finished(self.ends[2 * pos]) and self._finished(self.ends[2 * pos + 1])
+                (ready if done else waiting).append(pos)
             self.waiting = waiting
         return ready
+
+    def _restore(self, ready: list[int], sessions: fkmod.Sessions) -> fkmod.RestoreOutcome:
+        batch = [self.fkeys[pos] for pos in ready]
+        return fkmod.restore_all(renumbered(self.target, ready), batch, sessions)
 
     def _run(self) -> None:
         # the same sessions for every round; a stop ends the round between two batches
@@ -92,7 +115,7 @@ class EarlyRestorer:
                 if not ready:
                     continue
                 try:
-                    out = fkmod.restore_all(self.target, ready, sessions)
+                    out = self._restore(ready, sessions)
                     self.restored += len(out.restored)
                     self.log.debug(
                         f"{len(out.restored)} of {len(ready)} foreign keys restored during the load"
@@ -102,3 +125,12 @@ class EarlyRestorer:
                     return
         finally:
             sessions.close()
+
+
+def renumbered(target: fkmod.RestoreTarget, positions: list[int]) -> fkmod.RestoreTarget:
+    """``target`` for restore_all over the plan's FKs at ``positions``: restore_all tells
+    positions in the list it is given, the display hears the plan's."""
+    heard = target.on_settled
+    if heard is None:
+        return target
+    return replace(target, on_settled=lambda i, seconds: heard(positions[i], seconds))

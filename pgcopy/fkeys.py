@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Container, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Callable, Container, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -35,7 +34,10 @@ from pgcopy.connections import Session, connect, error_line, make_durable
 # A batch uses at most half of one slot's share, so pgcopy never crowds out other sessions.
 LOCKS_PER_FK = 6
 
-Settled = Callable[[ForeignKey, float], None]  # an FK and the seconds its validation took
+# an FK's position in the list given to restore_all, and the seconds its validation took
+# (a position, so the display keeps no FK objects: the plan holds them packed)
+Settled = Callable[[int, float], None]
+_Heard = Callable[[ForeignKey, float], None]  # the same, inside: the FK object
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class RestoreTarget:
     session: Session
     parallel: int = 2
     small: Container = frozenset()  # loaded tables small enough for "quick" FKs (see _add_missing)
-    on_settled: Settled | None = None  # (fk, seconds) once nothing more will be done to it
+    on_settled: Settled | None = None  # (position, seconds) once nothing more will be done to it
 
 
 def between(fk: ForeignKey, tables: Container) -> bool:
@@ -153,7 +155,11 @@ class Sessions:
 
 def _each(sessions: Sessions, items: list, fn: Callable) -> list:
     """``fn(conn, item)`` for every item on up to ``parallel`` sessions at once; the results
-    in order.  The first error is raised once the items in progress have ended."""
+    in order.  After an error no item starts; the first is raised once the items in
+    progress have ended.
+
+    Threads take the items one at a time: a pool's future per item (20,000 FKs dropped
+    in 8,000 batches made 8,000 futures, 6 MB) would cost memory by the item count."""
     n = max(1, min(sessions.target.parallel, len(items)))
 
     def call(item):
@@ -162,20 +168,41 @@ def _each(sessions: Sessions, items: list, fn: Callable) -> list:
 
     if n == 1 and not sessions.interrupt:
         return [call(item) for item in items]
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        futures = [pool.submit(call, item) for item in items]
-        try:
-            if sessions.interrupt:
-                while wait(futures, timeout=0.1).not_done:
-                    if sessions.stopping():  # again each time: a batch may begin after a cancel
-                        sessions.cancel()
-            return [f.result() for f in futures]
-        except BaseException as exc:
-            for f in futures:
-                f.cancel()
-            if isinstance(exc, KeyboardInterrupt):  # abandon: stop the server work first
-                sessions.cancel()
-            raise
+    results: list = [None] * len(items)
+    errors: list[BaseException] = []
+    taken = iter(range(len(items)))
+    lock = threading.Lock()
+
+    def run() -> None:
+        while not errors:
+            with lock:
+                i = next(taken, None)
+            if i is None:
+                return
+            try:
+                results[i] = call(items[i])
+            except BaseException as exc:  # noqa: BLE001 - raised by the caller's thread
+                errors.append(exc)
+
+    threads = [threading.Thread(target=run, name=f"pgcopy-fk-{k}", daemon=True) for k in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.1)
+                if (
+                    sessions.interrupt and sessions.stopping()
+                ):  # again each time: a batch may begin after a cancel
+                    sessions.cancel()
+    except KeyboardInterrupt as exc:  # abandon: stop the server work first, start nothing more
+        errors.insert(0, exc)
+        sessions.cancel()
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 class _Redo(Exception):
@@ -198,7 +225,7 @@ def _locked(cur, batch: list[ForeignKey], mode: str, redo_on: tuple = (psycopg2.
         raise _Redo() from exc
 
 
-def _touching(conn, fkeys: list[ForeignKey], where: str) -> set[tuple]:
+def _touching(conn, fkeys: Sequence[ForeignKey], where: str) -> set[tuple]:
     """The FKs whose table or referenced table is one of the relations ``where`` selects."""
     cur = conn.cursor()
     cur.execute(
@@ -210,17 +237,21 @@ def _touching(conn, fkeys: list[ForeignKey], where: str) -> set[tuple]:
     return {(fk.table, fk.name) for fk in fkeys if fk.table in rel or fk.ref_table in rel}
 
 
-def _with_relatives(conn, fkeys: list[ForeignKey]) -> set[tuple]:
+def _with_relatives(conn, fkeys: Sequence[ForeignKey]) -> set[tuple]:
     """FKs touching a partitioned table, a partition or an inheritance parent: an ALTER on
     those also locks tables not named in the batch, in an order no sort can control, so
     they run on one session, after the parallel batches."""
     return _touching(conn, fkeys, "c.relkind = 'p' OR c.relispartition OR c.relhassubclass")
 
 
-def _in_parallel(sessions: Sessions, fkeys: list[ForeignKey], run: Callable) -> list:
+def _in_parallel(sessions: Sessions, fkeys: Sequence[ForeignKey], run: Callable) -> list:
     """``run(cur, batch, lock)`` over lock-budget batches: on several sessions with the
     batch's tables locked up front, then on one session without that LOCK for the FKs with
-    relatives and the batches that could not take it.  Returns every batch's result."""
+    relatives and the batches that could not take it.  Returns every batch's result.
+
+    Batches are positions in ``fkeys``, made FKs when they run: the plan's 20,000 FKs
+    (a plan.Chunked) are never all objects at once (they left 12 MB of the coordinator's
+    memory in use through the load)."""
     with sessions.session() as conn:
         size = batch_size(conn)
         alone = _with_relatives(conn, fkeys)
@@ -229,20 +260,20 @@ def _in_parallel(sessions: Sessions, fkeys: list[ForeignKey], run: Callable) -> 
         if sessions.stopping():
             return None
         try:
-            out = run(conn.cursor(), batch, True)
+            out = run(conn.cursor(), [fkeys[i] for i in batch], True)
         except _Redo:
             conn.rollback()
             return _Redo
         conn.commit()
         return out
 
-    batches = list(_batches([fk for fk in fkeys if (fk.table, fk.name) not in alone], size))
+    batches = list(_batches([i for i, fk in enumerate(fkeys) if (fk.table, fk.name) not in alone], size))
     # FKs come sorted by table, so neighbouring batches often share a table (a chain's
     # link): a stride keeps the batches that run at the same time apart, instead of one
     # session waiting for the other's locks
     stride = max(2, sessions.target.parallel)
     batches = [b for r in range(stride) for b in batches[r::stride]]
-    redo = [fk for fk in fkeys if (fk.table, fk.name) in alone]
+    redo = [i for i, fk in enumerate(fkeys) if (fk.table, fk.name) in alone] if alone else []
     results = []
     for batch, out in zip(batches, _each(sessions, batches, locked), strict=True):
         if out is _Redo:
@@ -254,7 +285,7 @@ def _in_parallel(sessions: Sessions, fkeys: list[ForeignKey], run: Callable) -> 
         for batch in _batches(redo, size):
             if sessions.stopping():
                 break
-            results.append(run(cur, batch, False))
+            results.append(run(cur, [fkeys[i] for i in batch], False))
             conn.commit()
     return results
 
@@ -276,7 +307,7 @@ def _drop_batch(cur, batch: list[ForeignKey], lock: bool) -> None:
 
 
 def drop_all(
-    target: RestoreTarget, fkeys: list[ForeignKey], stopping: Callable[[], bool] = lambda: False
+    target: RestoreTarget, fkeys: Sequence[ForeignKey], stopping: Callable[[], bool] = lambda: False
 ) -> None:
     """Drop in batched transactions on ``target.parallel`` sessions (the journal, written
     first, holds all of them).  A stop cancels the batches in progress and starts no more;
@@ -297,6 +328,20 @@ def _present(conn, fkeys: list[ForeignKey]) -> dict[tuple, ForeignKey]:
     out = {(fk.table, fk.name): fk for fk in catalog.read_foreign_keys(cur, tables)}
     conn.commit()
     return out
+
+
+# FKs whose tables' FKs are read from the catalog at once: at 20,000 FKs one read of all
+# of them made 20 MB of rows and objects, for a check of one FK at a time
+PRESENT_CHUNK = 1000
+
+
+def _now(conn, fkeys: list[ForeignKey]) -> Iterator[tuple[ForeignKey, ForeignKey | None]]:
+    """Each FK of ``fkeys`` and the FK of that name on its table now (None: absent),
+    read PRESENT_CHUNK FKs at a time."""
+    for part in _batches(fkeys, PRESENT_CHUNK):
+        present = _present(conn, part)
+        for fk in part:
+            yield fk, present.get((fk.table, fk.name))
 
 
 def _add_statement(fk: ForeignKey, validated_now: bool) -> sql.Composed:
@@ -420,21 +465,19 @@ def _add_missing(
     tiny tables a separate VALIDATE and its commit cost more than the check itself, and
     holding both tables' locks for that check is brief.  If its rows do not hold, it is
     added NOT VALID instead, and VALIDATE reports why."""
-    with sessions.session() as conn:
-        present = _present(conn, fkeys)
-        partitioned = _partitioned(conn, fkeys)
     to_add = []
     result = _Added()
-    for fk in fkeys:
-        now = present.get((fk.table, fk.name))
-        if now is None:
-            to_add.append(fk)
-        elif now.definition != fk.definition:
-            out.missing.append((fk, f"another constraint of that name exists: {now.definition}"))
-        elif fk.validated and not now.validated:
-            result.to_validate.append(fk)
-        else:
-            result.settled.append(fk)
+    with sessions.session() as conn:
+        partitioned = _partitioned(conn, fkeys)
+        for fk, now in _now(conn, fkeys):
+            if now is None:
+                to_add.append(fk)
+            elif now.definition != fk.definition:
+                out.missing.append((fk, f"another constraint of that name exists: {now.definition}"))
+            elif fk.validated and not now.validated:
+                result.to_validate.append(fk)
+            else:
+                result.settled.append(fk)
 
     def how(fk: ForeignKey) -> str:
         key = (fk.table, fk.name)
@@ -459,10 +502,11 @@ def _partitioned(conn, fkeys: list[ForeignKey]) -> set[tuple]:
     return _touching(conn, fkeys, "c.relkind = 'p'")
 
 
-def _validate_group(sessions: Sessions, conn, fks: list[ForeignKey]) -> list[tuple[ForeignKey, str | None]]:
+def _validate_group(
+    sessions: Sessions, conn, fks: list[ForeignKey], on_settled: _Heard | None
+) -> list[tuple[ForeignKey, str | None]]:
     """VALIDATE the FKs of one table, one after another (two would wait on each other)."""
     out: list[tuple[ForeignKey, str | None]] = []
-    on_settled = sessions.target.on_settled
     for i, fk in enumerate(fks):
         if sessions.stopping():
             break
@@ -484,12 +528,22 @@ def _validate_group(sessions: Sessions, conn, fks: list[ForeignKey]) -> list[tup
     return out
 
 
-def _validate(sessions: Sessions, fkeys: list[ForeignKey]) -> dict[tuple, str]:
+def _validate(sessions: Sessions, fkeys: list[ForeignKey], on_settled: _Heard | None) -> dict[tuple, str]:
     groups: dict[tuple, list[ForeignKey]] = {}
     for fk in fkeys:
         groups.setdefault(fk.table, []).append(fk)
-    results = _each(sessions, list(groups.values()), lambda conn, g: _validate_group(sessions, conn, g))
+    results = _each(
+        sessions, list(groups.values()), lambda conn, g: _validate_group(sessions, conn, g, on_settled)
+    )
     return {(fk.table, fk.name): err for group in results for fk, err in group if err}
+
+
+def _by_position(on_settled: Settled | None, fkeys: list[ForeignKey]) -> _Heard | None:
+    """``on_settled`` told each FK's position in ``fkeys`` (the FKs handled are those objects)."""
+    if on_settled is None:
+        return None
+    where = {id(fk): i for i, fk in enumerate(fkeys)}
+    return lambda fk, seconds: on_settled(where[id(fk)], seconds)
 
 
 def restore_all(
@@ -498,38 +552,45 @@ def restore_all(
     """Put every FK of ``fkeys`` back exactly as recorded, then check what is there.  With
     ``sessions`` (kept open by the caller) a stop may leave some undone: they are reported
     missing, and the caller restores them later."""
+    fkeys = list(fkeys)  # one object per FK throughout (a plan.Chunked makes new ones each pass)
     out = RestoreOutcome()
     own = sessions is None
     sessions = sessions or Sessions(target)
     try:
         added = _add_missing(sessions, fkeys, out, target.small)
         failpoints.hit("after-add")
-        if target.on_settled is not None:
+        heard = _by_position(target.on_settled, fkeys)
+        if heard is not None:
             for fk in added.settled:
-                target.on_settled(fk, added.timings.get((fk.table, fk.name), 0.0))
-        failed = _validate(sessions, added.to_validate)
+                heard(fk, added.timings.get((fk.table, fk.name), 0.0))
+        failed = _validate(sessions, added.to_validate, heard)
         with sessions.session() as conn:
             make_durable(conn, target.session)  # before anyone removes the journal on our word
-            present = _present(conn, fkeys)
+            _check(out, _now(conn, fkeys), failed)
     finally:
         if own:
             sessions.close()
+    return out
+
+
+def _check(out: RestoreOutcome, now: Iterator[tuple[ForeignKey, ForeignKey | None]], failed: dict) -> None:
+    """Each FK as it now is against the journal's: restored, left NOT VALID, or missing."""
     missing_keys = {(fk.table, fk.name) for fk, _ in out.missing}
-    for fk in fkeys:
+    for fk, there in now:
         key = (fk.table, fk.name)
-        now = present.get(key)
         if key in missing_keys:
             continue
-        if now is None or now.definition != fk.definition:
-            why = "not found after re-creation" if now is None else f"definition differs: {now.definition}"
+        if there is None or there.definition != fk.definition:
+            why = (
+                "not found after re-creation" if there is None else f"definition differs: {there.definition}"
+            )
             out.missing.append((fk, why))
-        elif fk.validated and not now.validated:
+        elif fk.validated and not there.validated:
             out.not_valid.append((fk, failed.get(key, "left NOT VALID")))
-        elif now.comment != fk.comment:
+        elif there.comment != fk.comment:
             out.missing.append((fk, "its comment differs from the journal's"))
         else:
             out.restored.append(fk)
-    return out
 
 
 def describe(fk: ForeignKey) -> str:

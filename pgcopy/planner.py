@@ -77,9 +77,9 @@ def read_plan(req: PlanRequest, log: Logger) -> Plan:
         plan = build_plan(scur, dcur, req.inputs, log, src_sizes, dst_sizes)
         src.commit()
         dst.commit()
-        if req.readonly_dest:  # a dry run sets no sequence
-            return plan
-        return sequences.settle(plan, src, req.lock_timeout)
+        if not req.readonly_dest:  # a dry run sets no sequence
+            plan = sequences.settle(plan, src, req.lock_timeout)
+        return plan.packed()
     finally:
         src.close()
         dst.close()

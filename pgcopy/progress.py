@@ -14,7 +14,7 @@ import os
 import time
 from array import array
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 # slot layout
@@ -191,8 +191,8 @@ class ProgressModel:
 
     def __init__(
         self,
-        expected: list[Expected],
-        fk_bytes: list[float] | None = None,
+        expected: Iterable[Expected],  # read once: a generator keeps no list of them
+        fk_bytes: Sequence[float] | None = None,
         workers: int = 1,
         fk_workers: int = 1,
         now: float | None = None,
@@ -200,10 +200,12 @@ class ProgressModel:
         fk_serial: Iterable[int] = (),
     ):
         self.table_fixed_s = table_fixed_s
-        self.ntasks = len(expected)
-        self.exp_bytes = array("d", (e.bytes for e in expected))
-        self.exp_rows = array("d", (e.rows for e in expected))
-        self.exp_index = array("d", (e.index_bytes for e in expected))
+        self.exp_bytes, self.exp_rows, self.exp_index = array("d"), array("d"), array("d")
+        for e in expected:
+            self.exp_bytes.append(e.bytes)
+            self.exp_rows.append(e.rows)
+            self.exp_index.append(e.index_bytes)
+        self.ntasks = len(self.exp_bytes)
         self.fk_bytes = array("d", fk_bytes or ())
         self.fk_serial = bytearray(len(self.fk_bytes))  # 1: restored on one connection (added validated)
         for i in fk_serial:

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from pgcopy.plan import Chunked
 from pgcopy.progress import BYTES, COPYING, DONE, STATE, Expected, ProgressBus, ProgressModel, duration
 
 WRITE_SLOT = """
@@ -203,22 +204,44 @@ def test_an_fk_waits_for_every_loaded_table_it_touches():
     to_parent = ForeignKey("a_p", a, p, "", True)
     to_unloaded = ForeignKey("a_x", a, x, "", True)
     unloaded = ForeignKey("x_x", x, x, "", True)
-    r = EarlyRestorer(None, [to_parent, to_unloaded, unloaded], {a: (), p1: (p,), p2: (p,)}, None)
-    assert r._ready() == [unloaded]
+    index = {a: 0, p1: 1, p2: 2}
+    fkeys = Chunked([to_parent, to_unloaded, unloaded])  # the plan's, packed
+    r = EarlyRestorer(None, fkeys, {p1: (p,), p2: (p,)}, index, None)
+    assert r._ready() == [2]  # positions in the plan's FKs
     r.table_finished(a)
-    assert r._ready() == [to_unloaded]
+    assert r._ready() == [1]
     r.table_finished(p1)
     assert r._ready() == []
     r.table_finished(p2)
-    assert r._ready() == [to_parent]
+    assert r._ready() == [0]
+    assert fkeys[0] == to_parent
 
 
-def test_the_view_counts_each_settled_fk_once_by_the_fk_itself():
-    """The display finds a settled FK by the FK (equal to the plan's, as the journal's
-    copies are), not by a (table, name) tuple per FK; FKs between two small tables are
-    estimated as restored on one connection; a table is counted once, however reported."""
-    import dataclasses
+def test_the_early_restore_tells_the_plan_positions_of_what_it_restores():
+    """restore_all tells positions in its own list; an early batch is a few of the plan's
+    FKs, and the display hears the plan's positions."""
+    from pgcopy.catalog import ForeignKey
+    from pgcopy.fkearly import EarlyRestorer, renumbered
+    from pgcopy.fkeys import RestoreTarget, _by_position
 
+    a, b = ("s", "a"), ("s", "b")
+    fks = [ForeignKey(f"f{i}", a, b, "", True) for i in range(5)]
+    heard = []
+    target = RestoreTarget("", "1s", None, on_settled=lambda i, s: heard.append(i))
+    _by_position(target.on_settled, fks)(fks[3], 0.1)
+    batch = [fks[4], fks[1]]  # the early restore's batch for plan positions [4, 1]
+    told = _by_position(renumbered(target, [4, 1]).on_settled, batch)
+    told(batch[1], 0.1)
+    told(batch[0], 0.1)
+    assert heard == [3, 1, 4]
+    r = EarlyRestorer(target, Chunked(fks), {}, {a: 0, b: 1}, None)
+    assert r.ends.tolist() == [0, 1] * 5
+
+
+def test_the_view_counts_each_settled_fk_once_by_its_position():
+    """The display hears a settled FK as its position in the plan (no FK object kept);
+    FKs between two small tables are estimated as restored on one connection; a table
+    or an FK is counted once, however often reported."""
     from pgcopy.catalog import ForeignKey
     from pgcopy.log import Logger
     from pgcopy.stream import TableResult
@@ -239,9 +262,8 @@ def test_the_view_counts_each_settled_fk_once_by_the_fk_itself():
         FkEstimate(fkeys, [8192.0, 1e9], frozenset({a, b})),
     )
     assert list(view.model.fk_serial) == [1, 0]
-    view.fk_settled(dataclasses.replace(fkeys[0]), 0.01)  # an equal object, not the plan's
-    view.fk_settled(fkeys[0], 0.01)
-    view.fk_settled(ForeignKey("other", a, b, "", True), 0.01)  # not one of the run's
+    view.fk_settled(0, 0.01)
+    view.fk_settled(0, 0.01)
     view.table_done(TableResult(a, rows=5, bytes=100))
     view.table_done(TableResult(a, rows=5, bytes=100))
     view.table_failed(TableResult(b, error="x"))

@@ -11,6 +11,7 @@ import psycopg2
 import pytest
 
 from pgcopy import datasets
+from pgcopy.plan import Chunked
 from pgcopy.sandbox import FAST_SETTINGS, throwaway_cluster
 from tests.fix_clusters import Db
 from tests.helpers import OWNER, OWNER_PW, checksums, copy
@@ -246,7 +247,7 @@ def test_the_plan_names_each_table_with_one_tuple(src, dst):
 def test_the_plan_from_the_planning_process_is_the_plan_read_here(src, dst):
     """STEP 3 runs in a forked process that pickles the plan back (pgcopy.planner): what
     arrives equals what reading the catalogs in this process yields, warnings included,
-    and still names each table with one tuple (pickle's memo keeps the sharing)."""
+    its tasks and FKs packed (pgcopy.plan.Chunked), so the coordinator unpickles bytes."""
     from pgcopy.connections import Session
     from pgcopy.log import Logger
     from pgcopy.plan import PlanInputs
@@ -263,6 +264,74 @@ def test_the_plan_from_the_planning_process_is_the_plan_read_here(src, dst):
     assert len(got.tasks) > 10 and got.fkeys and got.sequences.open().sequences
     assert got == expected
     assert there.warnings == here.warnings and any("no_such_table" in w for w in there.warnings)
-    keys = {t.key: t.key for t in got.tasks}
-    ends = [end for fk in got.fkeys for end in (fk.table, fk.ref_table) if end in keys]
-    assert ends and all(end is keys[end] for end in ends)
+    assert isinstance(got.tasks, Chunked) and isinstance(got.fkeys, Chunked)
+    assert list(got.tasks) == list(expected.tasks) and list(got.fkeys) == list(expected.fkeys)
+
+
+def test_a_chunked_list_reads_like_a_list_and_keeps_little_as_objects():
+    """The plan's packed lists: indexing, slices and passes as a list's; a pickle carries
+    only the compressed chunks; at most RECENT chunks are kept as objects, and a pass
+    over all of them keeps none."""
+    import pickle
+
+    items = [(f"schema_{i % 7}", f"table_{i}", i * 1.5) for i in range(1000)]
+    c = Chunked(items)
+    assert len(c) == 1000 and len(c.chunks) == -(-1000 // Chunked.CHUNK)
+    assert c == items and list(c) == items
+    assert c._recent == ()  # whole passes go around the recent chunks
+    assert c[:40] == items[:40] and c[5:900:97] == items[5:900:97]
+    assert c[-1] == items[-1] and c[0] == items[0]
+    with pytest.raises(IndexError):
+        c[1000]
+    for i in range(0, 1000, 61):
+        assert c[i] == items[i]
+    assert [n for n, _ in c._recent] == [7, 6, 5, 4]  # the last RECENT chunks read, newest first
+    back = pickle.loads(pickle.dumps(c))
+    assert back == items and back._recent == ()
+    assert len(pickle.dumps(c)) < len(pickle.dumps(items)) / 2
+    assert Chunked() == [] and len(Chunked()) == 0
+
+
+def test_the_fk_restore_reads_the_catalog_a_chunk_at_a_time_and_tells_every_case(dst, monkeypatch):
+    """drop_all makes its batches' FKs when they run, restore_all compares FKs with the
+    catalog PRESENT_CHUNK at a time: across chunk boundaries each case is still told apart
+    (absent: re-created; present NOT VALID: validated; rows that break it: left NOT VALID;
+    another constraint of its name: missing), and the display hears each settled FK's
+    position in the list once."""
+    from dataclasses import replace
+
+    from pgcopy import catalog
+    from pgcopy import fkeys as fkmod
+    from pgcopy.connections import Session
+
+    monkeypatch.setattr(fkmod, "PRESENT_CHUNK", 3)
+    n = 10
+    dst.execute(
+        "CREATE TABLE p (id int PRIMARY KEY); INSERT INTO p SELECT generate_series(1, 5);"
+        + "".join(
+            f"CREATE TABLE c{i} (id int PRIMARY KEY, p int CONSTRAINT c{i}_p REFERENCES p);"
+            f"INSERT INTO c{i} VALUES (1, 1);"
+            for i in range(n)
+        )
+    )
+    conn = dst.connect()
+    cur = conn.cursor()
+    fkmod.session_setup(cur, "5s")  # definitions read as the run reads them (qualified)
+    fks = sorted(catalog.read_foreign_keys(cur), key=lambda fk: fk.table)
+    conn.close()
+    assert [fk.table[1] for fk in fks] == [f"c{i}" for i in range(n)]
+    target = fkmod.RestoreTarget(dst.dsn, "5s", Session("chunktest"), parallel=2)
+    fkmod.drop_all(target, Chunked(fks))
+    assert dst.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f'") == 0
+    dst.execute(
+        "ALTER TABLE c2 ADD CONSTRAINT c2_p FOREIGN KEY (p) REFERENCES p NOT VALID;"
+        "INSERT INTO c5 VALUES (2, 99);"
+        "ALTER TABLE c7 ADD CONSTRAINT c7_p CHECK (p > 0)"
+    )
+    heard = []
+    out = fkmod.restore_all(replace(target, on_settled=lambda i, s: heard.append(i)), Chunked(fks))
+    assert sorted(fk.table[1] for fk in out.restored) == [f"c{i}" for i in range(n) if i not in (5, 7)]
+    assert [fk.table[1] for fk, _ in out.not_valid] == ["c5"]
+    assert [fk.table[1] for fk, _ in out.missing] == ["c7"]
+    assert sorted(heard) == [i for i in range(n) if i != 7]
+    assert dst.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated") == n - 2

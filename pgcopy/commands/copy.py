@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import time
+from array import array
 from collections.abc import Container
 from dataclasses import dataclass, fields, replace
 
@@ -57,7 +58,7 @@ from pgcopy.fkearly import EarlyRestorer
 from pgcopy.journal import Journal
 from pgcopy.log import Logger, safe_write
 from pgcopy.options import CopyOptions
-from pgcopy.plan import Plan, PlanInputs
+from pgcopy.plan import Chunked, Plan, PlanInputs
 from pgcopy.plan import batches as plan_batches
 from pgcopy.planner import PlanRequest, plan_apart
 from pgcopy.preflight import CHECKS
@@ -83,19 +84,32 @@ class LoadSetup:
     batches: list[list[int]]  # task indices loaded together (plan.batches)
 
 
-def _loaded_sizes(plan: Plan) -> dict:
-    """Every loaded table (and partitioned parent: its leaves) -> its size on the source."""
-    size: dict = {}
-    for t in plan.tasks:
-        for k in (t.key, *plan.ancestors.get(t.key, ())):
-            size[k] = size.get(k, 0) + t.data_bytes
-    return size
+@dataclass(frozen=True)
+class LoadedSizes:
+    """Each loaded table's size on the source, by its position in the plan, and each
+    partitioned parent's (its leaves'): no dict of every table's key (see CopyRun.change)."""
+
+    index: dict  # the run's: loaded table -> position
+    sizes: array  # per position
+    parents: dict  # partitioned parent -> its loaded leaves' size
+
+    def __getitem__(self, key) -> int:
+        i = self.index.get(key)
+        return self.sizes[i] if i is not None else self.parents.get(key, 0)
 
 
-def fk_sizes(plan: Plan) -> list[float]:
+def loaded_sizes(plan: Plan, index: dict) -> LoadedSizes:
+    sizes = array("q", (t.data_bytes for t in plan.tasks))
+    parents: dict = {}
+    for leaf, ups in plan.ancestors.items():
+        for parent in ups:
+            parents[parent] = parents.get(parent, 0) + sizes[index[leaf]]
+    return LoadedSizes(index, sizes, parents)
+
+
+def fk_sizes(plan: Plan, sizes: LoadedSizes) -> array:
     """Per FK of the plan, the referencing table's size: what its validation scans, for the ETA."""
-    size = _loaded_sizes(plan)
-    return [float(size.get(fk.table, 0)) for fk in plan.fkeys]
+    return array("d", (sizes[fk.table] for fk in plan.fkeys))
 
 
 @dataclass(frozen=True)
@@ -104,7 +118,7 @@ class SmallTables:
     is added validated in one statement (see fkeys.between).  Most tables are small, so it
     holds the few that are not (a set of 20,000 small ones held 2 MB through the load)."""
 
-    loaded: dict  # every loaded table (plan.ancestors)
+    loaded: dict  # every loaded table (the run's index of them, see CopyRun.change)
     big: frozenset
     parents: frozenset  # partitioned parents
 
@@ -112,11 +126,10 @@ class SmallTables:
         return key not in self.big and (key in self.loaded or key in self.parents)
 
 
-def small_tables(plan: Plan) -> SmallTables:
-    sizes = _loaded_sizes(plan)
-    big = frozenset(k for k, n in sizes.items() if n > SMALL_BYTES)
-    parents = frozenset(p for ps in plan.ancestors.values() for p in ps)
-    return SmallTables(plan.ancestors, big, parents)
+def small_tables(sizes: LoadedSizes) -> SmallTables:
+    big = [k for k, i in sizes.index.items() if sizes.sizes[i] > SMALL_BYTES]
+    big += [k for k, n in sizes.parents.items() if n > SMALL_BYTES]
+    return SmallTables(sizes.index, frozenset(big), frozenset(sizes.parents))
 
 
 def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions, stream) -> None:
@@ -247,8 +260,11 @@ class CopyRun:
         started = time.monotonic()
         self.stop.install()
         bus = ProgressBus(workers_for(self.opts.parallel, plan.tasks))
-        small = small_tables(plan)  # one set for the display, the early and the final restore
-        index = {t.key: i for i, t in enumerate(plan.tasks)}  # the display's and the early restore's
+        # each loaded table's position in the plan: the one per-table dict of the run (the
+        # display's, the load's and the FK restores'), over one key object per table
+        index = {t.key: i for i, t in enumerate(plan.tasks)}
+        sizes = loaded_sizes(plan, index)
+        small = small_tables(sizes)  # one set for the display, the early and the final restore
         view = make_view(
             self.opts.output,
             self.log,
@@ -257,7 +273,7 @@ class CopyRun:
             lambda: self.stop.request(signal.SIGINT),
             self.opts.progress_interval,
             plan.fkeys,
-            fk_sizes(plan),
+            fk_sizes(plan, sizes),
             small,
             index,
         )
@@ -476,9 +492,10 @@ class CopyRun:
         fkmod.session_setup(dcur, o.lock_timeout)
         self.dst.commit()
         # an interrupted run's journal holds the original state of the FKs it dropped
-        plan.fkeys = [self.carried.get((fk.table, fk.name), fk) for fk in plan.fkeys]
-        planned = {(fk.table, fk.name) for fk in plan.fkeys}
-        plan.fkeys += [fk for key, fk in self.carried.items() if key not in planned]
+        if self.carried:
+            fks = [self.carried.get((fk.table, fk.name), fk) for fk in plan.fkeys]
+            planned = {(fk.table, fk.name) for fk in fks}
+            plan.fkeys = Chunked(fks + [fk for key, fk in self.carried.items() if key not in planned])
         if plan.large_objects:
             self.log.warn(f"the source has {plan.large_objects} large objects; pgcopy does not copy them")
         return plan
@@ -576,13 +593,20 @@ class CopyRun:
         # FKs whose tables have all loaded are restored while the others still load
         target = self.fk_target(small=small, on_settled=view.fk_settled)
         early = EarlyRestorer(
-            replace(target, parallel=max(1, o.parallel // 2)), plan.fkeys, plan.ancestors, self.log, index
+            replace(target, parallel=max(1, o.parallel // 2)), plan.fkeys, plan.ancestors, index, self.log
         )
         backends = RunBackends(self.dst, self.session, early.request_stop, early.stop)
         early.start()
         try:
             outcome = run_load(
-                workers, plan.tasks, Tee(view, early), self.stop, backends, self.release_source, batches
+                workers,
+                plan.tasks,
+                Tee(view, early),
+                self.stop,
+                backends,
+                self.release_source,
+                batches,
+                list(index),
             )
         finally:
             early.stop()

@@ -36,7 +36,7 @@ def make_view(
     """For the ETA: ``fk_bytes``, per FK of ``fkeys``, the referencing table's size;
     ``small``, the tables between which FKs are added validated in one statement (on one
     connection); ``index``, each task's position (made from ``tasks`` if not given)."""
-    fk = FkEstimate(list(fkeys), list(fk_bytes), small)
+    fk = FkEstimate(fkeys, fk_bytes, small)
     if output == "progress":
         from pgcopy.ui.bar import BarView
 

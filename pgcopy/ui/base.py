@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Container
-from dataclasses import dataclass, field
+from collections.abc import Callable, Container, Sequence
+from dataclasses import dataclass
 
 from pgcopy import fmt
 from pgcopy.catalog import qualname
@@ -42,7 +42,7 @@ class LogReporter(Reporter):
     def log(self, level: str, text: str) -> None:
         self.log_.emit(level, text)
 
-    def fk_settled(self, fk, seconds: float) -> None: ...
+    def fk_settled(self, i: int, seconds: float) -> None: ...
 
     # a plain reporter has no display to run
     def start(self) -> None: ...
@@ -62,8 +62,8 @@ class FkEstimate:
     its validation scans), and the small tables between which FKs are added validated in
     one statement (on one connection, see fkeys.between)."""
 
-    fkeys: list = field(default_factory=list)
-    sizes: list[float] = field(default_factory=list)
+    fkeys: Sequence = ()  # the plan's (a plan.Chunked): read once, here, not kept
+    sizes: Sequence[float] = ()
     small: Container = frozenset()
 
 
@@ -75,7 +75,7 @@ class LiveView(LogReporter):
     def __init__(
         self,
         log: Logger,
-        tasks: list[CopyTask],
+        tasks: Sequence[CopyTask],
         bus: ProgressBus,
         request_stop: Callable[[], None],
         fk: FkEstimate | None = None,
@@ -88,9 +88,8 @@ class LiveView(LogReporter):
         # each task's position (shared with the early FK restore: one dict for the run)
         self.index = index if index is not None else {t.key: i for i, t in enumerate(tasks)}
         fk = fk or FkEstimate()
-        self.fk_index = {f: i for i, f in enumerate(fk.fkeys)}  # the FK objects: no key tuples
         self.model = ProgressModel(
-            [expected_of(t) for t in tasks],
+            (expected_of(t) for t in tasks),
             fk.sizes,
             bus.nworkers,
             bus.nworkers,
@@ -116,11 +115,10 @@ class LiveView(LogReporter):
     def phase(self, text: str) -> None:
         self.phase_text = text
 
-    def fk_settled(self, fk, seconds: float) -> None:  # from FK restore threads
-        i = self.fk_index.get(fk)
-        if i is not None:
-            with self.lock:
-                self.model.fk_done(i, seconds)
+    def fk_settled(self, i: int, seconds: float) -> None:  # from FK restore threads
+        """The plan's ``i``-th FK is settled (see fkeys.Settled)."""
+        with self.lock:
+            self.model.fk_done(i, seconds)
 
     def phase_label(self, s: Snapshot) -> str:
         """What is running now."""
@@ -166,7 +164,7 @@ class LiveView(LogReporter):
     def teardown(self) -> None: ...
 
 
-def progress_line(s: Snapshot, tasks: list[CopyTask], phase: str) -> str:
+def progress_line(s: Snapshot, tasks: Sequence[CopyTask], phase: str) -> str:
     """One line: percent of the run, phase, tables, FKs, rows, MB/s, ETA, tables in flight."""
     # names made for the line: a list of every table's would stay in memory through the load
     flying = (

@@ -73,10 +73,9 @@ class InteractiveView(LiveView):
         busy = {f.task for f in s.in_flight}
         queued = [i for i in range(len(self.tasks)) if i not in busy and not self.model.settled(i)]
         if queued:
-            largest = max(queued, key=lambda i: self.tasks[i].data_bytes)
-            out.append(
-                f" largest remaining: {qualname(self.tasks[largest].key)} (~{fmt.size(self.tasks[largest].data_bytes)})"
-            )
+            # by the model's sizes (the stream expected of each), one task read for its name
+            largest = self.tasks[max(queued, key=self.model.exp_bytes.__getitem__)]
+            out.append(f" largest remaining: {qualname(largest.key)} (~{fmt.size(largest.data_bytes)})")
         if s.in_flight:
             slow = min(s.in_flight, key=lambda f: f.rate)
             out.append(f" slowest in flight: {self.tasks[slow.task].qualname} ({slow.rate / 1e6:.1f} MB/s)")
