@@ -6,8 +6,9 @@ size row of both sides, the preflight's lists.  In the coordinator that memory s
 gives an arena back only once nothing in it is alive, and the plan's objects sit among the
 freed rows.  It then held that through the load, next to the workers.  So the reading runs
 in a child forked for it, on sessions of its own (in the run's snapshot, as the
-coordinator's catalog session did), and sends back the pickled plan (a pgcopy.channel message): the coordinator
-unpickles it into memory it uses for nothing else, and the child's is gone with it.
+coordinator's catalog session did), and sends back the pickled plan (a pgcopy.channel message),
+its tasks and FKs packed (plan.Chunked): the coordinator unpickles a few objects and
+compressed bytes, and the child's memory is gone with it.
 
 The child dies with the coordinator (PR_SET_PDEATHSIG where the kernel has it), ignores
 Ctrl-C (the coordinator, interrupted, kills it), and leaves the coordinator's connections
