@@ -23,8 +23,8 @@ class Catalogs:
     dst_cur: object
     selected: list[Table]  # leaf tables to load (source side)
     dst_by_key: dict[Key, Table]
-    src_cols: dict[int, list[catalog.Column]]
-    dst_cols: dict[int, list[catalog.Column]]
+    src_cols: dict[int, tuple[catalog.Column, ...]]
+    dst_cols: dict[int, tuple[catalog.Column, ...]]
     fkeys: list[ForeignKey]  # destination FKs touching a selected table (or its parents)
     leaves: dict[Key, list[Key]]  # destination: every table -> its leaves
     triggers: dict[int, list[Trigger]]  # destination oid -> user triggers
@@ -95,8 +95,8 @@ def read_catalogs(
         dst_cur=dst_cur,
         selected=selected,
         dst_by_key=dst_by_key,
-        src_cols=catalog.read_columns(src_cur, [t.oid for t in present]),
-        dst_cols=catalog.read_columns(dst_cur, dst_oids),
+        src_cols=catalog.read_columns(src_cur, [t.oid for t in present], shared),
+        dst_cols=catalog.read_columns(dst_cur, dst_oids, shared),
         fkeys=[],
         leaves=_leaves_of(dst_tables),
         triggers=catalog.read_triggers(dst_cur, dst_oids, shared),

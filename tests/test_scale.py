@@ -227,6 +227,11 @@ def test_the_plan_names_each_table_with_one_tuple(src, dst):
             catalog.intern_names(conn)
         sizes = catalog.read_sizes(sconn), catalog.read_sizes(dconn)
         plan = build_plan(sconn.cursor(), dconn.cursor(), PlanInputs(), Logger(stream=None), *sizes)
+        # tables of one shape share one tuple of columns in the planning's catalog reads
+        tables = {t.key[1]: t.oid for t in catalog.read_tables(sconn.cursor(), sizes[0])}
+        cols = catalog.read_columns(sconn.cursor(), tables.values())
+        assert cols[tables["p"]] is cols[tables["p2"]] and [c.name for c in cols[tables["p"]]] == ["id", "v"]
+        assert cols[tables["q"]][:2] == cols[tables["p"]] and cols[tables["q"]][0] is cols[tables["p"]][0]
     finally:
         sconn.close()
         dconn.close()
