@@ -6,7 +6,8 @@
 - ``killgroup``: SIGKILL the whole process group (coordinator and workers);
 - ``killself``: SIGKILL the process the point is in alone (a worker, the planning process);
 - ``raise``: raise :class:`FailpointError` where the point is;
-- ``sigterm``: send SIGTERM to the coordinator (a stop at exactly that point).
+- ``sigterm``: send SIGTERM to the coordinator (a stop at exactly that point);
+- ``sigint``: send SIGINT to the coordinator (a Ctrl-C at exactly that point).
 
 A point fires once per process.  Points, in run order: ``during-planning`` (the planning
 process has read both catalogs and not yet sent the plan), ``after-journal`` (journal written, FKs not yet dropped),
@@ -54,8 +55,8 @@ def hit(name: str, *, in_worker: bool = False) -> None:
     if action == "killself":
         os.kill(os.getpid(), signal.SIGKILL)
     coordinator = os.getppid() if in_worker else os.getpid()
-    if action == "sigterm":
-        os.kill(coordinator, signal.SIGTERM)
+    if action in ("sigterm", "sigint"):
+        os.kill(coordinator, signal.SIGTERM if action == "sigterm" else signal.SIGINT)
         return
     if action == "killgroup":
         os.killpg(os.getpgrp(), signal.SIGKILL)

@@ -191,9 +191,8 @@ def _each(sessions: Sessions, items: list, fn: Callable) -> list:
         for t in threads:
             while t.is_alive():
                 t.join(timeout=0.1)
-                if (
-                    sessions.interrupt and sessions.stopping()
-                ):  # again each time: a batch may begin after a cancel
+                # again each time: a batch may begin after a cancel
+                if sessions.interrupt and sessions.stopping():
                     sessions.cancel()
     except KeyboardInterrupt as exc:  # abandon: stop the server work first, start nothing more
         errors.insert(0, exc)

@@ -55,16 +55,16 @@ class Chunked(SequenceOf[T]):
     on the display), and whole only before and after it.  As objects they held 18 MB at
     20,000 tables (14 objects a table) next to the workers; packed, under 1 MB."""
 
-    __slots__ = ("chunks", "length", "_recent")
+    __slots__ = ("chunks", "length", "_recent")  # chunks: one Packed list each
     CHUNK = 128
     RECENT = 4  # chunks kept as objects: the load reads a few neighbouring ones at a time
 
     def __init__(self, items: Iterable[T] = ()):
-        self.chunks: list[bytes] = []
+        self.chunks: list[Packed[list[T]]] = []
         self.length = 0
         it = iter(items)
         while part := list(islice(it, self.CHUNK)):
-            self.chunks.append(zlib.compress(pickle.dumps(part, pickle.HIGHEST_PROTOCOL), 1))
+            self.chunks.append(Packed(part))
             self.length += len(part)
         # (chunk number, its items), newest first; replaced whole, never changed in place,
         # so the display's and the FK restore's threads can read it without a lock
@@ -75,12 +75,9 @@ class Chunked(SequenceOf[T]):
         for number, items in recent:
             if number == c:
                 return items
-        items = self._open(c)
+        items = self.chunks[c].open()
         self._recent = ((c, items), *recent[: self.RECENT - 1])
         return items
-
-    def _open(self, c: int) -> list[T]:
-        return pickle.loads(zlib.decompress(self.chunks[c]))
 
     def __len__(self) -> int:
         return self.length
@@ -95,8 +92,8 @@ class Chunked(SequenceOf[T]):
         return self._chunk(i // self.CHUNK)[i % self.CHUNK]
 
     def __iter__(self) -> Iterator[T]:
-        for c in range(len(self.chunks)):  # kept out of the recent chunks: a pass reads them all
-            yield from self._open(c)
+        for chunk in self.chunks:  # kept out of the recent chunks: a pass reads them all
+            yield from chunk.open()
 
     def __eq__(self, other) -> bool:
         if isinstance(other, (Chunked, list)):
@@ -131,7 +128,7 @@ class Sequences:
 class Plan:
     """Everything the run will do, worked out from both catalogs before anything changes."""
 
-    tasks: SequenceOf[CopyTask]  # a Chunked once planned (see :func:`packed`)
+    tasks: SequenceOf[CopyTask]  # a Chunked once planned (see :meth:`packed`)
     fkeys: SequenceOf[ForeignKey]
     sequences: Packed[Sequences]
     matviews: list[Key]

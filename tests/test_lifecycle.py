@@ -239,6 +239,32 @@ def test_ctrl_c_after_tables_committed_sets_their_sequences(src, dst, state):
     dst.execute("INSERT INTO orders (customer_id, amount) VALUES (1, 1)")  # no duplicate key
 
 
+def test_ctrl_c_while_fk_batches_run_on_threads_leaves_it_recoverable(src, dst, state):
+    """Ctrl-C in recover while its FK batches run on their threads (fkeys._each), one of
+    them mid-way through a validating ADD: the statements in progress are cancelled, the
+    threads end, exit 130 with one line, no session is left, the journal is kept; recover
+    again puts every FK back as it was."""
+    before = prepare(src, dst)
+    env = dict(os.environ, PGCOPY_FAILPOINT="after-drop:kill")
+    code, _, err = Running(
+        ["copy", "-s", src.dsn, "-d", dst.dsn, "--yes", "-p", "2"], state, env=env
+    ).finish()
+    assert code == -signal.SIGKILL, err
+    assert wait_until(lambda: no_pgcopy_backends(dst))
+    assert fk_full(dst) != before["fks"] and list(state.glob("*.json"))
+
+    env = dict(os.environ, PGCOPY_FAILPOINT="during-validate:sigint")
+    code, _, err = Running(["recover", "-d", dst.dsn], state, env=env).finish()
+    assert code == 130 and err.strip().splitlines()[-1] == "pgcopy: interrupted", err
+    assert wait_until(lambda: no_pgcopy_backends(dst)), "a recover session outlived it"
+    assert list(state.glob("*.json")), "the journal went with FKs not restored"
+
+    r = pgcopy("recover", "-d", dst.dsn, state_dir=state)
+    assert r.returncode == 0, r.stderr
+    assert fk_full(dst) == before["fks"] and not list(state.glob("*.json"))
+    assert_whole(src, dst, before, state)
+
+
 def test_unsafe_state_dir_and_damaged_journal_refused(src, dst, state):
     before = prepare(src, dst)
     state.mkdir(mode=0o700)
