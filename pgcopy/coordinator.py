@@ -28,6 +28,7 @@ from typing import Protocol
 
 from pgcopy import channel
 from pgcopy.child import ChildProcess
+from pgcopy.plan import Appended
 from pgcopy.progress import ProgressBus
 from pgcopy.stream import TableResult
 from pgcopy.task import CopyTask
@@ -54,7 +55,7 @@ class Reporter:
 class LoadOutcome:
     """What the load phase did: results per table, and the tables it did not finish."""
 
-    done: list[TableResult] = field(default_factory=list)
+    done: Appended[TableResult] = field(default_factory=Appended)  # packed as it grows
     failed: list[TableResult] = field(default_factory=list)
     rolled_back: list[tuple[str, str]] = field(default_factory=list)  # in flight at a stop
     not_started: list[tuple[str, str]] = field(default_factory=list)

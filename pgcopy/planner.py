@@ -75,12 +75,13 @@ def read_plan(req: PlanRequest, log: Logger) -> Plan:
             scur.execute("SET TRANSACTION SNAPSHOT %s", (req.snapshot,))
         scur.execute("SET search_path = pg_catalog")
         fkmod.session_setup(dcur, req.lock_timeout)
-        plan = build_plan(scur, dcur, req.inputs, log, src_sizes, dst_sizes)
+        # packed before the sequences are read: the lists of objects are gone by then
+        plan = build_plan(scur, dcur, req.inputs, log, src_sizes, dst_sizes).packed()
         src.commit()
         dst.commit()
         if not req.readonly_dest:  # a dry run sets no sequence
             plan = sequences.settle(plan, src, req.lock_timeout)
-        return plan.packed()
+        return plan
     finally:
         src.close()
         dst.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -66,7 +67,7 @@ class RunReport:
 
     def add_load(self, outcome, tasks, codec) -> None:
         """Fill the per-table entries and totals from the load phase's outcome."""
-        by_key = {r.key: r for r in outcome.done + outcome.failed}
+        by_key = {r.key: r for r in itertools.chain(outcome.done, outcome.failed)}
         for task in tasks:
             r = by_key.get(task.key)
             if r is not None and r.error is None:

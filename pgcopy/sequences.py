@@ -1,20 +1,19 @@
-"""Sequences: which are set inside their table's load, reading the others, setting them.
+"""Sequences not set inside their table's load: reading their values, setting them.
 
 A sequence owned by a loaded table (whose owner the role is on the destination) is set in
 that table's load transaction, which reads it from the source right before its commit
-(stream.read_sequences).  The others are not transactional: they are read right after the
-snapshot, by the planning (:func:`settle`), and set after the load (:func:`set_others`).
+(stream.read_sequences; the plan hands it to its table).  The others are not
+transactional: they are read right after the snapshot, by the planning (:func:`settle`),
+and set after the load (:func:`set_others`).
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import psycopg2
 from psycopg2 import sql
 
 from pgcopy import failpoints
-from pgcopy.catalog import Key, lock_holders, qualname, regclass_literal
+from pgcopy.catalog import lock_holders, qualname, regclass_literal
 from pgcopy.connections import error_line
 from pgcopy.errors import PgcopyError
 from pgcopy.log import Logger
@@ -48,17 +47,10 @@ def read_values(conn, keys: list, lock_timeout: str = "0") -> dict:
 
 
 def settle(plan: Plan, src, lock_timeout: str) -> Plan:
-    """Hand each loaded table its own sequences and read the others' values on ``src``."""
+    """Read, on ``src``, the values of the sequences not set inside their table's load."""
     seqs = plan.sequences.open()
-    keys = {t.key for t in plan.tasks}
-    in_load = {s.key: s.owner_table for s in seqs.sequences if s.owner_table in keys and s.key in seqs.owned}
-    owned: dict[Key, list[Key]] = {}
-    for k, owner in in_load.items():
-        owned.setdefault(owner, []).append(k)
-    plan.tasks = [replace(t, sequences=tuple(owned.get(t.key, ()))) for t in plan.tasks]
-    others = [s.key for s in seqs.sequences if s.key not in in_load]
+    others = [s.key for s in seqs.sequences if s.key not in seqs.in_load]
     seqs.values = read_values(src, others, lock_timeout)
-    seqs.in_load = set(in_load)
     plan.sequences = Packed(seqs)
     return plan
 

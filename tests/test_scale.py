@@ -243,6 +243,14 @@ def test_the_plan_names_each_table_with_one_tuple(src, dst):
     assert len(seqs.sequences) == 3
     assert {s.owner_table for s in seqs.sequences} <= set(keys.values())
     assert {s.key for s in seqs.sequences} == seqs.owned
+    # each loaded table is handed the sequences it owns by the plan, not after it
+    assert seqs.in_load == seqs.owned
+    assert {t.key[1]: t.sequences for t in plan.tasks} == {
+        "p": (("public", "p_id_seq"),),
+        "p2": (),
+        "q": (("public", "q_id_seq"),),
+        "r": (("public", "r_id_seq"),),
+    }
     assert len({id(fk.ref_columns) for fk in plan.fkeys}) == 1  # ("id",) for all three
     tasks = {t.key[1]: t for t in plan.tasks}
     assert tasks["p"].columns == ("id", "v") and tasks["p2"].columns is tasks["p"].columns
@@ -273,6 +281,54 @@ def test_the_plan_from_the_planning_process_is_the_plan_read_here(src, dst):
     assert list(got.tasks) == list(expected.tasks) and list(got.fkeys) == list(expected.fkeys)
 
 
+def test_big_catalog_reads_come_through_a_server_side_cursor(src, monkeypatch):
+    """Reads that grow with the table count (catalog.streamed) fetch FETCH_ROWS rows at a
+    time from a cursor of their own, closed once read; on a connection in autocommit (no
+    transaction to hold a cursor) they come at once."""
+    from pgcopy import catalog
+
+    monkeypatch.setattr(catalog, "FETCH_ROWS", 100)
+    query = "SELECT g FROM generate_series(1, 1000) g"
+    conn = src.connect()
+    conn.autocommit = False
+    try:
+        probe = conn.cursor()
+        rows = catalog.streamed(conn.cursor(), query)
+        first = next(rows)
+        probe.execute("SELECT count(*) FROM pg_cursors WHERE name LIKE 'pgcopy_read_%'")
+        assert probe.fetchone()[0] == 1
+        assert [first[0], *(r[0] for r in rows)] == list(range(1, 1001))
+        probe.execute("SELECT count(*) FROM pg_cursors")
+        assert probe.fetchone()[0] == 0
+        conn.rollback()
+        conn.autocommit = True
+        assert [r[0] for r in catalog.streamed(conn.cursor(), query)] == list(range(1, 1001))
+    finally:
+        conn.close()
+
+
+def test_array_literals_and_sizes_read_back_as_given(src):
+    """oid[] and text[] parameters as one literal each (psycopg2 adapts a list item by
+    item): names with quotes, backslashes, commas, braces and spaces read back unchanged;
+    the sizes' arrays answer by oid whatever order they were given in."""
+    from pgcopy import catalog
+
+    names = ["plain", 'with "quotes"', "back\\slash", "a,b", "{braces}", " spaced ", "NULL", "", "é"]
+    conn = src.connect()
+    try:
+        cur = conn.cursor()
+        cur.execute(
+            "SELECT %s::text[], %s::oid[]", (catalog.text_array(names), catalog.oid_array([4294967295, 1, 0]))
+        )
+        assert cur.fetchone() == (names, [4294967295, 1, 0])
+    finally:
+        conn.close()
+    sizes = catalog.Sizes([(30, 3, 1), (10, 1, 0), (20, 2, 2)])
+    assert list(sizes.oids) == [10, 20, 30] and len(sizes) == 3
+    assert sizes.get(20) == (2, 2) and sizes.get(30) == (3, 1) and sizes.get(15) == (0, 0)
+    assert catalog.Sizes().get(1, (7, 7)) == (7, 7)
+
+
 def test_a_chunked_list_reads_like_a_list_and_keeps_little_as_objects():
     """The plan's packed lists: indexing, slices and passes as a list's; a pickle carries
     only the compressed chunks; at most RECENT chunks are kept as objects, and a pass
@@ -295,6 +351,24 @@ def test_a_chunked_list_reads_like_a_list_and_keeps_little_as_objects():
     assert back == items and back._recent == ()
     assert len(pickle.dumps(c)) < len(pickle.dumps(items)) / 2
     assert Chunked() == [] and len(Chunked()) == 0
+
+
+def test_the_loads_results_are_packed_as_they_arrive():
+    """The load's results (LoadOutcome.done) grow at the end and are read whole after the
+    load: every full chunk is packed, fewer than a chunk are kept as objects, and a pass
+    reads them back in order."""
+    from pgcopy.coordinator import LoadOutcome
+    from pgcopy.plan import Appended
+    from pgcopy.stream import TableResult
+
+    out = LoadOutcome()
+    results = [TableResult(("s", f"t{i}"), rows=i, bytes=i * 10, seconds=i / 7) for i in range(300)]
+    for r in results:
+        out.done.append(r)
+    assert isinstance(out.done, Appended) and len(out.done) == 300
+    assert len(out.done.chunks) == 300 // Chunked.CHUNK and len(out.done.tail) == 300 % Chunked.CHUNK
+    assert list(out.done) == results and out.done == results and list(out.done) == list(out.done)
+    assert Appended(results[:5]) == results[:5] and not Appended()
 
 
 def test_the_fk_restore_reads_the_catalog_a_chunk_at_a_time_and_tells_every_case(dst, monkeypatch):

@@ -64,12 +64,12 @@ CONSTRAINTS_SQL = """
 SELECT n.nspname, c.relname, con.conname, con.contype, con.convalidated
   FROM pg_constraint con JOIN pg_class c ON c.oid = con.conrelid
   JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE con.contype IN ('f', 'c') AND c.oid = ANY(%s)
+ WHERE con.contype IN ('f', 'c') AND c.oid = ANY(%s::oid[])
 """
 
 
 def _constraints(cur, oids: list[int]) -> dict[tuple, bool]:
-    cur.execute(CONSTRAINTS_SQL, (oids,))
+    cur.execute(CONSTRAINTS_SQL, (catalog.oid_array(oids),))
     return {(s, t, name, kind): valid for s, t, name, kind, valid in cur.fetchall()}
 
 
@@ -98,8 +98,8 @@ def verify(opts: VerifyOptions, log: Logger) -> int:
             cur.execute("SET lock_timeout = %s", (opts.lock_timeout,))
         scur.execute("SELECT pg_export_snapshot()")
         snapshot = scur.fetchone()[0]
-        src_tables = catalog.read_tables(scur, {})
-        dst_tables = {t.key: t for t in catalog.read_tables(dcur, {})}
+        src_tables = catalog.read_tables(scur, catalog.Sizes())
+        dst_tables = {t.key: t for t in catalog.read_tables(dcur, catalog.Sizes())}
         dst.commit()
         selected = [
             t
