@@ -11,7 +11,7 @@ import os
 import sys
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 
 import psycopg2.errors
@@ -466,6 +466,13 @@ def read_foreign_keys(
 ) -> list[ForeignKey]:
     """Top-level FKs (partition clones, conparentid <> 0, come back with their parent);
     only those on ``tables`` when given (one query, however many)."""
+    return list(foreign_keys(cur, tables, shared))
+
+
+def foreign_keys(
+    cur, tables: Iterable[Key] | None = None, shared: Shared | None = None
+) -> Iterator[ForeignKey]:
+    """:func:`read_foreign_keys` one at a time, as the rows arrive."""
     share = shared if shared is not None else Shared()
     delset = DELSET_15 if cur.connection.server_version >= 150000 else "ARRAY[]::name[]"
     query = FKEYS_SQL.format(delset=delset)
@@ -477,8 +484,7 @@ def read_foreign_keys(
             " JOIN unnest(%s::text[], %s::text[]) k(s, t) ON k.s = n.nspname AND k.t = c.relname"
             " WHERE con.contype = 'f'",
         )
-        params = ([k[0] for k in keys], [k[1] for k in keys])
-    out = []
+        params = (text_array(k[0] for k in keys), text_array(k[1] for k in keys))
     for row in streamed(cur, query, params or None):
         (
             name,
@@ -500,25 +506,22 @@ def read_foreign_keys(
         ) = row
         if definition.endswith(" NOT VALID"):
             definition = definition[: -len(" NOT VALID")]
-        out.append(
-            ForeignKey(
-                name,
-                share((s, t)),
-                share((fs, ft)),
-                definition,
-                validated,
-                share(tuple(cols)),
-                share(tuple(rcols)),
-                match,
-                upd,
-                dele,
-                dfr,
-                dfd,
-                tuple(delset_cols or ()),
-                comment,
-            )
+        yield ForeignKey(
+            name,
+            share((s, t)),
+            share((fs, ft)),
+            definition,
+            validated,
+            share(tuple(cols)),
+            share(tuple(rcols)),
+            match,
+            upd,
+            dele,
+            dfr,
+            dfd,
+            tuple(delset_cols or ()),
+            comment,
         )
-    return out
 
 
 @by_position
@@ -565,8 +568,11 @@ def read_triggers(cur, oids: Iterable[int], shared: Shared | None = None) -> dic
     return out
 
 
-def read_sequences(cur, shared: Shared | None = None) -> list[Sequence]:
-    """Every sequence with the table that owns it (serial or identity), if any."""
+def read_sequences(cur, shared: Shared | None = None) -> Iterator[Sequence]:
+    """Every sequence with the table that owns it (serial or identity), if any, as the rows
+    arrive.  Only the owner's key is shared (one of ``shared``'s when it is there): the
+    planning packs the sequences as they come, so a shared key of their own would keep
+    each one's name alive (40,000 sequences were 17 MB of objects)."""
     share = shared if shared is not None else Shared()
     rows = streamed(
         cur,
@@ -580,7 +586,8 @@ def read_sequences(cur, shared: Shared | None = None) -> list[Sequence]:
               AND n.nspname !~ '^pg_(toast|temp_)'
             ORDER BY 1, 2""",
     )
-    return [Sequence(share((s, n)), share((ts, tn)) if tn else None) for s, n, ts, tn in rows]
+    for s, n, ts, tn in rows:
+        yield Sequence((s, n), share.get((ts, tn), (ts, tn)) if tn else None)
 
 
 MATVIEWS_SQL = """

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from pgcopy import channel
 from pgcopy.child import ChildProcess
-from pgcopy.plan import Appended
+from pgcopy.packed import Appended
 from pgcopy.progress import ProgressBus
 from pgcopy.stream import TableResult
 from pgcopy.task import CopyTask

@@ -249,7 +249,7 @@ def _in_parallel(sessions: Sessions, fkeys: Sequence[ForeignKey], run: Callable)
     relatives and the batches that could not take it.  Returns every batch's result.
 
     Batches are positions in ``fkeys``, made FKs when they run: the plan's 20,000 FKs
-    (a plan.Chunked) are never all objects at once (they left 12 MB of the coordinator's
+    (a packed.Chunked) are never all objects at once (they left 12 MB of the coordinator's
     memory in use through the load)."""
     with sessions.session() as conn:
         size = batch_size(conn)
@@ -551,7 +551,7 @@ def restore_all(
     """Put every FK of ``fkeys`` back exactly as recorded, then check what is there.  With
     ``sessions`` (kept open by the caller) a stop may leave some undone: they are reported
     missing, and the caller restores them later."""
-    fkeys = list(fkeys)  # one object per FK throughout (a plan.Chunked makes new ones each pass)
+    fkeys = list(fkeys)  # one object per FK throughout (a packed.Chunked makes new ones each pass)
     out = RestoreOutcome()
     own = sessions is None
     sessions = sessions or Sessions(target)

@@ -5,162 +5,23 @@ All preflight problems are collected and raised together, before anything change
 
 from __future__ import annotations
 
-import pickle
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field, replace
-from itertools import islice
-from typing import Generic, TypeVar
 
 from pgcopy import catalog, formats, patterns, preflight
 from pgcopy.catalog import ForeignKey, Key, Sequence, Table
 from pgcopy.errors import PreflightError
 from pgcopy.log import Logger
+from pgcopy.packed import Chunked, Packed, T
 from pgcopy.task import SMALL_BYTES, CopyTask, SequenceValue
-
-T = TypeVar("T")
-
-
-class Packed(Generic[T]):
-    """An object kept as compressed pickle bytes, made again by :meth:`open`.
-
-    For what the coordinator needs only before or after the load: as objects it would stay
-    in memory through the load, next to every worker (at 20,000 tables the sequences were
-    6 MB of objects)."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, obj: T):
-        self.data = zlib.compress(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL), 1)
-
-    def open(self) -> T:
-        return pickle.loads(zlib.decompress(self.data))
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Packed) and self.open() == other.open()
-
-    def __getstate__(self):
-        return self.data
-
-    def __setstate__(self, data: bytes) -> None:
-        self.data = data
-
-
-def _same_items(a, b) -> bool:
-    """A list's equality, for the packed lists."""
-    return len(a) == len(b) and all(x == y for x, y in zip(a, b, strict=True))
-
-
-class Chunked(SequenceOf[T]):
-    """A long list kept as compressed pickles of CHUNK items each; an item is made again
-    when read, with the last few chunks read kept as objects.
-
-    The plan's tasks and FKs are read through the load a few at a time (handed out, named
-    on the display), and whole only before and after it.  As objects they held 18 MB at
-    20,000 tables (14 objects a table) next to the workers; packed, under 1 MB."""
-
-    __slots__ = ("chunks", "length", "_recent")  # chunks: one Packed list each
-    CHUNK = 128
-    RECENT = 4  # chunks kept as objects: the load reads a few neighbouring ones at a time
-
-    def __init__(self, items: Iterable[T] = ()):
-        self.chunks: list[Packed[list[T]]] = []
-        self.length = 0
-        it = iter(items)
-        while part := list(islice(it, self.CHUNK)):
-            self.chunks.append(Packed(part))
-            self.length += len(part)
-        # (chunk number, its items), newest first; replaced whole, never changed in place,
-        # so the display's and the FK restore's threads can read it without a lock
-        self._recent: tuple = ()
-
-    def _chunk(self, c: int) -> list[T]:
-        recent = self._recent
-        for number, items in recent:
-            if number == c:
-                return items
-        items = self.chunks[c].open()
-        self._recent = ((c, items), *recent[: self.RECENT - 1])
-        return items
-
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self.length))]
-        if i < 0:
-            i += self.length
-        if not 0 <= i < self.length:
-            raise IndexError("Chunked index out of range")
-        return self._chunk(i // self.CHUNK)[i % self.CHUNK]
-
-    def __iter__(self) -> Iterator[T]:
-        for chunk in self.chunks:  # kept out of the recent chunks: a pass reads them all
-            yield from chunk.open()
-
-    def __eq__(self, other) -> bool:
-        return _same_items(self, other) if isinstance(other, (Chunked, list)) else NotImplemented
-
-    __hash__ = None  # a list's equality, a list's unhashability
-
-    def __repr__(self) -> str:
-        return f"Chunked({self.length} items in {len(self.chunks)} chunks)"
-
-    def __getstate__(self):
-        return self.chunks, self.length
-
-    def __setstate__(self, state) -> None:
-        self.chunks, self.length = state
-        self._recent = ()
-
-
-class Appended(Generic[T]):
-    """A list that grows at its end and is read whole, kept as :class:`Chunked` keeps one:
-    full chunks packed, the items after them as objects.
-
-    For the load's results: as objects they grew the coordinator by 11 MB through the
-    load at 40,000 tables, next to every worker."""
-
-    __slots__ = ("chunks", "tail", "packed_items")
-
-    def __init__(self, items: Iterable[T] = ()):
-        self.chunks: list[Packed[list[T]]] = []
-        self.tail: list[T] = []
-        self.packed_items = 0
-        for item in items:
-            self.append(item)
-
-    def append(self, item: T) -> None:
-        self.tail.append(item)
-        if len(self.tail) == Chunked.CHUNK:
-            self.chunks.append(Packed(self.tail))
-            self.packed_items += len(self.tail)
-            self.tail = []
-
-    def __len__(self) -> int:
-        return self.packed_items + len(self.tail)
-
-    def __iter__(self) -> Iterator[T]:
-        for chunk in self.chunks:
-            yield from chunk.open()
-        yield from list(self.tail)
-
-    def __eq__(self, other) -> bool:
-        return _same_items(self, other) if isinstance(other, (Appended, list)) else NotImplemented
-
-    __hash__ = None
-
-    def __repr__(self) -> str:
-        return f"Appended({len(self)} items)"
 
 
 @dataclass
 class Sequences:
     """The sequences to set, and how (see pgcopy.sequences)."""
 
-    sequences: list[Sequence]
+    sequences: SequenceOf[Sequence]  # a Chunked once planned
     owned: set[Key] = field(default_factory=set)  # destination sequences the role owns
     in_load: set[Key] = field(default_factory=set)  # set inside their table's load
     # the others' values, read right after the snapshot, set after the load
@@ -181,7 +42,11 @@ class Plan:
 
     def packed(self) -> Plan:
         """This plan with its tasks and FKs kept packed (:class:`Chunked`)."""
-        return replace(self, tasks=Chunked(self.tasks), fkeys=Chunked(self.fkeys))
+        return replace(self, tasks=_chunked(self.tasks), fkeys=_chunked(self.fkeys))
+
+
+def _chunked(items: SequenceOf[T]) -> Chunked[T]:
+    return items if isinstance(items, Chunked) else Chunked(items)
 
 
 BATCH_TABLES = 16
@@ -279,7 +144,10 @@ def _in_load(c: preflight.Catalogs) -> dict[Key, tuple[Key, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _tasks(c: preflight.Catalogs, inputs: PlanInputs, in_load: dict[Key, tuple[Key, ...]]) -> list[CopyTask]:
+def _tasks(
+    c: preflight.Catalogs, inputs: PlanInputs, in_load: dict[Key, tuple[Key, ...]]
+) -> Chunked[CopyTask]:
+    """The tasks, largest first, packed as they are made."""
     src_types = formats.read_types(c.src_cur, (col.typid for cols in c.src_cols.values() for col in cols))
     dst_types = formats.read_types(c.dst_cur, (col.typid for cols in c.dst_cols.values() for col in cols))
     src_major = c.src_cur.connection.server_version // 10000
@@ -300,32 +168,38 @@ def _tasks(c: preflight.Catalogs, inputs: PlanInputs, in_load: dict[Key, tuple[K
         found = catalog.read_rebuildable_indexes(c.dst_cur, [c.dst_oid(t.key) for t in big])
         rebuild = {t.key: found[c.dst_oid(t.key)] for t in big if c.dst_oid(t.key) in found}
     facts = catalog.read_load_facts(c.dst_cur, [c.dst_oid(t.key) for t in c.selected])
-    tasks = []
-    for t in c.selected:
+    return Chunked(_each_task(c, in_load, decide, rebuild, facts))
+
+
+def _each_task(
+    c: preflight.Catalogs,
+    in_load: dict[Key, tuple[Key, ...]],
+    decide: Callable[[Table], tuple[str, str]],
+    rebuild: dict[Key, tuple[catalog.Index, ...]],
+    facts: dict[int, catalog.LoadFacts],
+) -> Iterator[CopyTask]:
+    # largest first: the order of the tasks' (-est_bytes, key), made in it
+    for t in sorted(c.selected, key=lambda t: (-t.total_bytes, t.key)):
         dst = c.dst_by_key[t.key]
         fact = facts.get(dst.oid, catalog.LoadFacts(False, 1))
         small = t.data_bytes <= SMALL_BYTES and dst.data_bytes <= SMALL_BYTES
         cols = [col for col in c.src_cols.get(t.oid, []) if not col.generated]
         fmt, reason = decide(t)
-        tasks.append(
-            CopyTask(
-                key=t.key,
-                columns=c.shared(tuple(col.name for col in cols)),
-                triggers=tuple(c.triggers.get(dst.oid, ())),
-                est_rows=t.reltuples,
-                est_bytes=t.total_bytes,
-                dest_est_rows=dst.reltuples,
-                dest_est_bytes=dst.total_bytes,
-                column_types=c.shared(tuple(col.type for col in cols)),
-                format=fmt,
-                format_reason=reason,
-                data_bytes=t.data_bytes,
-                indexes=rebuild.get(t.key, ()),
-                checks=c.checks.get(dst.oid, ()),
-                clear="delete" if small and fact.deletable and t.key not in rebuild else "truncate",
-                relations=fact.relations,
-                sequences=in_load.get(t.key, ()),
-            )
+        yield CopyTask(
+            key=t.key,
+            columns=c.shared(tuple(col.name for col in cols)),
+            triggers=tuple(c.triggers.get(dst.oid, ())),
+            est_rows=t.reltuples,
+            est_bytes=t.total_bytes,
+            dest_est_rows=dst.reltuples,
+            dest_est_bytes=dst.total_bytes,
+            column_types=c.shared(tuple(col.type for col in cols)),
+            format=fmt,
+            format_reason=reason,
+            data_bytes=t.data_bytes,
+            indexes=rebuild.get(t.key, ()),
+            checks=c.checks.get(dst.oid, ()),
+            clear="delete" if small and fact.deletable and t.key not in rebuild else "truncate",
+            relations=fact.relations,
+            sequences=in_load.get(t.key, ()),
         )
-    tasks.sort(key=lambda task: (-task.est_bytes, task.key))  # largest first
-    return tasks

@@ -7,7 +7,7 @@ gives an arena back only once nothing in it is alive, and the plan's objects sit
 freed rows.  It then held that through the load, next to the workers.  So the reading runs
 in a child forked for it, on sessions of its own (in the run's snapshot, as the
 coordinator's catalog session did), and sends back the pickled plan (a pgcopy.channel message),
-its tasks and FKs packed (plan.Chunked): the coordinator unpickles a few objects and
+its tasks and FKs packed (pgcopy.packed.Chunked): the coordinator unpickles a few objects and
 compressed bytes, and the child's memory is gone with it.
 
 The child dies with the coordinator (PR_SET_PDEATHSIG where the kernel has it), ignores

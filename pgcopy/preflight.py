@@ -10,10 +10,12 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
 
 from pgcopy import catalog, patterns
 from pgcopy.catalog import CheckConstraint, ForeignKey, Key, Sequence, Table, Trigger, qualname
+from pgcopy.packed import Chunked
 
 
 @dataclass
@@ -26,11 +28,11 @@ class Catalogs:
     dst_by_key: dict[Key, Table]
     src_cols: dict[int, tuple[catalog.Column, ...]]
     dst_cols: dict[int, tuple[catalog.Column, ...]]
-    fkeys: list[ForeignKey]  # destination FKs touching a selected table (or its parents)
+    fkeys: SequenceOf[ForeignKey]  # destination FKs touching a selected table (or its parents)
     leaves: dict[Key, list[Key]]  # destination: partitioned parents -> their leaves
     triggers: dict[int, list[Trigger]]  # destination oid -> user triggers
     checks: dict[int, tuple[CheckConstraint, ...]]  # destination oid -> NOT VALID CHECKs
-    sequences: list[Sequence]
+    sequences: SequenceOf[Sequence]
     shared: catalog.Shared  # one tuple per distinct key or list of names (see catalog.Shared)
     owned: set[Key] = field(default_factory=set)  # destination tables the role owns
     owned_sequences: set[Key] = field(default_factory=set)
@@ -68,17 +70,19 @@ def _leaves_of(tables: list[Table]) -> dict[Key, list[Key]]:
     return out
 
 
-def _sequences(src_cur, rel_set: set[Key], include, exclude, shared: catalog.Shared) -> list[Sequence]:
-    """Sequences owned by a selected table (or its parent), or standalone and matching."""
+def _sequences(src_cur, rel_set: set[Key], include, exclude, shared: catalog.Shared) -> Chunked[Sequence]:
+    """Sequences owned by a selected table (or its parent), or standalone and matching;
+    packed as they are read."""
     inc, exc = patterns.parse_patterns(include), patterns.parse_patterns(exclude)
-    out = []
-    for seq in catalog.read_sequences(src_cur, shared):
+
+    def wanted(seq: Sequence) -> bool:
         if seq.owner_table is not None:
-            if seq.owner_table in rel_set:
-                out.append(seq)
-        elif (not inc or any(p.matches(*seq.key) for p in inc)) and not any(p.matches(*seq.key) for p in exc):
-            out.append(seq)
-    return out
+            return seq.owner_table in rel_set
+        return (not inc or any(p.matches(*seq.key) for p in inc)) and not any(
+            p.matches(*seq.key) for p in exc
+        )
+
+    return Chunked(filter(wanted, catalog.read_sequences(src_cur, shared)))
 
 
 def read_catalogs(
@@ -109,8 +113,9 @@ def read_catalogs(
         shared=shared,
     )
     rel = cats.rel_set
-    fkeys = catalog.read_foreign_keys(dst_cur, shared=shared)
-    cats.fkeys = [fk for fk in fkeys if fk.table in rel or fk.ref_table in rel]
+    # packed as they are read: the checks and the plan read them a few passes over
+    fkeys = catalog.foreign_keys(dst_cur, shared=shared)
+    cats.fkeys = Chunked(fk for fk in fkeys if fk.table in rel or fk.ref_table in rel)
     cats.sequences = _sequences(src_cur, rel, include, exclude, shared)
     return cats
 
@@ -223,12 +228,13 @@ def references_privileges(c: Catalogs) -> list[str]:
     """Re-adding an FK needs REFERENCES on the referenced columns: checked now, not after the load."""
     if not c.fkeys:
         return []
-    refs = [[qualname(fk.ref_table), list(fk.ref_columns)] for fk in c.fkeys]
+    # one JSON text made as the FKs are read: a list of lists first was 8 MB at 40,000 FKs
+    refs = "[" + ",".join(json.dumps([qualname(fk.ref_table), fk.ref_columns]) for fk in c.fkeys) + "]"
     c.dst_cur.execute(
         """SELECT e.i FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY e(v, i)
             WHERE NOT (SELECT coalesce(bool_and(has_column_privilege((e.v->>0)::regclass, col, 'REFERENCES')), true)
                          FROM jsonb_array_elements_text(e.v->1) col)""",
-        (json.dumps(refs),),
+        (refs,),
     )
     out = []
     for (i,) in c.dst_cur.fetchall():
@@ -251,7 +257,7 @@ def sequence_problems(c: Catalogs) -> list[str]:
         """SELECT n.nspname, s.relname, pg_has_role(s.relowner, 'USAGE')
              FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace WHERE s.relkind = 'S'""",
     )
-    dst_seqs = {c.shared((s, n)): owner for s, n, owner in rows}
+    dst_seqs = {(s, n): owner for s, n, owner in rows}
     c.owned_sequences = {s.key for s in c.sequences if dst_seqs.get(s.key)}
     out += [
         f"sequence {qualname(s.key)} does not exist on the destination: create it there"

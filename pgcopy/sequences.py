@@ -17,7 +17,8 @@ from pgcopy.catalog import lock_holders, qualname, regclass_literal
 from pgcopy.connections import error_line
 from pgcopy.errors import PgcopyError
 from pgcopy.log import Logger
-from pgcopy.plan import Packed, Plan, Sequences
+from pgcopy.packed import Packed
+from pgcopy.plan import Plan, Sequences
 from pgcopy.stream import read_sequences
 
 # Sequences read per transaction (each read locks its sequence until the commit).

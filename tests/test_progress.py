@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from pgcopy.plan import Chunked
+from pgcopy.packed import Chunked
 from pgcopy.progress import BYTES, COPYING, DONE, STATE, Expected, ProgressBus, ProgressModel, duration
 
 WRITE_SLOT = """

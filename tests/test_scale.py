@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from pgcopy import datasets
-from pgcopy.plan import Chunked
+from pgcopy.packed import Chunked
 from pgcopy.sandbox import FAST_SETTINGS, throwaway_cluster
 from tests.fix_clusters import Db
 from tests.helpers import OWNER, OWNER_PW, checksums, copy
@@ -159,7 +159,7 @@ def test_catalog_names_arrive_interned(src):
         cur = conn.cursor()
         tables = {t.key[1]: t for t in catalog.read_tables(cur)}
         fk = catalog.read_foreign_keys(cur)[0]
-        seqs = catalog.read_sequences(cur)
+        seqs = list(catalog.read_sequences(cur))
     finally:
         conn.close()
     schema = tables["p"].key[0]
@@ -208,9 +208,10 @@ def test_tasks_and_results_cross_the_line_without_filling_free_lists():
 
 
 def test_the_plan_names_each_table_with_one_tuple(src, dst):
-    """A table's key is one tuple in the plan's objects: its task and its FKs' ends name it
-    with the same object, and equal lists of column names are one tuple (a plan of 10,000
-    tables held each key four times over, 4.5 MB of tuples); the sequences stay packed."""
+    """A table's key is one tuple in the plan's objects: its task and, within a packed
+    chunk, its FKs' ends name it with the same object, and equal lists of column names are
+    one tuple (a plan of 10,000 tables held each key four times over, 4.5 MB of tuples);
+    the FKs and sequences are packed as they are read."""
     from pgcopy import catalog
     from pgcopy.log import Logger
     from pgcopy.plan import PlanInputs, build_plan
@@ -237,9 +238,13 @@ def test_the_plan_names_each_table_with_one_tuple(src, dst):
         dconn.close()
     keys = {t.key[1]: t.key for t in plan.tasks}
     assert {fk.ref_table[1] for fk in plan.fkeys} == {"p", "q"}
-    for fk in plan.fkeys:
-        assert fk.table is keys[fk.table[1]] and fk.ref_table is keys[fk.ref_table[1]]
-    seqs = plan.sequences.open()  # packed until needed (pgcopy.plan.Packed)
+    # the FKs are packed as they are read; in a chunk, one key tuple names a table
+    assert isinstance(plan.fkeys, Chunked)
+    fks = plan.fkeys.chunks[0].open()
+    assert [fk.name for fk in fks] == ["q_p_fkey", "r_p_fkey", "r_q_fkey"]
+    assert fks[0].ref_table is fks[1].ref_table and fks[1].table is fks[2].table
+    seqs = plan.sequences.open()  # packed until needed (pgcopy.packed.Packed)
+    assert isinstance(seqs.sequences, Chunked)  # and packed as they were read
     assert len(seqs.sequences) == 3
     assert {s.owner_table for s in seqs.sequences} <= set(keys.values())
     assert {s.key for s in seqs.sequences} == seqs.owned
@@ -251,7 +256,7 @@ def test_the_plan_names_each_table_with_one_tuple(src, dst):
         "q": (("public", "q_id_seq"),),
         "r": (("public", "r_id_seq"),),
     }
-    assert len({id(fk.ref_columns) for fk in plan.fkeys}) == 1  # ("id",) for all three
+    assert len({id(fk.ref_columns) for fk in fks}) == 1  # ("id",) for all three
     tasks = {t.key[1]: t for t in plan.tasks}
     assert tasks["p"].columns == ("id", "v") and tasks["p2"].columns is tasks["p"].columns
     assert tasks["p2"].column_types is tasks["p"].column_types
@@ -260,7 +265,7 @@ def test_the_plan_names_each_table_with_one_tuple(src, dst):
 def test_the_plan_from_the_planning_process_is_the_plan_read_here(src, dst):
     """STEP 3 runs in a forked process that pickles the plan back (pgcopy.planner): what
     arrives equals what reading the catalogs in this process yields, warnings included,
-    its tasks and FKs packed (pgcopy.plan.Chunked), so the coordinator unpickles bytes."""
+    its tasks and FKs packed (pgcopy.packed.Chunked), so the coordinator unpickles bytes."""
     from pgcopy.connections import Session
     from pgcopy.log import Logger
     from pgcopy.plan import PlanInputs
@@ -358,7 +363,7 @@ def test_the_loads_results_are_packed_as_they_arrive():
     load: every full chunk is packed, fewer than a chunk are kept as objects, and a pass
     reads them back in order."""
     from pgcopy.coordinator import LoadOutcome
-    from pgcopy.plan import Appended
+    from pgcopy.packed import Appended
     from pgcopy.stream import TableResult
 
     out = LoadOutcome()

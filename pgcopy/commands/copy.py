@@ -58,7 +58,8 @@ from pgcopy.fkearly import EarlyRestorer
 from pgcopy.journal import Journal
 from pgcopy.log import Logger, safe_write
 from pgcopy.options import CopyOptions
-from pgcopy.plan import Chunked, Plan, PlanInputs
+from pgcopy.packed import Chunked
+from pgcopy.plan import Plan, PlanInputs
 from pgcopy.plan import batches as plan_batches
 from pgcopy.planner import PlanRequest, plan_apart
 from pgcopy.preflight import CHECKS

@@ -62,7 +62,7 @@ class FkEstimate:
     its validation scans), and the small tables between which FKs are added validated in
     one statement (on one connection, see fkeys.between)."""
 
-    fkeys: Sequence = ()  # the plan's (a plan.Chunked): read once, here, not kept
+    fkeys: Sequence = ()  # the plan's (a packed.Chunked): read once, here, not kept
     sizes: Sequence[float] = ()
     small: Container = frozenset()
 
