@@ -301,7 +301,7 @@ class Sizes:
     """oid -> (pg_total_relation_size, pg_table_size), in three arrays sorted by oid.
 
     As a dict of tuples of ints it was 240 bytes a table, 19 MB a side at 40,000 tables,
-    held while both catalogs are read; as arrays, 20 bytes."""
+    held while both catalogs are read; as arrays, 24 bytes."""
 
     __slots__ = ("oids", "totals", "datas")
 
