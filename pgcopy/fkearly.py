@@ -107,7 +107,6 @@ class EarlyRestorer:
         return fkmod.restore_all(renumbered(self.target, ready), batch, sessions)
 
     def _run(self) -> None:
-        fkmod.signals_to_main_thread()
         # the same sessions for every round; a stop ends the round between two batches
         sessions = fkmod.Sessions(self.target, self._stop.is_set)
         try:

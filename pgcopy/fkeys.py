@@ -15,7 +15,6 @@ validated, so a crash can never downgrade an FK for good.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections.abc import Callable, Container, Iterator, Sequence
@@ -154,19 +153,6 @@ class Sessions:
                 pass
 
 
-# the signals a run stops on (pgcopy.stopping's, and Ctrl-C's KeyboardInterrupt)
-STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
-
-
-def signals_to_main_thread() -> None:
-    """Block the stop signals in the calling thread (one of ours), so that the kernel
-    hands them to the main thread.  Python runs handlers only there, and one that landed
-    on another thread could wait unseen until the work was over: a Ctrl-C during
-    recover's FK batches was lost, exit 0 (once in CI)."""
-    if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-
-
 def _each(sessions: Sessions, items: list, fn: Callable) -> list:
     """``fn(conn, item)`` for every item on up to ``parallel`` sessions at once; the results
     in order.  After an error no item starts; the first is raised once the items in
@@ -188,7 +174,6 @@ def _each(sessions: Sessions, items: list, fn: Callable) -> list:
     lock = threading.Lock()
 
     def run() -> None:
-        signals_to_main_thread()
         while not errors:
             with lock:
                 i = next(taken, None)

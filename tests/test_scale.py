@@ -419,24 +419,3 @@ def test_the_fk_restore_reads_the_catalog_a_chunk_at_a_time_and_tells_every_case
     assert [fk.table[1] for fk, _ in out.missing] == ["c7"]
     assert sorted(heard) == [i for i in range(n) if i != 7]
     assert dst.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated") == n - 2
-
-
-def test_fk_batch_threads_leave_stop_signals_to_the_main_thread(dst):
-    """The threads running FK batches (fkeys._each) block SIGINT, SIGTERM and SIGHUP, so a
-    Ctrl-C always lands on the main thread, the only one where Python runs its handler: one
-    that landed on a batch thread was once noticed only after recover had finished (exit 0)."""
-    import signal
-
-    from pgcopy import fkeys as fkmod
-    from pgcopy.connections import Session
-
-    target = fkmod.RestoreTarget(dst.dsn, "5s", Session("masktest"), parallel=2)
-    sessions = fkmod.Sessions(target, interrupt=True)
-    try:
-        masks = fkmod._each(
-            sessions, [1, 2, 3], lambda conn, item: signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        )
-    finally:
-        sessions.close()
-    assert all(fkmod.STOP_SIGNALS <= set(mask) for mask in masks)
-    assert not fkmod.STOP_SIGNALS & set(signal.pthread_sigmask(signal.SIG_BLOCK, []))  # the main thread's

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pgcopy import fmt
 from pgcopy.catalog import qualname
 from pgcopy.coordinator import Reporter
-from pgcopy.fkeys import between, signals_to_main_thread
+from pgcopy.fkeys import between
 from pgcopy.log import Logger
 from pgcopy.progress import STREAM_PER_TABLE_BYTE, Expected, ProgressBus, ProgressModel, Snapshot, duration
 from pgcopy.stream import TableResult
@@ -147,7 +147,6 @@ class LiveView(LogReporter):
         self.teardown()
 
     def _run(self) -> None:
-        signals_to_main_thread()
         while not self._stop.is_set():
             try:
                 self.tick()
