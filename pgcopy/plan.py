@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as SequenceOf
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from pgcopy import catalog, formats, patterns, preflight
 from pgcopy.catalog import ForeignKey, Key, Sequence, Table
 from pgcopy.errors import PreflightError
 from pgcopy.log import Logger
-from pgcopy.packed import Chunked, Packed, T
+from pgcopy.packed import Chunked, Packed
 from pgcopy.task import SMALL_BYTES, CopyTask, SequenceValue
 
 
@@ -32,21 +32,13 @@ class Sequences:
 class Plan:
     """Everything the run will do, worked out from both catalogs before anything changes."""
 
-    tasks: SequenceOf[CopyTask]  # a Chunked once planned (see :meth:`packed`)
-    fkeys: SequenceOf[ForeignKey]
+    tasks: SequenceOf[CopyTask]  # a Chunked as build_plan makes them
+    fkeys: SequenceOf[ForeignKey]  # a Chunked too
     sequences: Packed[Sequences]
     matviews: list[Key]
     # loaded partitions -> their partitioned parents (other tables have none: no entry)
     ancestors: dict[Key, tuple[Key, ...]] = field(default_factory=dict)
     large_objects: int = 0  # on the source; not copied
-
-    def packed(self) -> Plan:
-        """This plan with its tasks and FKs kept packed (:class:`Chunked`)."""
-        return replace(self, tasks=_chunked(self.tasks), fkeys=_chunked(self.fkeys))
-
-
-def _chunked(items: SequenceOf[T]) -> Chunked[T]:
-    return items if isinstance(items, Chunked) else Chunked(items)
 
 
 BATCH_TABLES = 16

@@ -75,8 +75,7 @@ def read_plan(req: PlanRequest, log: Logger) -> Plan:
             scur.execute("SET TRANSACTION SNAPSHOT %s", (req.snapshot,))
         scur.execute("SET search_path = pg_catalog")
         fkmod.session_setup(dcur, req.lock_timeout)
-        # packed before the sequences are read: the lists of objects are gone by then
-        plan = build_plan(scur, dcur, req.inputs, log, src_sizes, dst_sizes).packed()
+        plan = build_plan(scur, dcur, req.inputs, log, src_sizes, dst_sizes)  # packed as it reads
         src.commit()
         dst.commit()
         if not req.readonly_dest:  # a dry run sets no sequence
