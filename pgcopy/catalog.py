@@ -153,6 +153,7 @@ def _fk_fields() -> tuple[str, ...]:
     return tuple(f.name for f in fields(ForeignKey))
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class ForeignKey:
     """One FK, in structured fields: the DDL that re-creates it is built from them with
@@ -253,6 +254,7 @@ class Trigger:
     enabled: str  # pg_trigger.tgenabled: O, D, R or A
 
 
+@by_position
 @dataclass(frozen=True, slots=True)
 class Sequence:
     """A sequence, and the table that owns it (serial or identity), if any."""

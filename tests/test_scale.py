@@ -172,12 +172,14 @@ def test_tasks_and_results_cross_the_line_without_filling_free_lists():
     """What crosses a worker's line pickles by position: dataclasses' own pickling of a
     slotted class left a tuple on CPython's free list per object, up to 2,000 per size
     (0.8 MB more in every worker at 10,000 tables).  Thousands of round trips now leave
-    the process's allocated blocks where they were."""
+    the process's allocated blocks where they were.  The plan's FKs and sequences, made
+    again from their packed chunks at each pass over them (235 chunks a run at 1,000
+    tables), pickle the same way: twice as fast to read as dataclasses' own."""
     import gc
     import pickle
     import sys
 
-    from pgcopy.catalog import CheckConstraint, Index, Trigger
+    from pgcopy.catalog import CheckConstraint, ForeignKey, Index, Sequence, Trigger
     from pgcopy.stream import TableResult
     from pgcopy.task import CopyTask
 
@@ -195,14 +197,19 @@ def test_tasks_and_results_cross_the_line_without_filling_free_lists():
         sequences=(("public", "t_id_seq"),),
     )
     result = TableResult(key, rows=3, bytes=10, seconds=0.5, format="binary")
-    assert pickle.loads(pickle.dumps(task, pickle.HIGHEST_PROTOCOL)) == task
-    assert pickle.loads(pickle.dumps(result, pickle.HIGHEST_PROTOCOL)) == result
+    fk = ForeignKey(
+        "t_p", key, ("public", "p"), "FOREIGN KEY (p) REFERENCES public.p(id)", True, ("p",), ("id",)
+    )
+    seq = Sequence(("public", "t_id_seq"), key)
+    for obj in (task, result, fk, seq):
+        assert pickle.loads(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)) == obj
 
     gc.collect()  # a full collection empties the free lists
     before = sys.getallocatedblocks()
     for _ in range(3000):
         pickle.loads(pickle.dumps([(1, task)], pickle.HIGHEST_PROTOCOL))
         pickle.loads(pickle.dumps(("done", 0, result), pickle.HIGHEST_PROTOCOL))
+        pickle.loads(pickle.dumps([fk, seq], pickle.HIGHEST_PROTOCOL))
     gc.collect(1)  # not a full collection: it would empty them again
     assert sys.getallocatedblocks() - before < 500
 
