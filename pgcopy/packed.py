@@ -55,6 +55,11 @@ class Chunked(SequenceOf[T]):
     __slots__ = ("chunks", "length", "_recent")  # chunks: one Packed list each
     CHUNK = 128
     RECENT = 4  # chunks kept as objects: the load reads a few neighbouring ones at a time
+    # A list of at most this many chunks keeps every chunk it has read as objects, passes
+    # included: a run reads its FKs and tasks whole a dozen times, 235 chunks unpickled
+    # at 1,000 tables; the memory this holds (16 chunks a list) does not grow with the
+    # table count.
+    KEPT = 16
 
     def __init__(self, items: Iterable[T] = ()):
         self.chunks: list[Packed[list[T]]] = []
@@ -73,7 +78,8 @@ class Chunked(SequenceOf[T]):
             if number == c:
                 return items
         items = self.chunks[c].open()
-        self._recent = ((c, items), *recent[: self.RECENT - 1])
+        keep = len(self.chunks) if len(self.chunks) <= self.KEPT else self.RECENT
+        self._recent = ((c, items), *recent[: keep - 1])
         return items
 
     def __len__(self) -> int:
@@ -89,6 +95,10 @@ class Chunked(SequenceOf[T]):
         return self._chunk(i // self.CHUNK)[i % self.CHUNK]
 
     def __iter__(self) -> Iterator[T]:
+        if len(self.chunks) <= self.KEPT:
+            for c in range(len(self.chunks)):
+                yield from self._chunk(c)
+            return
         for chunk in self.chunks:  # kept out of the recent chunks: a pass reads them all
             yield from chunk.open()
 

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from pgcopy import datasets
-from pgcopy.packed import Chunked
+from pgcopy.packed import Chunked, Packed
 from pgcopy.sandbox import FAST_SETTINGS, throwaway_cluster
 from tests.fix_clusters import Db
 from tests.helpers import OWNER, OWNER_PW, checksums, copy
@@ -341,28 +341,37 @@ def test_array_literals_and_sizes_read_back_as_given(src):
     assert catalog.Sizes().get(1, (7, 7)) == (7, 7)
 
 
-def test_a_chunked_list_reads_like_a_list_and_keeps_little_as_objects():
+def test_a_chunked_list_reads_like_a_list_and_keeps_little_as_objects(monkeypatch):
     """The plan's packed lists: indexing, slices and passes as a list's; a pickle carries
-    only the compressed chunks; at most RECENT chunks are kept as objects, and a pass
-    over all of them keeps none."""
+    only the compressed chunks.  A long list keeps at most RECENT chunks as objects, and
+    a pass over all of them keeps none; a list of at most KEPT chunks keeps each chunk it
+    has read, so passes after the first unpickle nothing."""
     import pickle
 
-    items = [(f"schema_{i % 7}", f"table_{i}", i * 1.5) for i in range(1000)]
+    n = 3 * Chunked.KEPT * Chunked.CHUNK // 2
+    items = [(f"schema_{i % 7}", f"table_{i}", i * 1.5) for i in range(n)]
     c = Chunked(items)
-    assert len(c) == 1000 and len(c.chunks) == -(-1000 // Chunked.CHUNK)
+    assert len(c) == n and len(c.chunks) == -(-n // Chunked.CHUNK) > Chunked.KEPT
     assert c == items and list(c) == items
     assert c._recent == ()  # whole passes go around the recent chunks
     assert c[:40] == items[:40] and c[5:900:97] == items[5:900:97]
     assert c[-1] == items[-1] and c[0] == items[0]
     with pytest.raises(IndexError):
-        c[1000]
+        c[n]
     for i in range(0, 1000, 61):
         assert c[i] == items[i]
-    assert [n for n, _ in c._recent] == [7, 6, 5, 4]  # the last RECENT chunks read, newest first
+    assert [k for k, _ in c._recent] == [7, 6, 5, 4]  # the last RECENT chunks read, newest first
     back = pickle.loads(pickle.dumps(c))
     assert back == items and back._recent == ()
     assert len(pickle.dumps(c)) < len(pickle.dumps(items)) / 2
     assert Chunked() == [] and len(Chunked()) == 0
+
+    short = Chunked(items[:1000])
+    assert list(short) == items[:1000] and len(short._recent) == len(short.chunks)
+    opened = []
+    monkeypatch.setattr(Packed, "open", lambda self: opened.append(self))  # any unpickling shows
+    assert list(short) == items[:1000] and short[999] == items[999] and not opened
+    assert pickle.loads(pickle.dumps(short))._recent == ()  # objects never cross a pickle
 
 
 def test_the_loads_results_are_packed_as_they_arrive():
