@@ -341,6 +341,39 @@ def test_array_literals_and_sizes_read_back_as_given(src):
     assert catalog.Sizes().get(1, (7, 7)) == (7, 7)
 
 
+def test_sizes_are_read_in_one_round_trip_per_few_tables(src):
+    """Each SIZE_CHUNK tables are sized by one statement in its own transaction: no BEGIN
+    and COMMIT around it (three round trips where one does), and the connection is given
+    back as it came."""
+    import math
+
+    from pgcopy import catalog
+
+    src.execute("".join(f"CREATE TABLE sized_{i} (id int PRIMARY KEY);" for i in range(45)))
+    conn = psycopg2.connect(src.dsn)
+    try:
+        cur = conn.cursor()
+        cur.execute("SET log_statement = 'all'; SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+        conn.commit()
+        start = src.cluster.logfile.stat().st_size
+        sizes = catalog.read_sizes(conn)
+        assert conn.autocommit is False
+        tables = dict(
+            src.query("SELECT 'sized_' || i, ('sized_' || i)::regclass::oid FROM generate_series(0, 44) i")
+        )
+        assert all(sizes.get(oid, None) is not None for oid in tables.values())
+    finally:
+        conn.close()
+    with open(src.cluster.logfile, "rb") as fh:
+        fh.seek(start)
+        ours = [line for line in fh.read().decode(errors="replace").splitlines() if f"[{pid}]" in line]
+    statements = [line.split("statement: ", 1)[1] for line in ours if "statement: " in line]
+    sized = [st for st in statements if "pg_table_size" in st]
+    assert len(sized) == math.ceil(len(sizes) / catalog.SIZE_CHUNK)
+    assert not [st for st in statements if st.strip().upper() in ("BEGIN", "COMMIT")]
+
+
 def test_a_chunked_list_reads_like_a_list_and_keeps_little_as_objects(monkeypatch):
     """The plan's packed lists: indexing, slices and passes as a list's; a pickle carries
     only the compressed chunks.  A long list keeps at most RECENT chunks as objects, and
