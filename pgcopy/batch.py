@@ -37,7 +37,8 @@ from pgcopy.stream import (
     check_counts,
     complete_table,
     copy_empty_rows,
-    copy_statements,
+    copy_from,
+    copy_to,
     empty_table,
     read_sequences,
     setval,
@@ -116,7 +117,7 @@ def read_batch(
         data = Spool() if task.columns else None
         try:
             if data is not None:
-                cur.copy_expert(renew + copy_statements(task)[0], data, size=CHUNK)
+                cur.copy_expert(renew + copy_to(task), data, size=CHUNK)
                 rows, nbytes = cur.rowcount, data.tell()
                 data.seek(0)
             else:
@@ -155,10 +156,11 @@ def _empty_all(dcur, plain: list[Spooled]) -> None:
     """The tables are locked already (``_lock_free``); TRUNCATE where DELETE would not do."""
     dcur.execute(
         sql.SQL("; ").join(
-            sql.SQL("DELETE FROM ONLY {}" if s.task.clear == "delete" else "TRUNCATE ONLY {}").format(
-                sql.Identifier(*s.task.key)
-            )
-            for s in plain
+            [
+                sql.SQL("DELETE FROM ONLY " if s.task.clear == "delete" else "TRUNCATE ONLY ")
+                + sql.Identifier(*s.task.key)
+                for s in plain
+            ]
         )
     )
 
@@ -181,7 +183,7 @@ def _commit_setting_sequences(src, dst, dcur, plain: list[Spooled]) -> None:
         seqs = read_sequences(src.cursor(), keys)
         setvals = sql.SQL(", ").join(setval(seq) for seq in seqs)
         dcur.execute(
-            sql.SQL("SELECT {}; COMMIT; BEGIN").format(setvals),
+            sql.SQL("SELECT ") + setvals + sql.SQL("; COMMIT; BEGIN"),
             [v for seq in seqs for v in (seq.last_value, seq.is_called)],
         )
     dst.commit()
@@ -205,27 +207,28 @@ def _failing(dst, index: int | None):
         raise TableFailed(index, exc) from exc
 
 
+def _lock_nowait(keys: list) -> sql.Composed:
+    tables = sql.SQL(", ").join([sql.Identifier(*k) for k in keys])
+    return (
+        sql.SQL("SAVEPOINT pgcopy_lock; LOCK TABLE ONLY ")
+        + tables
+        + sql.SQL(" IN ACCESS EXCLUSIVE MODE NOWAIT")
+    )
+
+
 def _lock_free(dcur, spooled: list[Spooled]) -> tuple[list[Spooled], list[Spooled]]:
     """Lock the batch's tables without waiting: (locked, busy).  A busy table is loaded on
     its own afterwards, so a lock held elsewhere never keeps the others locked (and their
     readers waiting) for a lock timeout, nor makes them roll back with it at a stop."""
     try:  # the usual case, in one round trip: nobody else holds any of them
-        dcur.execute(
-            sql.SQL("SAVEPOINT pgcopy_lock; LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE NOWAIT").format(
-                sql.SQL(", ").join(sql.Identifier(*s.task.key) for s in spooled)
-            )
-        )
+        dcur.execute(_lock_nowait([s.task.key for s in spooled]))
         return spooled, []
     except psycopg2.errors.LockNotAvailable:
         dcur.execute("ROLLBACK TO SAVEPOINT pgcopy_lock")
     locked, busy = [], []
     for s in spooled:
         try:
-            dcur.execute(
-                sql.SQL("SAVEPOINT pgcopy_lock; LOCK TABLE ONLY {} IN ACCESS EXCLUSIVE MODE NOWAIT").format(
-                    sql.Identifier(*s.task.key)
-                )
-            )
+            dcur.execute(_lock_nowait([s.task.key]))
             locked.append(s)
         except psycopg2.errors.LockNotAvailable:
             dcur.execute("ROLLBACK TO SAVEPOINT pgcopy_lock")
@@ -263,7 +266,7 @@ def _load(
             else:
                 s.data.seek(0)
                 failpoints.hit("mid-copy", in_worker=True)
-                dcur.copy_expert(copy_statements(s.task)[1], s.data, size=CHUNK)
+                dcur.copy_expert(copy_from(s.task), s.data, size=CHUNK)
                 src_rows, dst_rows = s.rows, dcur.rowcount
             check_counts(src_rows, dst_rows)
             done = (

@@ -101,17 +101,26 @@ class CountingReader:
         self._file.close()
 
 
-def copy_statements(task: CopyTask) -> tuple[sql.Composed, sql.Composed]:
-    """(COPY TO, COPY FROM) with the same explicit column list on both ends.  FREEZE needs
-    the table truncated in this transaction, so a table emptied by DELETE goes without."""
-    cols = sql.SQL(", ").join(sql.Identifier(c) for c in task.columns)
-    table = sql.Identifier(*task.key)
-    fmt = sql.SQL(task.format)
-    freeze = sql.SQL(", FREEZE" if task.clear == "truncate" else "")
-    return (
-        sql.SQL("COPY {} ({}) TO STDOUT (FORMAT {})").format(table, cols, fmt),
-        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT {}{})").format(table, cols, fmt, freeze),
-    )
+# The statements made for every table are put together with ``+`` (sql.Composed), not
+# SQL.format: format parses its template each call, which made composing a tiny table's
+# statements a large part of a worker's CPU (29 against 14 us for its COPYs).
+
+
+def copy_to(task: CopyTask) -> sql.Composed:
+    """COPY TO with the table's explicit column list (the same as :func:`copy_from`'s)."""
+    return _copy_head(task) + sql.SQL(f") TO STDOUT (FORMAT {task.format})")
+
+
+def copy_from(task: CopyTask) -> sql.Composed:
+    """COPY FROM; FREEZE needs the table truncated in this transaction, so a table emptied
+    by DELETE goes without."""
+    freeze = ", FREEZE" if task.clear == "truncate" else ""
+    return _copy_head(task) + sql.SQL(f") FROM STDIN (FORMAT {task.format}{freeze})")
+
+
+def _copy_head(task: CopyTask) -> sql.Composed:
+    cols = sql.SQL(", ").join([sql.Identifier(c) for c in task.columns])
+    return sql.SQL("COPY ") + sql.Identifier(*task.key) + sql.SQL(" (") + cols
 
 
 def begin_load(dcur, spec: StreamSpec) -> None:
@@ -255,7 +264,7 @@ def _add_checks(dcur, task: CopyTask) -> None:
 
 def setval(seq) -> sql.Composed:
     """``setval(seq, %s, %s)``; its parameters are ``seq.last_value, seq.is_called``."""
-    return sql.SQL("setval({}, %s, %s)").format(sql.Literal(regclass_literal(seq.key)))
+    return sql.SQL("setval(") + sql.Literal(regclass_literal(seq.key)) + sql.SQL(", %s, %s)")
 
 
 def read_sequences(scur, keys) -> list[SequenceValue]:
@@ -268,8 +277,10 @@ def read_sequences(scur, keys) -> list[SequenceValue]:
     if not keys:
         return []
     query = sql.SQL(" UNION ALL ").join(
-        sql.SQL("SELECT {}::int, last_value, is_called FROM {}").format(sql.Literal(j), sql.Identifier(*k))
-        for j, k in enumerate(keys)
+        [
+            sql.SQL(f"SELECT {j}::int, last_value, is_called FROM ") + sql.Identifier(*k)
+            for j, k in enumerate(keys)
+        ]
     )
     try:
         scur.execute(sql.SQL("SAVEPOINT pgcopy_seq; ") + query)
@@ -302,7 +313,7 @@ def analyze(dst, keys, lock_timeout: str) -> None:
     tables in one transaction (one commit instead of one per table)."""
     cur = dst.cursor()
     cur.execute("SET LOCAL lock_timeout = %s", (lock_timeout,))
-    cur.execute(sql.SQL("ANALYZE {}").format(sql.SQL(", ").join(sql.Identifier(*k) for k in keys)))
+    cur.execute(sql.SQL("ANALYZE ") + sql.SQL(", ").join([sql.Identifier(*k) for k in keys]))
     dst.commit()
 
 
@@ -369,11 +380,11 @@ def _stream(scur, dcur, task: CopyTask, codec: Codec | None, slot) -> tuple[int,
         pass  # keep the default size
     reader = CountingReader(rfd, codec, slot)
     load_error: list[BaseException] = []
-    copy_to, copy_from = copy_statements(task)
+    statement_to, statement_from = copy_to(task), copy_from(task)
 
     def load() -> None:
         try:
-            dcur.copy_expert(copy_from, reader, size=CHUNK)
+            dcur.copy_expert(statement_from, reader, size=CHUNK)
         except BaseException as exc:  # kept and re-raised by the main side
             load_error.append(exc)
         finally:
@@ -383,7 +394,7 @@ def _stream(scur, dcur, task: CopyTask, codec: Codec | None, slot) -> tuple[int,
     thread.start()
     writer = open_writer(wfd, codec, CHUNK)
     try:
-        scur.copy_expert(copy_to, writer)
+        scur.copy_expert(statement_to, writer)
         writer.close()
     except BaseException as exc:
         reader.source_failed = True

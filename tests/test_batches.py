@@ -271,3 +271,52 @@ def test_the_spool_spills_past_its_limit():
         subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip()
         == "False"
     )
+
+
+def test_the_per_table_statements_are_composed_without_parsing_a_template(src, monkeypatch):
+    """The statements a worker makes for every table (its COPYs, the batch's LOCK,
+    emptying, setvals and sequence read, ANALYZE) are put together with ``+``: SQL.format
+    parses its template at each call, and that was a large part of a worker's CPU at
+    thousands of tiny tables.  The text is what it was, identifiers quoted."""
+    import psycopg2
+    from psycopg2 import sql
+
+    from pgcopy import batch, stream
+    from pgcopy.task import CopyTask, SequenceValue
+
+    def refuse(self, *a, **k):
+        raise AssertionError("SQL.format in a per-table statement")
+
+    key = ("we ird", 'Ta"ble')
+    task = CopyTask(
+        key=key,
+        columns=("id", "Name"),
+        triggers=(),
+        est_rows=1,
+        est_bytes=1,
+        dest_est_rows=0,
+        dest_est_bytes=0,
+    )
+    seq = SequenceValue(("public", "t_id_seq"), 5, True)
+    conn = psycopg2.connect(src.dsn)
+    try:
+        monkeypatch.setattr(sql.SQL, "format", refuse)
+        made = [
+            stream.copy_to(task),
+            stream.copy_from(task),
+            batch._lock_nowait([key, ("public", "t")]),
+            stream.setval(seq),
+        ]
+        made = [m.as_string(conn) for m in made]
+        cur = conn.cursor()
+        cur.execute("CREATE TEMP TABLE seqs (last_value bigint, is_called bool)")  # a stand-in FROM
+        assert stream.read_sequences(cur, [("pg_temp", "seqs")]) == []
+        monkeypatch.undo()
+    finally:
+        conn.close()
+    assert made == [
+        'COPY "we ird"."Ta""ble" ("id", "Name") TO STDOUT (FORMAT binary)',
+        'COPY "we ird"."Ta""ble" ("id", "Name") FROM STDIN (FORMAT binary, FREEZE)',
+        'SAVEPOINT pgcopy_lock; LOCK TABLE ONLY "we ird"."Ta""ble", "public"."t" IN ACCESS EXCLUSIVE MODE NOWAIT',
+        'setval(\'"public"."t_id_seq"\', %s, %s)',
+    ]
