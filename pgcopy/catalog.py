@@ -177,17 +177,22 @@ class ForeignKey:
 
     def ddl(self) -> sql.Composed:
         """``FOREIGN KEY (...) REFERENCES ...`` for ALTER TABLE ... ADD CONSTRAINT name."""
-        idents = lambda names: sql.SQL(", ").join(sql.Identifier(n) for n in names)  # noqa: E731
+        # composed with +, not SQL.format, which parses its template at each call
+        idents = lambda names: sql.SQL(", ").join([sql.Identifier(n) for n in names])  # noqa: E731
         parts = [
-            sql.SQL("FOREIGN KEY ({}) REFERENCES {} ({}) MATCH ").format(
-                idents(self.columns), sql.Identifier(*self.ref_table), idents(self.ref_columns)
-            )
-            + sql.SQL(FK_MATCH[self.match]),
-            sql.SQL(" ON UPDATE " + FK_ACTIONS[self.on_update]),
-            sql.SQL(" ON DELETE " + FK_ACTIONS[self.on_delete]),
+            sql.SQL("FOREIGN KEY ("),
+            idents(self.columns),
+            sql.SQL(") REFERENCES "),
+            sql.Identifier(*self.ref_table),
+            sql.SQL(" ("),
+            idents(self.ref_columns),
+            sql.SQL(
+                f") MATCH {FK_MATCH[self.match]} ON UPDATE {FK_ACTIONS[self.on_update]}"
+                f" ON DELETE {FK_ACTIONS[self.on_delete]}"
+            ),
         ]
         if self.delete_set_columns:
-            parts.append(sql.SQL(" ({})").format(idents(self.delete_set_columns)))
+            parts += [sql.SQL(" ("), idents(self.delete_set_columns), sql.SQL(")")]
         if self.deferrable:
             parts.append(sql.SQL(" DEFERRABLE INITIALLY " + ("DEFERRED" if self.deferred else "IMMEDIATE")))
         return sql.Composed(parts)

@@ -83,7 +83,11 @@ class RestoreOutcome:
 
 
 def _alter(fk: ForeignKey, action: str) -> sql.Composed:
-    return sql.SQL("ALTER TABLE {} " + action).format(sql.Identifier(*fk.table), sql.Identifier(fk.name))
+    """``ALTER TABLE <its table> <action> <its name>``: composed with ``+``, as every
+    statement made per FK (SQL.format parses its template at each call)."""
+    return (
+        sql.SQL("ALTER TABLE ") + sql.Identifier(*fk.table) + sql.SQL(f" {action} ") + sql.Identifier(fk.name)
+    )
 
 
 def session_setup(cur, lock_timeout: str) -> None:
@@ -216,9 +220,8 @@ def _lock_statement(batch: list[ForeignKey], mode: str) -> sql.Composed:
     instead, which runs without it, as before.  It goes to the server in one string with
     the batch's first statements: a round trip less per batch."""
     tables = sorted({fk.table for fk in batch} | {fk.ref_table for fk in batch})
-    return sql.SQL("LOCK TABLE ONLY {} IN " + mode + " MODE").format(
-        sql.SQL(", ").join(sql.Identifier(*t) for t in tables)
-    )
+    names = sql.SQL(", ").join([sql.Identifier(*t) for t in tables])
+    return sql.SQL("LOCK TABLE ONLY ") + names + sql.SQL(f" IN {mode} MODE")
 
 
 def _touching(conn, fkeys: Sequence[ForeignKey], where: str) -> set[tuple]:
@@ -287,7 +290,7 @@ def _in_parallel(sessions: Sessions, fkeys: Sequence[ForeignKey], run: Callable)
 
 
 def _drop_batch(cur, batch: list[ForeignKey], lock: bool) -> None:
-    drops = [_alter(fk, "DROP CONSTRAINT IF EXISTS {}") for fk in batch]
+    drops = [_alter(fk, "DROP CONSTRAINT IF EXISTS") for fk in batch]
     try:  # one round trip for the whole batch, its LOCK included
         cur.execute(
             sql.SQL("; ").join(([_lock_statement(batch, "ACCESS EXCLUSIVE")] if lock else []) + drops)
@@ -341,13 +344,16 @@ def _now(conn, fkeys: list[ForeignKey]) -> Iterator[tuple[ForeignKey, ForeignKey
 def _add_statement(fk: ForeignKey, validated_now: bool) -> sql.Composed:
     """ADD CONSTRAINT, and its COMMENT; the comment is a literal so that several of these
     can go to the server as one string."""
-    add = _alter(fk, "ADD CONSTRAINT {} ") + fk.ddl()
+    add = _alter(fk, "ADD CONSTRAINT") + sql.SQL(" ") + fk.ddl()
     parts = [add if validated_now else add + sql.SQL(" NOT VALID")]
     if fk.comment is not None:
         parts.append(
-            sql.SQL("COMMENT ON CONSTRAINT {} ON {} IS {}").format(
-                sql.Identifier(fk.name), sql.Identifier(*fk.table), sql.Literal(fk.comment)
-            )
+            sql.SQL("COMMENT ON CONSTRAINT ")
+            + sql.Identifier(fk.name)
+            + sql.SQL(" ON ")
+            + sql.Identifier(*fk.table)
+            + sql.SQL(" IS ")
+            + sql.Literal(fk.comment)
         )
     return sql.SQL("; ").join(parts)
 
@@ -509,7 +515,7 @@ def _validate_group(
             break
         t0 = time.monotonic()
         try:
-            conn.cursor().execute(_alter(fk, "VALIDATE CONSTRAINT {}"))
+            conn.cursor().execute(_alter(fk, "VALIDATE CONSTRAINT"))
             failpoints.hit("during-validate")
             conn.commit()
             out.append((fk, None))

@@ -468,3 +468,54 @@ def test_the_fk_restore_reads_the_catalog_a_chunk_at_a_time_and_tells_every_case
     assert [fk.table[1] for fk, _ in out.missing] == ["c7"]
     assert sorted(heard) == [i for i in range(n) if i != 7]
     assert dst.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated") == n - 2
+
+
+def test_the_per_fk_statements_are_composed_without_parsing_a_template(src, monkeypatch):
+    """A run makes an ADD, a DROP and perhaps a VALIDATE for every FK, and a LOCK per
+    batch: composed with ``+``, since SQL.format parses its template at each call.  The
+    text is what it was: quoted identifiers, MATCH, actions, SET NULL columns,
+    deferrability, the comment a literal."""
+    from psycopg2 import sql
+
+    from pgcopy import fkeys as fkmod
+    from pgcopy.catalog import ForeignKey
+
+    def refuse(self, *a, **k):
+        raise AssertionError("SQL.format in a per-FK statement")
+
+    fk = ForeignKey(
+        'we"ird',
+        ("s x", "T"),
+        ("s2", "R"),
+        "-",
+        True,
+        ("a", "B c"),
+        ("id", "k"),
+        "f",
+        "c",
+        "n",
+        True,
+        True,
+        ("a",),
+        "it's",
+    )
+    conn = psycopg2.connect(src.dsn)
+    try:
+        monkeypatch.setattr(sql.SQL, "format", refuse)
+        made = [
+            fkmod._add_statement(fk, validated_now=False),
+            fkmod._alter(fk, "DROP CONSTRAINT IF EXISTS"),
+            fkmod._alter(fk, "VALIDATE CONSTRAINT"),
+            fkmod._lock_statement([fk], "SHARE ROW EXCLUSIVE"),
+        ]
+        made = [m.as_string(conn) for m in made]
+    finally:
+        conn.close()
+    assert made == [
+        'ALTER TABLE "s x"."T" ADD CONSTRAINT "we""ird" FOREIGN KEY ("a", "B c") REFERENCES "s2"."R" ("id", "k") '
+        'MATCH FULL ON UPDATE CASCADE ON DELETE SET NULL ("a") DEFERRABLE INITIALLY DEFERRED NOT VALID; '
+        """COMMENT ON CONSTRAINT "we""ird" ON "s x"."T" IS 'it''s'""",
+        'ALTER TABLE "s x"."T" DROP CONSTRAINT IF EXISTS "we""ird"',
+        'ALTER TABLE "s x"."T" VALIDATE CONSTRAINT "we""ird"',
+        'LOCK TABLE ONLY "s x"."T", "s2"."R" IN SHARE ROW EXCLUSIVE MODE',
+    ]
