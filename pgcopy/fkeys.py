@@ -28,6 +28,7 @@ from psycopg2 import sql
 from pgcopy import catalog, failpoints
 from pgcopy.catalog import ForeignKey, qualname
 from pgcopy.connections import Session, connect, error_line, make_durable
+from pgcopy.errors import PgcopyError
 
 # Each FK dropped or added takes about six lock-table entries in its transaction; the
 # server's lock table holds max_locks_per_transaction (64 by default) per connection slot.
@@ -102,6 +103,10 @@ def _batches(items: list, size: int):
         yield items[i : i + size]
 
 
+class NoSession(Exception):
+    """A further session could not be opened while others are: the work goes on on those."""
+
+
 class Sessions:
     """Destination sessions shared by a restore's threads: one is made only when none is
     idle, so there are never more than run at once, and they are reused across phases (and,
@@ -122,8 +127,14 @@ class Sessions:
     def session(self) -> Iterator:
         with self._lock:
             conn = self._idle.pop() if self._idle else None
+            others = bool(self._all)
         if conn is None:
-            conn = connect(self.target.dsn, "destination", self.target.session)
+            try:
+                conn = connect(self.target.dsn, "destination", self.target.session)
+            except (PgcopyError, psycopg2.OperationalError):
+                if others:  # a server short of connection slots: the sessions open will do
+                    raise NoSession() from None
+                raise
             with self._lock:
                 self._all.append(conn)
             session_setup(conn.cursor(), self.target.lock_timeout)
@@ -175,16 +186,21 @@ def _each(sessions: Sessions, items: list, fn: Callable) -> list:
     results: list = [None] * len(items)
     errors: list[BaseException] = []
     taken = iter(range(len(items)))
+    given_back: list[int] = []  # taken by a thread that could not open a session
     lock = threading.Lock()
 
     def run() -> None:
         while not errors:
             with lock:
-                i = next(taken, None)
+                i = given_back.pop() if given_back else next(taken, None)
             if i is None:
                 return
             try:
                 results[i] = call(items[i])
+            except NoSession:
+                with lock:
+                    given_back.append(i)
+                return  # one thread fewer
             except BaseException as exc:  # noqa: BLE001 - raised by the caller's thread
                 errors.append(exc)
 
@@ -205,6 +221,9 @@ def _each(sessions: Sessions, items: list, fn: Callable) -> list:
             t.join()
     if errors:
         raise errors[0]
+    for i in given_back:  # left when the threads with a session had ended
+        if not (sessions.interrupt and sessions.stopping()):
+            results[i] = call(items[i])
     return results
 
 

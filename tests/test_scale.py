@@ -519,3 +519,42 @@ def test_the_per_fk_statements_are_composed_without_parsing_a_template(src, monk
         'ALTER TABLE "s x"."T" VALIDATE CONSTRAINT "we""ird"',
         'LOCK TABLE ONLY "s x"."T", "s2"."R" IN SHARE ROW EXCLUSIVE MODE',
     ]
+
+
+def test_fk_phases_go_on_with_the_sessions_they_could_open(dst):
+    """The FK drops and restores use more sessions than --parallel (the workers' and the
+    early restore's share); a server that refuses one more (here the role's CONNECTION
+    LIMIT) leaves the phase on the sessions it has, and every FK comes back."""
+    from pgcopy import catalog
+    from pgcopy import fkeys as fkmod
+    from pgcopy.connections import Session
+
+    dst.execute(
+        "DROP ROLE IF EXISTS fk_two; CREATE ROLE fk_two LOGIN PASSWORD 'two' CONNECTION LIMIT 2;"
+        "CREATE SCHEMA two AUTHORIZATION fk_two; SET ROLE fk_two;"
+        "CREATE TABLE two.p (id int PRIMARY KEY); INSERT INTO two.p VALUES (1);"
+        + "".join(f"CREATE TABLE two.c{i} (id int PRIMARY KEY, p int REFERENCES two.p); " for i in range(40))
+    )
+    dsn = dst.cluster.dsn(dst.dbname, user="fk_two", password="two")
+    conn = psycopg2.connect(dsn)
+    cur = conn.cursor()
+    fkmod.session_setup(cur, "5s")
+    fks = [fk for fk in catalog.read_foreign_keys(cur) if fk.table[0] == "two"]
+    conn.close()
+    assert len(fks) == 40
+    target = fkmod.RestoreTarget(dsn, "5s", Session("slots"), parallel=6)
+    fkmod.drop_all(target, fks)
+    assert (
+        dst.scalar(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'two'::regnamespace"
+        )
+        == 0
+    )
+    out = fkmod.restore_all(target, fks)
+    assert out.complete and len(out.restored) == 40
+    assert (
+        dst.scalar(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND connamespace = 'two'::regnamespace"
+        )
+        == 40
+    )
