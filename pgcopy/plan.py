@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as SequenceOf
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pgcopy import catalog, formats, patterns, preflight
@@ -98,8 +99,10 @@ def build_plan(
 def _planned(src_cur, dst_cur, inputs, log, src_sizes, dst_sizes) -> tuple[dict, Sequences]:
     """The plan's fields but its sequences, and those; the catalogs die with this frame."""
     shared = catalog.Shared()  # for the plan's making only: the plan holds what it shares
-    src_tables = catalog.read_tables(src_cur, src_sizes, shared)
-    dst_tables = catalog.read_tables(dst_cur, dst_sizes, shared)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgcopy-source-catalog") as source:
+        src_read = source.submit(catalog.read_tables, src_cur, src_sizes, shared)  # beside ours
+        dst_tables = catalog.read_tables(dst_cur, dst_sizes, shared)
+        src_tables = src_read.result()
     matched = patterns.select_or_refuse(src_tables, inputs.include, inputs.exclude, log.warn)
     selected = [t for t in matched if t.kind != "partitioned parent"]
     if not selected:

@@ -11,6 +11,7 @@ import functools
 import json
 from collections.abc import Callable
 from collections.abc import Sequence as SequenceOf
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pgcopy import catalog, patterns
@@ -103,20 +104,28 @@ def read_catalogs(
         dst_cur=dst_cur,
         selected=selected,
         dst_by_key=dst_by_key,
-        src_cols=catalog.read_columns(src_cur, [t.oid for t in present], shared),
-        dst_cols=catalog.read_columns(dst_cur, dst_oids, shared),
+        src_cols={},
+        dst_cols={},
         fkeys=[],
         leaves=_leaves_of(dst_tables),
-        triggers=catalog.read_triggers(dst_cur, dst_oids, shared),
-        checks=catalog.read_not_valid_checks(dst_cur, dst_oids),
+        triggers={},
+        checks={},
         sequences=[],
         shared=shared,
     )
     rel = cats.rel_set
-    # packed as they are read: the checks and the plan read them a few passes over
-    fkeys = catalog.foreign_keys(dst_cur, shared=shared)
-    cats.fkeys = Chunked(fk for fk in fkeys if fk.table in rel or fk.ref_table in rel)
-    cats.sequences = _sequences(src_cur, rel, include, exclude, shared)
+    # the source's reads on a thread of their own, beside the destination's (two servers;
+    # psycopg2 lets go of the GIL while it waits on one); in order on its one cursor
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgcopy-source-catalog") as source:
+        src_cols = source.submit(catalog.read_columns, src_cur, [t.oid for t in present], shared)
+        sequences = source.submit(_sequences, src_cur, rel, include, exclude, shared)
+        cats.dst_cols = catalog.read_columns(dst_cur, dst_oids, shared)
+        cats.triggers = catalog.read_triggers(dst_cur, dst_oids, shared)
+        cats.checks = catalog.read_not_valid_checks(dst_cur, dst_oids)
+        # packed as they are read: the checks and the plan read them a few passes over
+        fkeys = catalog.foreign_keys(dst_cur, shared=shared)
+        cats.fkeys = Chunked(fk for fk in fkeys if fk.table in rel or fk.ref_table in rel)
+        cats.src_cols, cats.sequences = src_cols.result(), sequences.result()
     return cats
 
 

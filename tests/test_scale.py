@@ -558,3 +558,44 @@ def test_fk_phases_go_on_with_the_sessions_they_could_open(dst):
         )
         == 40
     )
+
+
+def test_the_planning_reads_the_source_beside_the_destination(src, dst, monkeypatch):
+    """The source's catalog reads (tables, columns, sequences) run on a thread of their
+    own while the destination's run: two servers answering at once, where the planning
+    waited for one, then the other.  Shown by a source read that waits until the
+    destination's columns have been read: in turn, it would never end."""
+    import threading
+
+    from pgcopy import catalog
+    from pgcopy.log import Logger
+    from pgcopy.plan import PlanInputs, build_plan
+
+    schema = "CREATE TABLE a (id serial PRIMARY KEY); CREATE TABLE b (id int PRIMARY KEY, a int REFERENCES a)"
+    src.execute(schema)
+    dst.execute(schema)
+    dst_read = threading.Event()
+    threads: dict[str, str] = {}
+    read_columns = catalog.read_columns
+
+    def columns(cur, oids, shared=None):
+        side = "source" if cur.connection.dsn == src_dsn else "destination"
+        threads[side] = threading.current_thread().name
+        if side == "source":
+            assert dst_read.wait(10), "the source was read after the destination, not beside it"
+        out = read_columns(cur, oids, shared)
+        if side == "destination":
+            dst_read.set()
+        return out
+
+    monkeypatch.setattr(catalog, "read_columns", columns)
+    sconn, dconn = src.connect(), dst.connect()
+    src_dsn = sconn.dsn
+    try:
+        sizes = catalog.read_sizes(sconn), catalog.read_sizes(dconn)
+        plan = build_plan(sconn.cursor(), dconn.cursor(), PlanInputs(), Logger(stream=None), *sizes)
+    finally:
+        sconn.close()
+        dconn.close()
+    assert {t.key[1] for t in plan.tasks} == {"a", "b"} and len(plan.fkeys) == 1
+    assert threads["source"] != threads["destination"] == threading.current_thread().name
