@@ -420,7 +420,7 @@ def _add_together(
     modes = {(fk.table, fk.name): how(fk) for fk in batch}
     t0 = time.monotonic()
     adds = sql.SQL("; ").join(_add_statement(fk, modes[(fk.table, fk.name)] != "not valid") for fk in batch)
-    stmt = sql.SQL("SAVEPOINT pgcopy_fks; {}; RELEASE SAVEPOINT pgcopy_fks").format(adds)
+    stmt = sql.SQL("SAVEPOINT pgcopy_fks; ") + adds + sql.SQL("; RELEASE SAVEPOINT pgcopy_fks")
     try:
         cur.execute(
             sql.SQL("; ").join([_lock_statement(batch, "SHARE ROW EXCLUSIVE"), stmt]) if lock else stmt

@@ -636,9 +636,9 @@ class CopyRun:
         and the early restore's sessions are closed by then: those phases use the
         workers' and the early restore's share of the destination connections
         (check_connections counted them).  More sessions than cores still help: each
-        waits on its round trips between the server's work (1,071 FKs at 2 sessions:
-        restore 367 ms, at 3: 326).  A server out of slots all the same leaves the
-        phase on the sessions it has (fkeys.Sessions)."""
+        waits on its round trips between the server's work (1,071 FKs restored in
+        367-397 ms on 2 sessions, 326-357 on 3).  A server out of slots all the same
+        leaves the phase on the sessions it has (fkeys.NoSession)."""
         o = self.opts
         parallel = o.parallel + max(1, o.parallel // 2)
         return fkmod.RestoreTarget(o.dest, o.lock_timeout, self.session, parallel, **kw)
