@@ -5,14 +5,54 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field, fields
+from typing import TextIO
 
 from pgcopy import fmt
 from pgcopy.catalog import qualname
+from pgcopy.packed import Appended
 
 # 2: the dry-run plan lost replica_mode (load transactions no longer use replica mode)
 REPORT_VERSION = 2
+
+
+TABLE_FIELDS = (
+    "table",
+    "status",
+    "rows",
+    "bytes",
+    "wire_bytes",
+    "seconds",
+    "format",
+    "format_reason",
+    "codec",
+    "emptied_by",
+    "batched",
+    "error",
+    "side",
+    "verified",
+    "verify_seconds",
+)
+
+
+class TableEntries(Appended):
+    """The per-table entries of the report: dicts in and out, kept packed as tuples of
+    TABLE_FIELDS (40,000 entries as dicts held 25 MB in the coordinator to the end)."""
+
+    __slots__ = ()
+
+    def append(self, entry: dict) -> None:
+        super().append(tuple(entry[k] for k in TABLE_FIELDS))
+
+    def __iter__(self):
+        for values in super().__iter__():
+            yield dict(zip(TABLE_FIELDS, values, strict=True))
+
+
+def _names() -> Appended[str]:
+    return Appended()
 
 
 @dataclass
@@ -21,7 +61,7 @@ class RunReport:
 
     options: dict = field(default_factory=dict)  # with connections described, never passwords
     tables_total: int = 0
-    tables: list[dict] = field(default_factory=list)  # one entry per selected table
+    tables: TableEntries = field(default_factory=TableEntries)  # one entry per selected table
     rows: int = 0  # COPY's own counts
     bytes: int = 0  # COPY data before the codec, counted per chunk
     wire_bytes: int = 0  # after the codec (equal to bytes without --compress)
@@ -29,12 +69,12 @@ class RunReport:
     formats: dict[str, int] = field(default_factory=dict)  # tables per format
     worker_peak_rss_kb: int = 0  # the largest worker's peak RSS (getrusage)
     worker_cpu_seconds: float = 0.0  # all workers' user + system CPU
-    fkeys_dropped: list[str] = field(default_factory=list)
-    fkeys_restored: list[str] = field(default_factory=list)
-    fkeys_not_valid: list[str] = field(default_factory=list)
-    fkeys_missing: list[str] = field(default_factory=list)
+    fkeys_dropped: Appended[str] = field(default_factory=_names)  # packed: one per FK
+    fkeys_restored: Appended[str] = field(default_factory=_names)  # packed: one per FK
+    fkeys_not_valid: Appended[str] = field(default_factory=_names)  # packed: one per FK
+    fkeys_missing: Appended[str] = field(default_factory=_names)  # packed: one per FK
     triggers_held: int = 0
-    sequences_set: list[str] = field(default_factory=list)
+    sequences_set: Appended[str] = field(default_factory=_names)  # packed: one per sequence
     matviews_refreshed: list[str] = field(default_factory=list)
     large_objects: int = 0  # on the source; not copied
     warnings: list[str] = field(default_factory=list)
@@ -164,13 +204,11 @@ class RunReport:
 
     def write(self, path: str) -> None:
         if path == "-":
-            print(_lines(self.to_dict()), end="")
+            _write_lines(self.to_dict(), sys.stdout)
             return
         tmp = f"{path}.tmp"
         with open(tmp, "w") as fh:
-            # one table per line, each encoded by json's C encoder (indent= is pure Python:
-            # 0.2 s per 1,000 tables)
-            fh.write(_lines(self.to_dict()))
+            _write_lines(self.to_dict(), fh)
         os.replace(tmp, path)
 
     def box(self) -> str:
@@ -210,13 +248,18 @@ class RunReport:
         return "\n".join(out)
 
 
-def _lines(d: dict) -> str:
-    """The report as JSON: top-level keys one per line, lists one item per line."""
-    out = []
-    for k, v in d.items():
-        if isinstance(v, list) and v:
-            items = ",\n    ".join(json.dumps(x) for x in v)
-            out.append(f"  {json.dumps(k)}: [\n    {items}\n  ]")
+def _write_lines(d: dict, out: TextIO) -> None:
+    """The report as JSON: top-level keys one per line, lists one item per line, each
+    encoded by json's C encoder (indent= is pure Python: 0.2 s per 1,000 tables) and
+    written as made (the whole text of 40,000 tables' entries is 20 MB)."""
+    out.write("{\n")
+    for n, (k, v) in enumerate(d.items()):
+        out.write(",\n" if n else "")
+        if isinstance(v, (list, Appended)) and len(v):
+            out.write(f"  {json.dumps(k)}: [\n    ")
+            for i, item in enumerate(v):
+                out.write(",\n    " + json.dumps(item) if i else json.dumps(item))
+            out.write("\n  ]")
         else:
-            out.append(f"  {json.dumps(k)}: {json.dumps(v)}")
-    return "{\n" + ",\n".join(out) + "\n}\n"
+            out.write(f"  {json.dumps(k)}: {json.dumps(v if not isinstance(v, Appended) else [])}")
+    out.write("\n}\n")

@@ -4,6 +4,7 @@ exporting transaction ends while the last tables are still loading."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -11,7 +12,7 @@ import psycopg2
 import pytest
 
 from pgcopy import datasets
-from pgcopy.packed import Chunked, Packed
+from pgcopy.packed import Appended, Chunked, Packed
 from pgcopy.sandbox import FAST_SETTINGS, throwaway_cluster
 from tests.fix_clusters import Db
 from tests.helpers import OWNER, OWNER_PW, checksums, copy
@@ -412,7 +413,6 @@ def test_the_loads_results_are_packed_as_they_arrive():
     load: every full chunk is packed, fewer than a chunk are kept as objects, and a pass
     reads them back in order."""
     from pgcopy.coordinator import LoadOutcome
-    from pgcopy.packed import Appended
     from pgcopy.stream import TableResult
 
     out = LoadOutcome()
@@ -425,12 +425,13 @@ def test_the_loads_results_are_packed_as_they_arrive():
     assert Appended(results[:5]) == results[:5] and not Appended()
 
 
-def test_the_fk_restore_reads_the_catalog_a_chunk_at_a_time_and_tells_every_case(dst, monkeypatch):
+@pytest.mark.parametrize("window", [4096, 4])
+def test_the_fk_restore_reads_the_catalog_a_chunk_at_a_time_and_tells_every_case(dst, monkeypatch, window):
     """drop_all makes its batches' FKs when they run, restore_all compares FKs with the
-    catalog PRESENT_CHUNK at a time: across chunk boundaries each case is still told apart
-    (absent: re-created; present NOT VALID: validated; rows that break it: left NOT VALID;
-    another constraint of its name: missing), and the display hears each settled FK's
-    position in the list once."""
+    catalog PRESENT_CHUNK at a time and restores them WINDOW at a time: across chunk and
+    window boundaries each case is still told apart (absent: re-created; present NOT
+    VALID: validated; rows that break it: left NOT VALID; another constraint of its name:
+    missing), and the display hears each settled FK's position in the whole list once."""
     from dataclasses import replace
 
     from pgcopy import catalog
@@ -438,6 +439,7 @@ def test_the_fk_restore_reads_the_catalog_a_chunk_at_a_time_and_tells_every_case
     from pgcopy.connections import Session
 
     monkeypatch.setattr(fkmod, "PRESENT_CHUNK", 3)
+    monkeypatch.setattr(fkmod, "WINDOW", window)
     n = 10
     dst.execute(
         "CREATE TABLE p (id int PRIMARY KEY); INSERT INTO p SELECT generate_series(1, 5);"
@@ -468,6 +470,7 @@ def test_the_fk_restore_reads_the_catalog_a_chunk_at_a_time_and_tells_every_case
     assert [fk.table[1] for fk, _ in out.missing] == ["c7"]
     assert sorted(heard) == [i for i in range(n) if i != 7]
     assert dst.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND convalidated") == n - 2
+    assert isinstance(out.restored, Appended)  # packed as it grows
 
 
 def test_the_per_fk_statements_are_composed_without_parsing_a_template(src, monkeypatch):
@@ -599,3 +602,22 @@ def test_the_planning_reads_the_source_beside_the_destination(src, dst, monkeypa
         dconn.close()
     assert {t.key[1] for t in plan.tasks} == {"a", "b"} and len(plan.fkeys) == 1
     assert threads["source"] != threads["destination"] == threading.current_thread().name
+
+
+def test_the_report_keeps_its_long_lists_packed_and_writes_them_whole(tmp_path):
+    """Per-table entries and per-FK names stay packed until the report is written (at
+    40,000 tables they held 35 MB as dicts and strings); the JSON has every one, in order."""
+    from pgcopy.report import TABLE_FIELDS, RunReport
+
+    rep = RunReport()
+    entries = [{k: (f"public.t{i}" if k == "table" else i) for k in TABLE_FIELDS} for i in range(300)]
+    for e in entries:
+        rep.tables.append(e)
+    rep.fkeys_restored = Appended(f"fk{i}" for i in range(200))
+    assert len(rep.tables.chunks) == 2 and len(rep.fkeys_restored.chunks) == 1  # packed, tails as objects
+    rep.write(str(tmp_path / "r.json"))
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["tables"] == entries and data["fkeys_restored"] == [f"fk{i}" for i in range(200)]
+    assert (
+        data["fkeys_dropped"] == [] and data["sequences_set"] == [] and data["totals"]["tables_copied"] == 0
+    )

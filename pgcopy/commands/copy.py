@@ -58,7 +58,7 @@ from pgcopy.fkearly import EarlyRestorer
 from pgcopy.journal import Journal
 from pgcopy.log import Logger, safe_write
 from pgcopy.options import CopyOptions
-from pgcopy.packed import Chunked
+from pgcopy.packed import Appended, Chunked
 from pgcopy.plan import Plan, PlanInputs
 from pgcopy.plan import batches as plan_batches
 from pgcopy.planner import PlanRequest, plan_apart
@@ -652,10 +652,10 @@ class CopyRun:
         restored = fkmod.restore_all(self.fk_target(small=small, on_settled=view.fk_settled), fkeys)
         fkmod.log_outcome(restored, self.log)
         if self.dropped:
-            self.report.fkeys_dropped = [fkmod.describe(fk) for fk in fkeys]
-        self.report.fkeys_restored = [fkmod.describe(fk) for fk in restored.restored]
-        self.report.fkeys_not_valid = [fkmod.describe(fk) for fk, _ in restored.not_valid]
-        self.report.fkeys_missing = [fkmod.describe(fk) for fk, _ in restored.missing]
+            self.report.fkeys_dropped = Appended(fkmod.describe(fk) for fk in fkeys)
+        self.report.fkeys_restored = Appended(fkmod.describe(fk) for fk in restored.restored)
+        self.report.fkeys_not_valid = Appended(fkmod.describe(fk) for fk, _ in restored.not_valid)
+        self.report.fkeys_missing = Appended(fkmod.describe(fk) for fk, _ in restored.missing)
         if restored.complete:
             self.journal.remove()
         else:
@@ -673,8 +673,10 @@ class CopyRun:
         self.report.mark("sequences and matviews")
         self.log.info("STEP 7: sequences and materialized views")
         done_keys = {r.key for r in outcome.done}
-        in_load = [qualname(k) for t in plan.tasks if t.key in done_keys for k in t.sequences]
-        self.report.sequences_set = in_load + sequences.set_others(self.dst, plan, done_keys, self.log)
+        in_load = (qualname(k) for t in plan.tasks if t.key in done_keys for k in t.sequences)
+        self.report.sequences_set = Appended(in_load)
+        for name in sequences.set_others(self.dst, plan, done_keys, self.log):
+            self.report.sequences_set.append(name)
         if self.stop():
             self.log.warn("stopping: materialized views not refreshed")
         elif self.opts.refresh_matviews and outcome.done:
