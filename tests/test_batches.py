@@ -320,3 +320,27 @@ def test_the_per_table_statements_are_composed_without_parsing_a_template(src, m
         'SAVEPOINT pgcopy_lock; LOCK TABLE ONLY "we ird"."Ta""ble", "public"."t" IN ACCESS EXCLUSIVE MODE NOWAIT',
         'setval(\'"public"."t_id_seq"\', %s, %s)',
     ]
+
+
+def test_a_partitioned_parents_sequence_is_set_when_one_of_its_leaves_loaded(src, dst, state):
+    """A sequence owned by a partitioned parent is set after the load once any of its
+    leaves has committed (here only one leaf is selected), and left alone when none has."""
+    for db in (src, dst):
+        db.execute(
+            "CREATE TABLE pp (id serial, part int, PRIMARY KEY (id, part)) PARTITION BY LIST (part);"
+            "CREATE TABLE pp1 PARTITION OF pp FOR VALUES IN (1); CREATE TABLE pp2 PARTITION OF pp FOR VALUES IN (2);"
+            "CREATE TABLE qq (id serial, part int, PRIMARY KEY (id, part)) PARTITION BY LIST (part);"
+            "CREATE TABLE qq1 PARTITION OF qq FOR VALUES IN (1);"
+        )
+    src.execute(
+        "INSERT INTO pp (part) SELECT 1 + g % 2 FROM generate_series(1, 40) g; SELECT setval('pp_id_seq', 77);"
+        "INSERT INTO qq (part) SELECT 1 FROM generate_series(1, 5) g; SELECT setval('qq_id_seq', 55)"
+    )
+    # qq1 fails on the destination alone: the source's ids 3 to 5 break a CHECK only it has
+    dst.execute("INSERT INTO qq1 VALUES (2, 1); ALTER TABLE qq1 ADD CONSTRAINT low CHECK (id < 3)")
+    r = copy(src.dsn, dst.dsn, "--yes", "--include", "public.pp1,public.qq1", state_dir=state)
+    assert r.returncode == 4 and "Failed public.qq1 (destination)" in r.stderr, r.stderr
+    assert (
+        dst.scalar("SELECT count(*) FROM pp1") == 20 and dst.scalar("SELECT last_value FROM pp_id_seq") == 77
+    )
+    assert dst.scalar("SELECT last_value FROM qq_id_seq") == 1 and dst.query("TABLE qq1") == [(2, 1)]
