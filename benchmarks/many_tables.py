@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/many_tables.py --tables 1000,3000,10000 --jobs 2
     .venv/bin/python benchmarks/run.py --many-tables 1000,3000,10000      (the same)
+    .venv/bin/python benchmarks/many_tables.py --tables 40000 --methods "-p 4"   (memory only)
 
 Starts its own source and destination clusters (max_locks_per_transaction 64,
 max_connections 100, fsync on), builds ``datasets.many_tables_schema`` on both sides
@@ -15,7 +16,7 @@ Each method starts from an emptied destination and checkpointed servers, and is 
 per-table checksums.
 Also reports the most locks any pgcopy session held on the source (sampled from pg_locks),
 pgcopy's phase timings (from its --report) and the peak RSS summed over every process of
-each method (sampled every 50 ms).  Each table count gets fresh clusters.
+each method (sampled every 20 ms), with each process's RSS at that peak.  Each table count gets fresh clusters.
 Results print as a Markdown table and land in benchmarks/results/many-<timestamp>.json.
 """
 
@@ -113,12 +114,18 @@ def main(argv=None) -> int:
     ap.add_argument("--tables", default="3000", help="comma-separated table counts (default 3000)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1, help="rounds; the methods' order alternates")
+    ap.add_argument(
+        "--methods",
+        help="comma-separated substrings selecting methods, or =NAME for exactly NAME (default: all); "
+        "'-p 4' alone measures memory at large table counts",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results directory")
     args = ap.parse_args(argv)
+    wanted = [m.strip() for m in args.methods.split(",")] if args.methods else None
     compile_bytecode()
     rows = []
     for n in (int(x) for x in args.tables.split(",")):
-        rows += measure(n, args.jobs, args.repeat)
+        rows += measure(n, args.jobs, args.repeat, wanted)
     meta = {
         "jobs": args.jobs,
         "repeat": args.repeat,
@@ -129,20 +136,27 @@ def main(argv=None) -> int:
     out = Path(args.out) / f"many-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2))
     print(
-        "| tables | FKs | method | round | ok | seconds | drop FKs s | load s | FK restore s | peak RSS MiB | peak locks per pgcopy session |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| tables | FKs | method | round | ok | seconds | drop FKs s | load s | FK restore s | peak RSS MiB "
+        "| by process at the peak | peak locks per pgcopy session |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     )
     for r in rows:
         ph = r["phases"]
         print(
             f"| {r['tables']} | {r['fkeys']} | {r['method']} | {r['round'] + 1} | {r['ok']} | {r['seconds']} | "
             f"{ph.get('drop foreign keys', '-')} | {ph.get('load', '-')} | "
-            f"{ph.get('restore foreign keys', '-')} | {r['peak_rss_mib']} | {r['peak_locks_per_pgcopy_session'] or '-'} |"
+            f"{ph.get('restore foreign keys', '-')} | {r['peak_rss_mib']} | "
+            f"{' + '.join(map(str, r['peak_rss_by_process_mib']))} | {r['peak_locks_per_pgcopy_session'] or '-'} |"
         )
     return 0 if all(r["ok"] for r in rows if r["method"].startswith("pgcopy")) else 1
 
 
-def measure(ntables: int, j: int, repeat: int = 1) -> list[dict]:
+def selected(name: str, wanted: list[str] | None) -> bool:
+    """run.py's --methods rule: a substring of the name, or =NAME for exactly NAME."""
+    return wanted is None or any(name == w[1:] if w.startswith("=") else w in name for w in wanted)
+
+
+def measure(ntables: int, j: int, repeat: int = 1, wanted: list[str] | None = None) -> list[dict]:
     src, dst = sandbox.start_cluster(SETTINGS), sandbox.start_cluster(SETTINGS)
     tmp = Path(tempfile.mkdtemp(prefix="pgcopy-many-"))
     try:
@@ -179,7 +193,7 @@ def measure(ntables: int, j: int, repeat: int = 1) -> list[dict]:
             memory = pgcopy.replace(f" -p {j} ", f" -p {MEMORY_PARALLEL} ")
             methods[f"pgcopy -p {MEMORY_PARALLEL} (owner)"] = f"{memory} {as_owner}"
         rows = []
-        order = list(methods.items())
+        order = [(name, cmd) for name, cmd in methods.items() if selected(name, wanted)]
         rounds = [order if r % 2 == 0 else order[::-1] for r in range(repeat)]
         for rnd, (name, cmd) in ((r, m) for r, ms in enumerate(rounds) for m in ms):
             empty(dst)
@@ -191,7 +205,7 @@ def measure(ntables: int, j: int, repeat: int = 1) -> list[dict]:
             proc = subprocess.Popen(
                 ["bash", "-c", cmd], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
-            rss = RssSampler(proc.pid)
+            rss = RssSampler(proc.pid, period=0.02)  # the report's peak at the end lasts 0.5 s
             rss.start()
             _, stderr = proc.communicate()
             wall = time.monotonic() - t0
@@ -225,6 +239,9 @@ def measure(ntables: int, j: int, repeat: int = 1) -> list[dict]:
                     # MiB, as benchmarks/run.py reports (results up to many-20261202-143845 held
                     # "peak_rss_mb" in 10^6 bytes: 150 MB there is 143 MiB)
                     "peak_rss_mib": round(peak_rss / 2**20, 1),
+                    # each process's RSS at that peak: two (coordinator, planner) in the
+                    # planning, the coordinator and the workers in the load
+                    "peak_rss_by_process_mib": [round(b / 2**20, 1) for b in rss.peak_parts],
                     "peak_locks_per_pgcopy_session": locks.peak if "pgcopy" in name else None,
                     "error": error,
                 }

@@ -97,30 +97,37 @@ def server_cpu(cluster) -> float:
 
 
 class RssSampler(threading.Thread):
-    """Peaks of the summed RSS and PSS of a process and all its descendants, every 50 ms.
+    """Peaks of the summed RSS and PSS of a process and all its descendants, every
+    ``period`` seconds, with each process's RSS at the RSS peak (which tells the planning,
+    two processes, from the load).
 
     RSS counts a shared library once per process that maps it; PSS splits shared pages
     between the processes, so its sum is the memory the tool really holds."""
 
-    def __init__(self, pid: int):
+    def __init__(self, pid: int, period: float = 0.05):
         super().__init__(daemon=True)
         self.pid, self.peak, self.peak_pss, self._halt = pid, 0, 0, threading.Event()
+        self.period, self.peak_parts = period, []
 
     def run(self) -> None:
         while not self._halt.is_set():
             rss = pss = 0
+            parts = []
             for p in _tree(self.pid, _children_map()):
                 try:
                     with open(f"/proc/{p}/smaps_rollup") as fh:
                         for line in fh:
                             if line.startswith("Rss:"):
-                                rss += int(line.split()[1]) * 1024
+                                parts.append(int(line.split()[1]) * 1024)
+                                rss += parts[-1]
                             elif line.startswith("Pss:"):
                                 pss += int(line.split()[1]) * 1024
                 except OSError:
                     pass
-            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
-            self._halt.wait(0.05)
+            if rss > self.peak:
+                self.peak, self.peak_parts = rss, sorted(parts, reverse=True)
+            self.peak_pss = max(self.peak_pss, pss)
+            self._halt.wait(self.period)
 
     def stop(self) -> tuple[int, int]:
         self._halt.set()
@@ -447,6 +454,7 @@ def main(argv=None) -> int:
                 str(args.repeat),
                 "--out",
                 args.out,
+                *(["--methods", args.methods] if args.methods else []),
             ]
         )
 

@@ -61,3 +61,14 @@ def test_many_tables_benchmark_tiny(tmp_path):
     assert 0 < by["pgcopy -p 2 (owner)"]["peak_locks_per_pgcopy_session"] <= 40
     # in MiB, the unit of run.py's table (it was 10^6 bytes under another name)
     assert 20 < by["pgcopy -p 4 (owner)"]["peak_rss_mib"] < 400
+
+
+def test_many_tables_benchmark_methods_select_the_memory_run(tmp_path):
+    """--methods picks the runs as in run.py: '-p 4' alone is the memory measurement at
+    large table counts, with each process's RSS at the peak."""
+    proc = _run_py(tmp_path, "--many-tables", "30", "--repeat", "1", "--methods", "-p 4")
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(next(tmp_path.glob("many-*.json")).read_text())["runs"]
+    assert [r["method"] for r in runs] == ["pgcopy -p 4 (owner)"] and runs[0]["ok"]
+    parts = runs[0]["peak_rss_by_process_mib"]
+    assert len(parts) >= 2 and abs(sum(parts) - runs[0]["peak_rss_mib"]) < 1
