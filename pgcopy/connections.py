@@ -13,6 +13,9 @@ reject the ``options`` startup parameter):
   snapshot or a long COPY;
 - ``client_connection_check_interval`` (14+): a backend whose pgcopy process died stops
   its work instead of holding locks until its statement ends;
+- ``default_transaction_isolation``: repeatable read on the source (a hot standby
+  refuses serializable, which its primary's configuration may carry), read committed on
+  the destination;
 - on the source, ``row_security = off`` (a read a policy would filter is an error, never
   a subset) and read-only transactions;
 - on the destination of a copy, ``synchronous_commit = off`` (as pgcopydb sets it):
@@ -165,15 +168,27 @@ def pin(conn, side: str, session: Session, *, readonly: bool = False) -> None:
     settings = list(PINNED)
     if conn.server_version >= 140000:
         settings += PINNED_14
+    # the isolation of what runs outside the transactions that name theirs (sizes read
+    # in autocommit): a source that is a hot standby refuses serializable, which its
+    # primary's configuration may make the default; the destination's work assumes
+    # read committed, whatever its server's default
     if side == "source":
+        settings.append(("default_transaction_isolation", "repeatable read"))
         settings.append(("row_security", "off"))
+    else:
+        settings.append(("default_transaction_isolation", "read committed"))
     if side == "source" or readonly:
         settings.append(("default_transaction_read_only", "on"))
     elif session.async_commit:
         settings.append(("synchronous_commit", "off"))
-    # one round trip: names are our constants, values are passed as parameters
-    cur.execute(" ".join(f"SET {name} = %s;" for name, _ in settings), [v for _, v in settings])
+    set_all(cur, settings)
     conn.commit()
+
+
+def set_all(cur, settings) -> None:
+    """``SET`` each (name, value) in one round trip: names are our constants, values are
+    passed as parameters."""
+    cur.execute(" ".join(f"SET {name} = %s;" for name, _ in settings), [v for _, v in settings])
 
 
 DURABLE_FUNCTION = "pg_logical_emit_message(boolean,text,text)"
@@ -237,7 +252,19 @@ def _alone(conn, statement: str):
 
 
 def _server_pid(conn) -> int:
-    return _alone(conn, "SELECT pg_backend_pid()")[0]
+    # in a transaction whose isolation it names: before pin(), the server's default
+    # applies, and a hot standby refuses to read under default_transaction_isolation =
+    # serializable (which its primary's configuration may carry)
+    conn.autocommit = True
+    try:
+        cur = conn.cursor()
+        cur.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+        cur.execute("SELECT pg_backend_pid()")
+        pid = cur.fetchone()[0]
+        cur.execute("COMMIT")
+        return pid
+    finally:
+        conn.autocommit = False
 
 
 def refuse_shared_sessions(conn, open_another, side: str) -> None:

@@ -35,12 +35,12 @@ CREATE TABLE page_views_2025h2 PARTITION OF page_views FOR VALUES FROM ('2025-07
 
 SHOP_SEED = """
 INSERT INTO customers (email, name, created_at, referrer_id)
-SELECT 'c' || g || '@example.com', 'Customer ' || g, timestamptz '2024-01-01' + g * interval '37 seconds',
+SELECT 'c' || g || '@example.com', 'Customer ' || g, timestamptz '2024-01-01 00:00+00' + g * interval '37 seconds',
        CASE WHEN g > 10 AND g % 7 = 0 THEN g - 10 END
   FROM generate_series(1, {customers}) g;
 INSERT INTO products (sku, price) SELECT 'SKU-' || g, (g % 500) + 0.99 FROM generate_series(1, 1000) g;
 INSERT INTO orders (customer_id, placed_at, total, details)
-SELECT (g % {customers}) + 1, timestamptz '2025-01-01' + g * interval '11 seconds', (g % 1000) * 1.25,
+SELECT (g % {customers}) + 1, timestamptz '2025-01-01 00:00+00' + g * interval '11 seconds', (g % 1000) * 1.25,
        jsonb_build_object('channel', (ARRAY['web','app','store'])[g % 3 + 1], 'coupon', g % 13 = 0, 'n', g)
   FROM generate_series(1, {orders}) g;
 INSERT INTO order_items (order_id, line, product_id, qty, price)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pgcopy import catalog, digest
 from pgcopy.catalog import Key
+from pgcopy.connections import PINNED, set_all
 
 
 def checksums(conn) -> dict[Key, tuple[int, int]]:
@@ -12,6 +13,10 @@ def checksums(conn) -> dict[Key, tuple[int, int]]:
     writes to (benchmarks, the demo): each table is read in its own transaction, so
     thousands of tables never fill the server's lock table."""
     cur = conn.cursor()
+    # the digests read the columns' text: printed as pgcopy's sessions print it, whatever
+    # either server's or database's defaults (a checksum of the same rows otherwise differed)
+    set_all(cur, PINNED)
+    conn.commit()  # the reads below roll back their transactions, never these settings
     tables = [t for t in catalog.read_tables(cur) if t.kind != "partitioned parent"]
     columns = catalog.read_columns(cur, [t.oid for t in tables])
     conn.rollback()

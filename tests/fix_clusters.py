@@ -11,17 +11,45 @@ import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from pgcopy.errors import PgcopyError
-from pgcopy.sandbox import SUPERUSER, Cluster, start_cluster
+from pgcopy.sandbox import FAST_SETTINGS, SUPERUSER, Cluster, start_cluster
 
 _counter = itertools.count()
+
+# The two sides differ where users' servers do: the session defaults that change how
+# values are printed and parsed, which encoding a client gets, and the isolation of a
+# transaction that sets none.  pgcopy pins what it depends on in its own sessions; every
+# test that copies runs against these.  The tests' own sessions pin the same values
+# (HELPER_OPTIONS), so that row checksums compare the rows, not the two servers' settings.
+SOURCE_SETTINGS = {
+    **FAST_SETTINGS,
+    "TimeZone": "Pacific/Chatham",
+    "DateStyle": "SQL, DMY",
+    "IntervalStyle": "postgres_verbose",
+    "extra_float_digits": "-3",
+    "bytea_output": "escape",
+    "default_transaction_isolation": "serializable",
+}
+DEST_SETTINGS = {
+    **FAST_SETTINGS,
+    "TimeZone": "Asia/Kathmandu",
+    "DateStyle": "German, MDY",
+    "IntervalStyle": "iso_8601",
+    "extra_float_digits": "0",
+    "client_encoding": "LATIN1",
+    "lc_monetary": "C",
+}
+HELPER_OPTIONS = (
+    "-c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=1 "
+    "-c bytea_output=hex -c default_transaction_isolation=read\\ committed -c client_encoding=UTF8"
+)
 
 
 @pytest.fixture(scope="session")
 def clusters():
     started = []
     try:
-        for _ in range(2):
-            started.append(start_cluster())
+        for settings in (SOURCE_SETTINGS, DEST_SETTINGS):
+            started.append(start_cluster(settings))
     except PgcopyError as exc:
         for c in started:
             c.destroy()
@@ -45,7 +73,7 @@ class Db:
         return self.cluster.uri(self.dbname)
 
     def connect(self, **kw):
-        conn = psycopg2.connect(self.dsn, **kw)
+        conn = psycopg2.connect(self.dsn, **{"options": HELPER_OPTIONS, **kw})
         conn.autocommit = True
         return conn
 

@@ -400,7 +400,9 @@ def test_physical_clone_is_copied_into_but_self_copy_refused(clusters, state):
 def test_a_hot_standby_source_is_copied_from(clusters, src, dst, state):
     """Refreshing staging from a read replica, not the primary: the snapshot is exported on
     the standby, and every row, FK and sequence arrives.  A standby shows each sequence as
-    last WAL-logged, up to 32 values ahead of the primary's: never behind it."""
+    last WAL-logged, up to 32 values ahead of the primary's: never behind it.  The
+    standby keeps its primary's configuration, where serializable is the default isolation
+    (tests.fix_clusters), which a standby refuses: pgcopy's sessions name their own."""
     load_fidelity(src, dst)
     lsn = src.scalar("SELECT pg_current_wal_lsn()::text")
     standby = clusters[0].clone(standby=True)

@@ -228,9 +228,9 @@ def test_the_early_restore_tells_the_plan_positions_of_what_it_restores():
     fks = [ForeignKey(f"f{i}", a, b, "", True) for i in range(5)]
     heard = []
     target = RestoreTarget("", "1s", None, on_settled=lambda i, s: heard.append(i))
-    _by_position(target.on_settled, fks)(fks[3], 0.1)
+    _by_position(target.on_settled, fks, 0)(fks[3], 0.1)
     batch = [fks[4], fks[1]]  # the early restore's batch for plan positions [4, 1]
-    told = _by_position(renumbered(target, [4, 1]).on_settled, batch)
+    told = _by_position(renumbered(target, [4, 1]).on_settled, batch, 0)
     told(batch[1], 0.1)
     told(batch[0], 0.1)
     assert heard == [3, 1, 4]
