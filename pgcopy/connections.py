@@ -252,19 +252,23 @@ def _alone(conn, statement: str):
 
 
 def _server_pid(conn) -> int:
-    # in a transaction whose isolation it names: before pin(), the server's default
-    # applies, and a hot standby refuses to read under default_transaction_isolation =
-    # serializable (which its primary's configuration may carry)
-    conn.autocommit = True
     try:
-        cur = conn.cursor()
-        cur.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-        cur.execute("SELECT pg_backend_pid()")
-        pid = cur.fetchone()[0]
-        cur.execute("COMMIT")
-        return pid
-    finally:
-        conn.autocommit = False
+        return _alone(conn, "SELECT pg_backend_pid()")[0]
+    except psycopg2.errors.FeatureNotSupported:
+        # before pin() the server's default isolation applies, and a hot standby refuses
+        # to read under serializable (which its primary's configuration may make the
+        # default): the same read with its isolation named, not first, because a pooler
+        # in statement mode refuses a transaction block
+        conn.autocommit = True
+        try:
+            cur = conn.cursor()
+            cur.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
+            cur.execute("SELECT pg_backend_pid()")
+            pid = cur.fetchone()[0]
+            cur.execute("COMMIT")
+            return pid
+        finally:
+            conn.autocommit = False
 
 
 def refuse_shared_sessions(conn, open_another, side: str) -> None:

@@ -28,6 +28,10 @@ SOURCE_SETTINGS = {
     "extra_float_digits": "-3",
     "bytea_output": "escape",
     "default_transaction_isolation": "serializable",
+    # a production role's limits, shorter than many a copy here: pgcopy's snapshot and its
+    # COPYs must never meet them
+    "idle_in_transaction_session_timeout": "3s",
+    "statement_timeout": "1s",
 }
 DEST_SETTINGS = {
     **FAST_SETTINGS,
@@ -37,10 +41,14 @@ DEST_SETTINGS = {
     "extra_float_digits": "0",
     "client_encoding": "LATIN1",
     "lc_monetary": "C",
+    # pgcopy's waits are bounded by --lock-timeout alone, never by the server's default
+    "lock_timeout": "1s",
+    "statement_timeout": "1s",
 }
 HELPER_OPTIONS = (
     "-c TimeZone=UTC -c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=1 "
-    "-c bytea_output=hex -c default_transaction_isolation=read\\ committed -c client_encoding=UTF8"
+    "-c bytea_output=hex -c default_transaction_isolation=read\\ committed -c client_encoding=UTF8 "
+    "-c lock_timeout=0 -c statement_timeout=0 -c idle_in_transaction_session_timeout=0"
 )
 
 

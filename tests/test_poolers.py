@@ -120,10 +120,13 @@ def test_a_source_behind_a_transaction_pooler_is_refused_and_its_sessions_left_a
     assert checksums(dst) == before
 
 
-def test_a_destination_behind_a_transaction_pooler_is_refused_unchanged(src, dst, tmp_path):
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+def test_a_destination_behind_a_transaction_pooler_is_refused_unchanged(src, dst, tmp_path, mode):
+    """Statement pooling refuses transaction blocks: the probe reads the server's pid
+    without one, so it is refused as transaction pooling is."""
     load(src, dst)
     before = checksums(dst)
-    with pgbouncer(dst, "transaction", pool_size=2) as pool:
+    with pgbouncer(dst, mode, pool_size=2) as pool:
         r = copy(src.dsn, pool.dsn, "--yes", "-p", "2", state_dir=tmp_path / "state")
         assert r.returncode == 2, r.stderr
         assert "the destination" in r.stderr and REFUSED in r.stderr, r.stderr
