@@ -1,6 +1,7 @@
 """Named crash points for the recovery tests; inert unless ``PGCOPY_FAILPOINT`` is set.
 
-``PGCOPY_FAILPOINT=name[:action]`` arms one point.  Actions:
+``PGCOPY_FAILPOINT=name[:action][@n]`` arms one point, to fire at its n-th hit (the
+first by default).  Actions:
 
 - ``kill`` (default): SIGKILL the coordinator alone (from a worker: its parent);
 - ``killgroup``: SIGKILL the whole process group (coordinator and workers);
@@ -45,8 +46,12 @@ def hit(name: str, *, in_worker: bool = False) -> None:
     armed = os.environ.get("PGCOPY_FAILPOINT")
     if not armed:
         return
+    armed, _, nth = armed.partition("@")
     point, _, action = armed.partition(":")
     if point != name:
+        return
+    if nth and int(nth) > 1:  # counted down where the arming is: the environment
+        os.environ["PGCOPY_FAILPOINT"] = f"{armed}@{int(nth) - 1}"
         return
     action = action or "kill"
     os.environ.pop("PGCOPY_FAILPOINT", None)  # fires once per process (and its later children)

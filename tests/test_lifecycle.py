@@ -13,6 +13,7 @@ import time
 import psycopg2
 import pytest
 
+from pgcopy import datasets
 from pgcopy.failpoints import ACTIONS, POINTS
 from tests.helpers import (
     ROOT,
@@ -471,3 +472,33 @@ def test_recover_is_not_held_up_by_a_locked_table_it_only_sizes(src, dst, state)
     assert r.returncode == 0, r.stderr
     assert fk_full(dst) == before["fks"]
     assert not list(state.glob("*.json"))
+
+
+def test_recover_killed_inside_its_second_fk_window_then_recover_again(src, dst, state, monkeypatch):
+    """FKs are put back fkeys.WINDOW at a time.  A copy killed once every FK is dropped
+    leaves them all journaled; a recover killed at its second window (after-add fires once
+    a window: one window would end without the kill) keeps the journal; the next recover
+    finds each FK as it is and puts every one back exactly as it was.  (recover adds FKs
+    between small tables validated in one statement, so the killed one leaves them valid.)"""
+    from pgcopy import fkeys as fkmod
+
+    n = 4000  # more FKs than one window
+    for db in (src, dst):
+        lines = datasets.many_tables_schema(n).splitlines()
+        for i in range(0, len(lines), 300):  # in transactions that fit a default lock table
+            db.execute("\n".join(lines[i : i + 300]))
+    before = fk_full(dst)
+    assert fkmod.WINDOW < len(before) <= 2 * fkmod.WINDOW
+    monkeypatch.setenv("PGCOPY_FAILPOINT", "after-drop:kill")
+    r = copy(src.dsn, dst.dsn, "--yes", "-p", "2", state_dir=state)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert dst.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f'") == 0
+    monkeypatch.setenv("PGCOPY_FAILPOINT", "after-add:kill@2")
+    r = pgcopy("recover", "-d", dst.dsn, state_dir=state)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert len(fk_full(dst)) == len(before) and list(state.glob("*.json"))
+    monkeypatch.delenv("PGCOPY_FAILPOINT")
+    r = pgcopy("recover", "-d", dst.dsn, state_dir=state)
+    assert r.returncode == 0, r.stderr
+    assert fk_full(dst) == before and not list(state.glob("*.json"))
+    assert no_pgcopy_backends(dst)
