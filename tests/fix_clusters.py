@@ -41,6 +41,7 @@ DEST_SETTINGS = {
     "extra_float_digits": "0",
     "client_encoding": "LATIN1",
     "lc_monetary": "C",
+    "default_transaction_isolation": "repeatable read",
     # pgcopy's waits are bounded by --lock-timeout alone, never by the server's default
     "lock_timeout": "1s",
     "statement_timeout": "1s",
