@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from pgcopy import datasets, sandbox, verify  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from run import RssSampler, compile_bytecode  # noqa: E402
+from run import RssSampler, compile_bytecode, selected  # noqa: E402
 
 OWNER, OWNER_PW, DB = "bench_owner", "bench-pw", "many"
 SETTINGS = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
@@ -149,11 +149,6 @@ def main(argv=None) -> int:
             f"{' + '.join(map(str, r['peak_rss_by_process_mib']))} | {r['peak_locks_per_pgcopy_session'] or '-'} |"
         )
     return 0 if all(r["ok"] for r in rows if r["method"].startswith("pgcopy")) else 1
-
-
-def selected(name: str, wanted: list[str] | None) -> bool:
-    """run.py's --methods rule: a substring of the name, or =NAME for exactly NAME."""
-    return wanted is None or any(name == w[1:] if w.startswith("=") else w in name for w in wanted)
 
 
 def measure(ntables: int, j: int, repeat: int = 1, wanted: list[str] | None = None) -> list[dict]:

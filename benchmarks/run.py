@@ -135,6 +135,11 @@ class RssSampler(threading.Thread):
         return self.peak, self.peak_pss
 
 
+def selected(name: str, wanted: list[str] | None) -> bool:
+    """--methods: a substring of the method's name, or =NAME for exactly NAME."""
+    return not wanted or any(name == w[1:] if w.startswith("=") else w in name for w in wanted)
+
+
 @dataclass
 class Run:
     method: str
@@ -476,11 +481,7 @@ def main(argv=None) -> int:
         fks_expected = fk_validity(src, DB)
         all_methods = methods(src, dst, tables, args.jobs, tmp)
         wanted = [m.strip() for m in args.methods.split(",")] if args.methods else None
-        chosen = {
-            k: v
-            for k, v in all_methods.items()
-            if not wanted or any(k == w[1:] if w.startswith("=") else w in k for w in wanted)
-        }
+        chosen = {k: v for k, v in all_methods.items() if selected(k, wanted)}
         warm_up(dst, all_methods[f"psql|psql {args.jobs} streams (replica)"])
         runs: list[Run] = []
         for rnd in range(args.repeat):

@@ -240,13 +240,18 @@ def _open(dsn: str, side: str, extra: dict):
         raise PgcopyError(f"cannot connect to {side} {describe(dsn)}: {_one_line(exc)}") from None
 
 
-def _alone(conn, statement: str):
-    """``statement`` as a transaction of its own (one round trip); its first row, if any."""
+def _alone(conn, *statements: str):
+    """``statements`` in autocommit, each its own transaction unless they open one (one
+    round trip each); the first row of the last one that returns rows, if any."""
     conn.autocommit = True
     try:
         cur = conn.cursor()
-        cur.execute(statement)
-        return cur.fetchone() if cur.description else None
+        row = None
+        for statement in statements:
+            cur.execute(statement)
+            if cur.description:
+                row = cur.fetchone()
+        return row
     finally:
         conn.autocommit = False
 
@@ -259,16 +264,7 @@ def _server_pid(conn) -> int:
         # to read under serializable (which its primary's configuration may make the
         # default): the same read with its isolation named, not first, because a pooler
         # in statement mode refuses a transaction block
-        conn.autocommit = True
-        try:
-            cur = conn.cursor()
-            cur.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-            cur.execute("SELECT pg_backend_pid()")
-            pid = cur.fetchone()[0]
-            cur.execute("COMMIT")
-            return pid
-        finally:
-            conn.autocommit = False
+        return _alone(conn, "BEGIN ISOLATION LEVEL READ COMMITTED", "SELECT pg_backend_pid()", "COMMIT")[0]
 
 
 def refuse_shared_sessions(conn, open_another, side: str) -> None:

@@ -51,10 +51,6 @@ class TableEntries(Appended):
             yield dict(zip(TABLE_FIELDS, values, strict=True))
 
 
-def _names() -> Appended[str]:
-    return Appended()
-
-
 @dataclass
 class RunReport:
     """What the run did, measured, for the summary box and the JSON report."""
@@ -69,12 +65,12 @@ class RunReport:
     formats: dict[str, int] = field(default_factory=dict)  # tables per format
     worker_peak_rss_kb: int = 0  # the largest worker's peak RSS (getrusage)
     worker_cpu_seconds: float = 0.0  # all workers' user + system CPU
-    fkeys_dropped: Appended[str] = field(default_factory=_names)  # packed: one per FK
-    fkeys_restored: Appended[str] = field(default_factory=_names)  # packed: one per FK
-    fkeys_not_valid: Appended[str] = field(default_factory=_names)  # packed: one per FK
-    fkeys_missing: Appended[str] = field(default_factory=_names)  # packed: one per FK
+    fkeys_dropped: Appended[str] = field(default_factory=Appended)  # packed: one per FK
+    fkeys_restored: Appended[str] = field(default_factory=Appended)  # packed: one per FK
+    fkeys_not_valid: Appended[str] = field(default_factory=Appended)  # packed: one per FK
+    fkeys_missing: Appended[str] = field(default_factory=Appended)  # packed: one per FK
     triggers_held: int = 0
-    sequences_set: Appended[str] = field(default_factory=_names)  # packed: one per sequence
+    sequences_set: Appended[str] = field(default_factory=Appended)  # packed: one per sequence
     matviews_refreshed: list[str] = field(default_factory=list)
     large_objects: int = 0  # on the source; not copied
     warnings: list[str] = field(default_factory=list)
@@ -255,11 +251,13 @@ def _write_lines(d: dict, out: TextIO) -> None:
     out.write("{\n")
     for n, (k, v) in enumerate(d.items()):
         out.write(",\n" if n else "")
-        if isinstance(v, (list, Appended)) and len(v):
+        if not isinstance(v, (list, Appended)):
+            out.write(f"  {json.dumps(k)}: {json.dumps(v)}")
+        elif not len(v):
+            out.write(f"  {json.dumps(k)}: []")
+        else:
             out.write(f"  {json.dumps(k)}: [\n    ")
             for i, item in enumerate(v):
                 out.write(",\n    " + json.dumps(item) if i else json.dumps(item))
             out.write("\n  ]")
-        else:
-            out.write(f"  {json.dumps(k)}: {json.dumps(v if not isinstance(v, Appended) else [])}")
     out.write("\n}\n")

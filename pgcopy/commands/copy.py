@@ -15,6 +15,7 @@ dies with the coordinator's connection.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import os
 import signal
 import sys
@@ -674,9 +675,8 @@ class CopyRun:
         self.log.info("STEP 7: sequences and materialized views")
         done_keys = {r.key for r in outcome.done}
         in_load = (qualname(k) for t in plan.tasks if t.key in done_keys for k in t.sequences)
-        self.report.sequences_set = Appended(in_load)
-        for name in sequences.set_others(self.dst, plan, done_keys, self.log):
-            self.report.sequences_set.append(name)
+        others = sequences.set_others(self.dst, plan, done_keys, self.log)
+        self.report.sequences_set = Appended(itertools.chain(in_load, others))
         if self.stop():
             self.log.warn("stopping: materialized views not refreshed")
         elif self.opts.refresh_matviews and outcome.done:
