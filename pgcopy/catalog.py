@@ -266,6 +266,8 @@ class Sequence:
 
     key: Key
     owner_table: Key | None
+    # set inside its table's load (the role owns it on the destination): see pgcopy.sequences
+    in_load: bool = False
 
     @property
     def schema(self) -> str:
@@ -298,9 +300,13 @@ SELECT c.oid, n.nspname, c.relname, c.relkind, c.relispartition,
    AND NOT EXISTS (
         SELECT 1 FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
-           AND NOT c.oid = ANY(coalesce(e.extconfig, '{}')))
+           AND NOT c.oid = ANY(coalesce(e.extconfig, '{{}}')))
+   {filter}
  ORDER BY n.nspname, c.relname
 """
+# a few tables of the same list: by oid, or by (schema, name) pairs (another server's)
+BY_OID = "AND c.oid = ANY(%s::oid[])"
+BY_KEY = "AND (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
 
 # The size functions lock each relation they measure (AccessShareLock).  PostgreSQL 15
 # releases each lock once measured (2 locks held after sizing 3,054 tables in one
@@ -428,20 +434,34 @@ def read_tables(cur, sizes: Sizes | None = None, shared: Shared | None = None) -
     # leaves', known once they are read: parents are few, sized at the end.
     parents: dict[Key, int] = {}  # partitioned parent -> its position in out
     parent_total: dict[Key, int] = {}
-    for oid, s, n, relkind, ispart, unlogged, reltuples, anc in streamed(cur, TABLES_SQL):
-        kind = "partition" if ispart and relkind == "r" else KIND_NAMES[relkind]
-        ancestors = share(tuple(share((a, b)) for a, b in anc)) if anc else ()
-        total, data = sizes.get(oid, (0, 0))
-        key = share((s, n))
-        if relkind == "p":
-            parents[key] = len(out)
-            total = data = 0
-        for a in ancestors:
-            parent_total[a] = parent_total.get(a, 0) + total
-        out.append(Table(oid, key, kind, unlogged, float(reltuples), total, ancestors, data))
+    for table in iter_tables(cur, sizes, share):
+        if table.kind == "partitioned parent":
+            parents[table.key] = len(out)
+        for a in table.ancestors:
+            parent_total[a] = parent_total.get(a, 0) + table.total_bytes
+        out.append(table)
     for key, i in parents.items():
         out[i] = replace(out[i], total_bytes=parent_total.get(key, 0))
     return out
+
+
+def iter_tables(
+    cur, sizes: Sizes, share: Shared, oids: Iterable[int] | None = None, keys: Iterable[Key] | None = None
+) -> Iterator[Table]:
+    """:func:`read_tables`' tables as the rows arrive, a partitioned parent sized 0; only
+    those with one of ``oids``, or one of ``keys``, when given."""
+    query, params = TABLES_SQL.format(filter=""), None
+    if oids is not None:
+        query, params = TABLES_SQL.format(filter=BY_OID), (oid_array(oids),)
+    elif keys is not None:
+        keys = list(keys)
+        query = TABLES_SQL.format(filter=BY_KEY)
+        params = (text_array(k[0] for k in keys), text_array(k[1] for k in keys))
+    for oid, s, n, relkind, ispart, unlogged, reltuples, anc in streamed(cur, query, params):
+        kind = "partition" if ispart and relkind == "r" else KIND_NAMES[relkind]
+        ancestors = share(tuple(share((a, b)) for a, b in anc)) if anc else ()
+        total, data = sizes.get(oid, (0, 0)) if relkind != "p" else (0, 0)
+        yield Table(oid, share((s, n)), kind, unlogged, float(reltuples), total, ancestors, data)
 
 
 def read_columns(cur, oids: Iterable[int], shared: Shared | None = None) -> dict[int, tuple[Column, ...]]:
@@ -474,7 +494,7 @@ SELECT con.conname, n.nspname, c.relname, fn.nspname, fc.relname,
                JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.i),
        con.confmatchtype, con.confupdtype, con.confdeltype, con.condeferrable, con.condeferred,
        {delset},
-       obj_description(con.oid, 'pg_constraint')
+       obj_description(con.oid, 'pg_constraint'), con.conrelid, c.relkind
   FROM pg_constraint con
   JOIN pg_class c ON c.oid = con.conrelid
   JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -512,42 +532,57 @@ def foreign_keys(
         )
         params = (text_array(k[0] for k in keys), text_array(k[1] for k in keys))
     for row in streamed(cur, query, params or None):
-        (
-            name,
-            s,
-            t,
-            fs,
-            ft,
-            definition,
-            validated,
-            cols,
-            rcols,
-            match,
-            upd,
-            dele,
-            dfr,
-            dfd,
-            delset_cols,
-            comment,
-        ) = row
-        if definition.endswith(" NOT VALID"):
-            definition = definition[: -len(" NOT VALID")]
-        yield ForeignKey(
-            name,
-            share((s, t)),
-            share((fs, ft)),
-            definition,
-            validated,
-            share(tuple(cols)),
-            share(tuple(rcols)),
-            match,
-            upd,
-            dele,
-            dfr,
-            dfd,
-            tuple(delset_cols or ()),
-            comment,
-        )
+        yield _foreign_key(row, share)
+
+
+def foreign_keys_on(cur, shared: Shared | None = None) -> Iterator[tuple[int, bool, ForeignKey]]:
+    """Every top-level FK as (its table's oid, whether that table is partitioned, the FK),
+    as the rows arrive."""
+    share = shared if shared is not None else Shared()
+    delset = DELSET_15 if cur.connection.server_version >= 150000 else "ARRAY[]::name[]"
+    for row in streamed(cur, FKEYS_SQL.format(delset=delset)):
+        yield row[-2], row[-1] == "p", _foreign_key(row, share)
+
+
+def _foreign_key(row, share: Shared) -> ForeignKey:
+    (
+        name,
+        s,
+        t,
+        fs,
+        ft,
+        definition,
+        validated,
+        cols,
+        rcols,
+        match,
+        upd,
+        dele,
+        dfr,
+        dfd,
+        delset_cols,
+        comment,
+        _relid,
+        _relkind,
+    ) = row
+    if definition.endswith(" NOT VALID"):
+        definition = definition[: -len(" NOT VALID")]
+    return ForeignKey(
+        name,
+        share((s, t)),
+        share((fs, ft)),
+        definition,
+        validated,
+        share(tuple(cols)),
+        share(tuple(rcols)),
+        match,
+        upd,
+        dele,
+        dfr,
+        dfd,
+        tuple(delset_cols or ()),
+        comment,
+    )
 
 
 @by_position
@@ -594,24 +629,44 @@ def read_triggers(cur, oids: Iterable[int], shared: Shared | None = None) -> dic
     return out
 
 
-def read_sequences(cur, shared: Shared | None = None) -> Iterator[Sequence]:
+SEQUENCES_SQL = """
+SELECT n.nspname, s.relname, tn.nspname, t.relname
+  FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace
+  LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid
+       AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+  LEFT JOIN pg_class t ON t.oid = d.refobjid
+  LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
+ WHERE s.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname !~ '^pg_(toast|temp_)'
+ ORDER BY 1, 2"""
+
+# from the tables' dependents (pg_depend's index on refobjid): filtered from every
+# sequence's row instead, each chunk of 1,000 tables read all 20,000 sequences
+OWNED_SEQUENCES_SQL = """
+SELECT n.nspname, s.relname, tn.nspname, t.relname
+  FROM pg_depend d
+  JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+  JOIN pg_namespace n ON n.oid = s.relnamespace
+  JOIN pg_class t ON t.oid = d.refobjid
+  JOIN pg_namespace tn ON tn.oid = t.relnamespace
+ WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = ANY(%s::oid[])
+   AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+ ORDER BY 1, 2"""
+
+
+def read_sequences(
+    cur, shared: Shared | None = None, owners: Iterable[int] | None = None
+) -> Iterator[Sequence]:
     """Every sequence with the table that owns it (serial or identity), if any, as the rows
-    arrive.  Only the owner's key is shared (one of ``shared``'s when it is there): the
-    planning packs the sequences as they come, so a shared key of their own would keep
-    each one's name alive (40,000 sequences were 17 MB of objects)."""
+    arrive; only those owned by a table of ``owners`` (oids) when given.  Only the owner's
+    key is shared (one of ``shared``'s when it is there): the planning packs the sequences
+    as they come, so a shared key of their own would keep each one's name alive (40,000
+    sequences were 17 MB of objects)."""
     share = shared if shared is not None else Shared()
-    rows = streamed(
-        cur,
-        """SELECT n.nspname, s.relname, tn.nspname, t.relname
-             FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace
-             LEFT JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid
-                  AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
-             LEFT JOIN pg_class t ON t.oid = d.refobjid
-             LEFT JOIN pg_namespace tn ON tn.oid = t.relnamespace
-            WHERE s.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-              AND n.nspname !~ '^pg_(toast|temp_)'
-            ORDER BY 1, 2""",
-    )
+    if owners is None:
+        rows = streamed(cur, SEQUENCES_SQL)
+    else:
+        rows = streamed(cur, OWNED_SEQUENCES_SQL, (oid_array(owners),))
     for s, n, ts, tn in rows:
         yield Sequence((s, n), share.get((ts, tn), (ts, tn)) if tn else None)
 
@@ -619,6 +674,9 @@ def read_sequences(cur, shared: Shared | None = None) -> Iterator[Sequence]:
 MATVIEWS_SQL = """
 WITH RECURSIVE dep(oid, depth) AS (
     SELECT unnest(%s::oid[]), 0
+  UNION
+    -- the loaded partitions' partitioned parents
+    SELECT a.relid, 0 FROM unnest(%s::oid[]) o, pg_partition_ancestors(o) a
   UNION
     -- a view or matview whose rewrite rule reads a relation already in the set
     SELECT r.ev_class, dep.depth + 1
@@ -639,8 +697,9 @@ SELECT n.nspname, c.relname, max(dep.depth)
 
 def read_matviews(cur, loaded: Iterable[int]) -> list[Key]:
     """Populated materialized views that read, directly or through views, one of the
-    ``loaded`` relations; those on others first (refresh order)."""
-    cur.execute(MATVIEWS_SQL, (oid_array(loaded),))
+    ``loaded`` relations or their partitioned parents; those on others first (refresh order)."""
+    oids = oid_array(loaded)
+    cur.execute(MATVIEWS_SQL, (oids, oids))
     return [(s, n) for s, n, _depth in cur.fetchall()]
 
 

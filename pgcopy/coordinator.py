@@ -21,7 +21,6 @@ from __future__ import annotations
 import selectors
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -116,8 +115,8 @@ def run_load(
     stop_requested: Callable[[], bool],
     backends: Backends | None = None,
     all_reading: Callable[[], None] | None = None,
-    batches: list[list[int]] | None = None,
-    keys: list | None = None,
+    batches: Sequence[list[int]] | None = None,
+    keys: Sequence | None = None,
 ) -> LoadOutcome:
     """Load every task on ``workers`` (closed on return); ``batches`` groups task indices
     loaded in one transaction (see ``plan.batches``; default: one table each).
@@ -165,6 +164,31 @@ def run_load(
     return out
 
 
+class _Todo:
+    """The items not handed out yet: a place in ``items``, not a queue of them all."""
+
+    def __init__(self, items: Sequence[list[int]]):
+        self.items, self.next = items, 0
+        self.back: list[list[int]] = []  # handed out to a worker that was gone
+
+    def __bool__(self) -> bool:
+        return bool(self.back) or self.next < len(self.items)
+
+    def popleft(self) -> list[int]:
+        if self.back:
+            return self.back.pop()
+        item = self.items[self.next]
+        self.next += 1
+        return item
+
+    def appendleft(self, item: list[int]) -> None:
+        self.back.append(item)
+
+    def clear(self) -> None:
+        self.back.clear()
+        self.next = len(self.items)
+
+
 class _Load:
     """The load's bookkeeping: items left, tables in flight per worker, the outcome.
 
@@ -181,7 +205,7 @@ class _Load:
         all_reading,
     ):
         self.procs, self.tasks, self.keys, self.reporter = procs, tasks, keys, reporter
-        self.todo: deque[list[int]] = deque(items)
+        self.todo = _Todo(items)
         self.out = LoadOutcome()
         self.in_flight: dict[int, list[int]] = {}  # worker -> tables started, not finished
         self.finished = bytearray(len(tasks))  # per task: 1 once done, failed or lost

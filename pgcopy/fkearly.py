@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from pgcopy import fkeys as fkmod
 from pgcopy.catalog import ForeignKey, Key
+from pgcopy.keys import KeyIndex
 
 POLL_SECONDS = 0.3
 
@@ -33,7 +34,7 @@ class EarlyRestorer:
         target: fkmod.RestoreTarget,
         fkeys: Sequence[ForeignKey],
         ancestors: dict[Key, tuple[Key, ...]],
-        index: dict[Key, int],
+        index: KeyIndex,
         log,
     ):
         """``fkeys``, the plan's (``target.on_settled`` hears their positions in it);

@@ -116,27 +116,39 @@ class Selection:
     unmatched: list[str]  # patterns that matched no table at all (warnings)
 
 
-def select(tables: Sequence[Named], include: list[Pattern], exclude: list[Pattern]) -> Selection:
-    """Apply include/exclude; an empty include list means every table."""
-    used: set[str] = set()
+class Selector:
+    """include/exclude applied one table at a time (an empty include list means every
+    table), remembering which patterns matched: for a list of tables too long to hold."""
 
-    def hits(table: Named, patterns: list[Pattern]) -> bool:
+    def __init__(self, include: list[Pattern], exclude: list[Pattern]):
+        self.include, self.exclude = include, exclude
+        self.used: set[str] = set()
+
+    def _hits(self, table: Named, patterns: list[Pattern]) -> bool:
         found = False
         for pat in patterns:
             for schema, name in ((table.schema, table.name), *table.ancestors):
                 if pat.matches(schema, name):
-                    used.add(pat.text)
+                    self.used.add(pat.text)
                     found = True
         return found
 
-    selected = []
-    for table in tables:
-        inc = hits(table, include) if include else True
-        exc = hits(table, exclude)
-        if inc and not exc:
-            selected.append(table)
-    unmatched = [p.text for p in include + exclude if p.text not in used]
-    return Selection(selected, unmatched)
+    def wants(self, table: Named) -> bool:
+        inc = self._hits(table, self.include) if self.include else True
+        exc = self._hits(table, self.exclude)  # always asked: it marks the patterns used
+        return inc and not exc
+
+    @property
+    def unmatched(self) -> list[str]:
+        """Patterns that matched no table at all (warnings)."""
+        return [p.text for p in self.include + self.exclude if p.text not in self.used]
+
+
+def select(tables: Sequence[Named], include: list[Pattern], exclude: list[Pattern]) -> Selection:
+    """Apply include/exclude; an empty include list means every table."""
+    chooser = Selector(include, exclude)
+    selected = [table for table in tables if chooser.wants(table)]
+    return Selection(selected, chooser.unmatched)
 
 
 def select_or_refuse(tables: Sequence[Named], include, exclude, warn) -> list:

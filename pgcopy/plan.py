@@ -5,6 +5,7 @@ All preflight problems are collected and raised together, before anything change
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as SequenceOf
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pgcopy import catalog, formats, patterns, preflight
 from pgcopy.catalog import ForeignKey, Key, Sequence, Table
 from pgcopy.errors import PreflightError
+from pgcopy.keys import KeySet
 from pgcopy.log import Logger
 from pgcopy.packed import Chunked, Packed
 from pgcopy.task import SMALL_BYTES, CopyTask, SequenceValue
@@ -20,10 +22,10 @@ from pgcopy.task import SMALL_BYTES, CopyTask, SequenceValue
 
 @dataclass
 class Sequences:
-    """The sequences to set, and how (see pgcopy.sequences)."""
+    """The sequences to set, and how (see pgcopy.sequences): those ``in_load`` inside
+    their table's load, the others after it."""
 
     sequences: SequenceOf[Sequence]  # a Chunked once planned
-    in_load: set[Key] = field(default_factory=set)  # set inside their table's load
     # the others' values, read right after the snapshot, set after the load
     values: dict[Key, SequenceValue] = field(default_factory=dict)
 
@@ -45,30 +47,64 @@ BATCH_TABLES = 16
 BATCH_BYTES = 2 << 20
 
 
-def batches(tasks: SequenceOf[CopyTask], lock_budget: int, piped_only: bool = False) -> list[list[int]]:
+class Batches(SequenceOf[list[int]]):
+    """Task indices to load together, in two arrays (the indices in order, where each
+    batch ends): a list per batch and an int per table was 0.8 MB at 20,000 tables, held
+    through the load."""
+
+    __slots__ = ("indices", "ends")
+
+    def __init__(self, groups=()):
+        self.indices, self.ends = array("L"), array("L")
+        for group in groups:
+            self.add(group)
+
+    def add(self, group) -> None:
+        self.indices.extend(group)
+        self.ends.append(len(self.indices))
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, b):
+        if isinstance(b, slice):
+            return [self[i] for i in range(*b.indices(len(self)))]
+        if b < 0:
+            b += len(self)
+        if not 0 <= b < len(self):
+            raise IndexError("batch out of range")
+        return self.indices[self.ends[b - 1] if b else 0 : self.ends[b]].tolist()
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if isinstance(other, (Batches, list)) else NotImplemented
+
+    __hash__ = None
+
+
+def batches(tasks: SequenceOf[CopyTask], lock_budget: int, piped_only: bool = False) -> Batches:
     """Task indices to load together: big tables alone, small ones in batches of at most
     BATCH_TABLES tables, BATCH_BYTES of data and ``lock_budget`` lock entries (a batch's
     transaction holds its tables' locks to the commit).  Order is kept (largest first).
     ``piped_only`` (row mode, or a codec: options of the pipe) loads every table alone."""
-    out: list[list[int]] = []
+    out = Batches()
     group: list[int] = []
     nbytes = locks = 0
     for i, task in enumerate(tasks):
         if piped_only or not task.small:
-            out.append([i])
+            out.add((i,))
             continue
         if group and (
             len(group) >= BATCH_TABLES
             or nbytes + task.data_bytes > BATCH_BYTES
             or locks + task.locks > lock_budget
         ):
-            out.append(group)
+            out.add(group)
             group, nbytes, locks = [], 0, 0
         group.append(i)
         nbytes += task.data_bytes
         locks += task.locks
     if group:
-        out.append(group)
+        out.add(group)
     return out
 
 
@@ -82,71 +118,112 @@ class PlanInputs:
     index_rebuild_bytes: int | None = None
 
 
+# Tables planned at a time: their rows from both catalogs, their checks and their tasks
+# (the catalogs whole grew the planning by 2 KB a table: 100 MB at 40,000 tables).
+PLAN_CHUNK = 1000
+
+
 def build_plan(
     src_cur, dst_cur, inputs: PlanInputs, log: Logger, src_sizes: catalog.Sizes, dst_sizes: catalog.Sizes
 ) -> Plan:
     """Read both catalogs, run every preflight check (all problems at once), then plan.
 
     Sizes come from :func:`catalog.read_sizes` (read beforehand in short transactions):
-    nothing here takes a lock on a user table."""
-    fields, sequences = _planned(src_cur, dst_cur, inputs, log, src_sizes, dst_sizes)
-    # packed once the catalogs are gone: pickling 40,000 sequences next to them raised
-    # the planning's peak by 7.7 MB (the pickle's memo of every object)
-    return Plan(sequences=Packed(sequences), **fields)
-
-
-def _planned(src_cur, dst_cur, inputs, log, src_sizes, dst_sizes) -> tuple[dict, Sequences]:
-    """The plan's fields but its sequences, and those; the catalogs die with this frame."""
-    shared = catalog.Shared()  # for the plan's making only: the plan holds what it shares
+    nothing here takes a lock on a user table.  Neither catalog is held whole: the
+    selection is kept as arrays of oids and hashes (:func:`_choose`), then the tables
+    are planned a chunk at a time, largest first (:func:`_chunk_tasks`), and the FKs and
+    sequences checked and packed as they are read (pgcopy.preflight)."""
+    order, chosen = _choose(src_cur, src_sizes, inputs, log)
+    problems = preflight.Problems()
+    ancestors: dict[Key, tuple[Key, ...]] = {}
+    loaded = array("Q")  # destination oids, for the matviews that read them
+    # the source's reads on a thread of their own, beside the destination's
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgcopy-source-catalog") as source:
-        src_read = source.submit(catalog.read_tables, src_cur, src_sizes, shared)  # beside ours
-        dst_tables = catalog.read_tables(dst_cur, dst_sizes, shared)
-        src_tables = src_read.result()
-    matched = patterns.select_or_refuse(src_tables, inputs.include, inputs.exclude, log.warn)
-    selected = [t for t in matched if t.kind != "partitioned parent"]
-    if not selected:
-        raise PreflightError(["no table matches the selection"])
-    cats = preflight.read_catalogs(
-        src_cur, dst_cur, selected, dst_tables, inputs.include, inputs.exclude, shared
-    )
-    problems = preflight.run_checks(cats)
+        seqs_read = source.submit(
+            preflight.sequences, src_cur, dst_cur, chosen, inputs.include, inputs.exclude, problems
+        )
+        fkeys, fk_tables = preflight.foreign_keys(dst_cur, chosen, problems)
+        seqs, in_load = seqs_read.result()
+
+        def each() -> Iterator[CopyTask]:
+            for i in range(0, len(order), PLAN_CHUNK):
+                chunk = _chunk(
+                    src_cur, dst_cur, order[i : i + PLAN_CHUNK], (src_sizes, dst_sizes), fk_tables, source
+                )
+                preflight.run_checks(chunk, problems)
+                loaded.extend(chunk.dst_oid(t.key) for t in chunk.present)
+                ancestors.update((t.key, t.ancestors) for t in chunk.selected if t.ancestors)
+                if not problems:  # refused anyway: no task made
+                    yield from _tasks(chunk, inputs, _in_load(src_cur, chunk, in_load))
+
+        tasks = Chunked(each())
     if problems:
-        raise PreflightError(problems)
-    in_load = _in_load(cats)
-    tasks = _tasks(cats, inputs, in_load)
-    loaded = [cats.dst_oid(t.key) for t in selected]
-    loaded += [cats.dst_by_key[a].oid for t in selected for a in t.ancestors if a in cats.dst_by_key]
-    fields = dict(
+        raise PreflightError(problems.listed())
+    return Plan(
         tasks=tasks,
-        fkeys=cats.fkeys,
+        fkeys=fkeys,
+        sequences=Packed(Sequences(seqs)),
         matviews=catalog.read_matviews(dst_cur, loaded),
-        ancestors={t.key: t.ancestors for t in selected if t.ancestors},
+        ancestors=ancestors,
         large_objects=catalog.large_objects(src_cur),
     )
-    in_load_keys = {k for keys in in_load.values() for k in keys}
-    return fields, Sequences(cats.sequences, in_load_keys)
 
 
-def _in_load(c: preflight.Catalogs) -> dict[Key, tuple[Key, ...]]:
-    """Loaded table -> the sequences it owns that are set inside its load transaction (the
-    role owns them on the destination); the others are set after the load.
+def _same(value):
+    return value
 
-    The owned sequences' keys go with it: they came from an earlier pass over the packed
-    sequences, and the tasks keep this pass's (at 40,000 sequences the two passes' keys
-    were 13 MB of the planning's peak)."""
-    sel = c.sel_keys
+
+def _choose(src_cur, sizes: catalog.Sizes, inputs: PlanInputs, log: Logger) -> tuple[array, preflight.Chosen]:
+    """The selected leaf tables' source oids, largest first (then by name), and the
+    selection as KeySets; warnings for patterns that matched nothing."""
+    chooser = patterns.Selector(
+        patterns.parse_patterns(inputs.include), patterns.parse_patterns(inputs.exclude)
+    )
+    oids, totals = array("Q"), array("q")
+    sel, rel = KeySet(), KeySet()
+    matched = 0
+    for t in catalog.iter_tables(src_cur, sizes, _same):  # in name order
+        if not chooser.wants(t):
+            continue
+        matched += 1
+        if t.kind == "partitioned parent":
+            continue
+        sel.add(t.key)
+        rel.add(t.key)
+        for a in t.ancestors:
+            rel.add(a)
+        oids.append(t.oid)
+        totals.append(t.total_bytes)
+    for text in chooser.unmatched:
+        log.warn(f"pattern {text!r} matches no table")
+    if not matched or not oids:
+        raise PreflightError(["no table matches the selection"])
+    # a stable sort: equal sizes stay in name order
+    order = array("Q", (oids[i] for i in sorted(range(len(oids)), key=lambda i: -totals[i])))
+    return order, preflight.Chosen(sel, rel)
+
+
+def _chunk(
+    src_cur, dst_cur, oids, sizes: tuple[catalog.Sizes, catalog.Sizes], fk_tables, source
+) -> preflight.Catalogs:
+    """One chunk of the tables to load, read from both sides, in the plan's order."""
+    by_oid = {t.oid: t for t in catalog.iter_tables(src_cur, sizes[0], _same, oids=oids)}
+    selected = [by_oid[oid] for oid in oids]
+    return preflight.read_catalogs(src_cur, dst_cur, selected, sizes[1], fk_tables, source)
+
+
+def _in_load(src_cur, c: preflight.Catalogs, in_load: KeySet) -> dict[Key, tuple[Key, ...]]:
+    """The chunk's tables -> the sequences each owns that are set inside its load
+    transaction (see preflight.sequences); the others are set after the load."""
     out: dict[Key, list[Key]] = {}
-    for s in c.sequences:
-        if s.owner_table in sel and s.key in c.owned_sequences:
+    for s in catalog.read_sequences(src_cur, c.shared, owners=[t.oid for t in c.present]):
+        if s.key in in_load and s.owner_table in c.sel_keys:
             out.setdefault(s.owner_table, []).append(s.key)
-    c.owned_sequences = set()
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _tasks(
-    c: preflight.Catalogs, inputs: PlanInputs, in_load: dict[Key, tuple[Key, ...]]
-) -> Chunked[CopyTask]:
-    """The tasks, largest first, packed as they are made."""
+def _tasks(c: preflight.Catalogs, inputs: PlanInputs, in_load: dict[Key, tuple[Key, ...]]) -> list[CopyTask]:
+    """The chunk's tasks, in its order."""
     src_types = formats.read_types(c.src_cur, (col.typid for cols in c.src_cols.values() for col in cols))
     dst_types = formats.read_types(c.dst_cur, (col.typid for cols in c.dst_cols.values() for col in cols))
     src_major = c.src_cur.connection.server_version // 10000
@@ -167,7 +244,7 @@ def _tasks(
         found = catalog.read_rebuildable_indexes(c.dst_cur, [c.dst_oid(t.key) for t in big])
         rebuild = {t.key: found[c.dst_oid(t.key)] for t in big if c.dst_oid(t.key) in found}
     facts = catalog.read_load_facts(c.dst_cur, [c.dst_oid(t.key) for t in c.selected])
-    return Chunked(_each_task(c, in_load, decide, rebuild, facts))
+    return list(_each_task(c, in_load, decide, rebuild, facts))
 
 
 def _each_task(
@@ -177,8 +254,7 @@ def _each_task(
     rebuild: dict[Key, tuple[catalog.Index, ...]],
     facts: dict[int, catalog.LoadFacts],
 ) -> Iterator[CopyTask]:
-    # largest first: the order of the tasks' (-est_bytes, key), made in it
-    for t in sorted(c.selected, key=lambda t: (-t.total_bytes, t.key)):
+    for t in c.selected:
         dst = c.dst_by_key[t.key]
         fact = facts.get(dst.oid, catalog.LoadFacts(False, 1))
         small = t.data_bytes <= SMALL_BYTES and dst.data_bytes <= SMALL_BYTES

@@ -1,42 +1,73 @@
-"""Preflight: small checks over both catalogs, each returning its problems.
+"""Preflight: checks over both catalogs, each returning its problems.
 
 Every problem is reported at once (exit 2) before anything changes, and each says how to
-fix it.  The checks read :class:`Catalogs`, which :func:`read_catalogs` fills with a
-handful of set-based queries.
+fix it.  No catalog is held whole, whatever the table count: the planning (pgcopy.plan)
+reads the tables a chunk at a time, and a table's checks run on its chunk
+(:class:`Catalogs`); the FKs and sequences, which span tables, are checked as they stream
+by (:func:`foreign_keys`, :func:`sequences`), against the selection kept as a
+:class:`pgcopy.keys.KeySet`.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
-from collections.abc import Sequence as SequenceOf
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field, replace
 
 from pgcopy import catalog, patterns
 from pgcopy.catalog import CheckConstraint, ForeignKey, Key, Sequence, Table, Trigger, qualname
+from pgcopy.keys import KeySet
 from pgcopy.packed import Chunked
+
+
+class Problems:
+    """Problems as the checks find them, chunk after chunk; listed by check, in
+    :data:`ORDER`, whatever order the chunks found them in."""
+
+    ORDER = (
+        "missing_tables",
+        "column_differences",
+        "unselected_referencers",
+        "source_privileges",
+        "destination_privileges",
+        "references_privileges",
+        "sequence_problems",
+        "source_rls",
+        "destination_rls",
+    )
+
+    def __init__(self):
+        self.by_check: dict[str, list[str]] = {name: [] for name in self.ORDER}
+
+    def add(self, check: str, found: Iterable[str]) -> None:
+        self.by_check[check].extend(found)
+
+    def __bool__(self) -> bool:
+        return any(self.by_check.values())
+
+    def listed(self) -> list[str]:
+        return [p for name in self.ORDER for p in self.by_check[name]]
 
 
 @dataclass
 class Catalogs:
-    """What preflight and planning need from both sides, read once."""
+    """One chunk of the tables to load, with what their checks and tasks need from both
+    sides."""
 
     src_cur: object
     dst_cur: object
-    selected: list[Table]  # leaf tables to load (source side)
-    dst_by_key: dict[Key, Table]
+    selected: list[Table]  # leaf tables to load (source side), in the plan's order
+    dst_by_key: dict[Key, Table]  # the destination's tables of the same names
     src_cols: dict[int, tuple[catalog.Column, ...]]
     dst_cols: dict[int, tuple[catalog.Column, ...]]
-    fkeys: SequenceOf[ForeignKey]  # destination FKs touching a selected table (or its parents)
-    leaves: dict[Key, list[Key]]  # destination: partitioned parents -> their leaves
     triggers: dict[int, list[Trigger]]  # destination oid -> user triggers
     checks: dict[int, tuple[CheckConstraint, ...]]  # destination oid -> NOT VALID CHECKs
-    sequences: SequenceOf[Sequence]
+    fk_tables: KeySet  # tables with an FK the run drops (:func:`foreign_keys`)
     shared: catalog.Shared  # one tuple per distinct key or list of names (see catalog.Shared)
     owned: set[Key] = field(default_factory=set)  # destination tables the role owns
-    owned_sequences: set[Key] = field(default_factory=set)
 
     @property
     def present(self) -> list[Table]:
@@ -46,90 +77,43 @@ class Catalogs:
     def sel_keys(self) -> set[Key]:
         return {t.key for t in self.selected}
 
-    @functools.cached_property
-    def rel_set(self) -> set[Key]:
-        """Selected tables and their partitioned ancestors."""
-        ancestors = {a for t in self.selected for a in t.ancestors}
-        return self.sel_keys | ancestors if ancestors else self.sel_keys
-
-    def leaves_of(self, key: Key) -> list[Key]:
-        """The destination's leaf tables ``key`` stands for: itself unless partitioned."""
-        return self.leaves.get(key, [key])
-
     def dst_oid(self, key: Key) -> int:
         return self.dst_by_key[key].oid
-
-
-def _leaves_of(tables: list[Table]) -> dict[Key, list[Key]]:
-    """Partitioned parents -> the leaf tables they stand for (a list per table was 5 MB
-    at 40,000 tables; the others stand for themselves: :meth:`Catalogs.leaves_of`)."""
-    out: dict[Key, list[Key]] = {t.key: [] for t in tables if t.kind == "partitioned parent"}
-    for t in tables:
-        if t.kind != "partitioned parent":
-            for anc in t.ancestors:
-                out.setdefault(anc, []).append(t.key)
-    return out
-
-
-def _sequences(src_cur, rel_set: set[Key], include, exclude, shared: catalog.Shared) -> Chunked[Sequence]:
-    """Sequences owned by a selected table (or its parent), or standalone and matching;
-    packed as they are read."""
-    inc, exc = patterns.parse_patterns(include), patterns.parse_patterns(exclude)
-
-    def wanted(seq: Sequence) -> bool:
-        if seq.owner_table is not None:
-            return seq.owner_table in rel_set
-        return (not inc or any(p.matches(*seq.key) for p in inc)) and not any(
-            p.matches(*seq.key) for p in exc
-        )
-
-    return Chunked(filter(wanted, catalog.read_sequences(src_cur, shared)))
 
 
 def read_catalogs(
     src_cur,
     dst_cur,
     selected: list[Table],
-    dst_tables: list[Table],
-    include,
-    exclude,
-    shared: catalog.Shared | None = None,
+    dst_sizes: catalog.Sizes,
+    fk_tables: KeySet,
+    source: Executor,
 ) -> Catalogs:
-    shared = shared if shared is not None else catalog.Shared()
-    dst_by_key = {t.key: t for t in dst_tables}
-    present = [t for t in selected if t.key in dst_by_key]
-    dst_oids = [dst_by_key[t.key].oid for t in present]
-    cats = Catalogs(
+    """A chunk's tables on the destination, their columns (both sides), triggers and NOT
+    VALID CHECKs (the destination's).  The source's reads run on ``source``'s thread,
+    beside the destination's (two servers; psycopg2 lets go of the GIL while it waits on
+    one)."""
+    shared = catalog.Shared()  # the chunk's: a plan-wide one would hold every key
+    src_cols = source.submit(catalog.read_columns, src_cur, [t.oid for t in selected], shared)
+    dst_by_key = {
+        t.key: t for t in catalog.iter_tables(dst_cur, dst_sizes, shared, keys=[t.key for t in selected])
+    }
+    dst_oids = [dst_by_key[t.key].oid for t in selected if t.key in dst_by_key]
+    return Catalogs(
         src_cur=src_cur,
         dst_cur=dst_cur,
         selected=selected,
         dst_by_key=dst_by_key,
-        src_cols={},
-        dst_cols={},
-        fkeys=[],
-        leaves=_leaves_of(dst_tables),
-        triggers={},
-        checks={},
-        sequences=[],
+        dst_cols=catalog.read_columns(dst_cur, dst_oids, shared),
+        triggers=catalog.read_triggers(dst_cur, dst_oids, shared),
+        checks=catalog.read_not_valid_checks(dst_cur, dst_oids),
+        src_cols=src_cols.result(),
+        fk_tables=fk_tables,
         shared=shared,
     )
-    rel = cats.rel_set
-    # the source's reads on a thread of their own, beside the destination's (two servers;
-    # psycopg2 lets go of the GIL while it waits on one); in order on its one cursor
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgcopy-source-catalog") as source:
-        src_cols = source.submit(catalog.read_columns, src_cur, [t.oid for t in present], shared)
-        sequences = source.submit(_sequences, src_cur, rel, include, exclude, shared)
-        cats.dst_cols = catalog.read_columns(dst_cur, dst_oids, shared)
-        cats.triggers = catalog.read_triggers(dst_cur, dst_oids, shared)
-        cats.checks = catalog.read_not_valid_checks(dst_cur, dst_oids)
-        # packed as they are read: the checks and the plan read them a few passes over
-        fkeys = catalog.foreign_keys(dst_cur, shared=shared)
-        cats.fkeys = Chunked(fk for fk in fkeys if fk.table in rel or fk.ref_table in rel)
-        cats.src_cols, cats.sequences = src_cols.result(), sequences.result()
-    return cats
 
 
-# --- the checks: each (Catalogs) -> list of problems ---------------------------------
+# --- a chunk's checks: each (Catalogs) -> list of problems ------------------------------
 
 
 def missing_tables(c: Catalogs) -> list[str]:
@@ -161,24 +145,6 @@ def column_differences(c: Catalogs) -> list[str]:
     return out
 
 
-def unselected_referencers(c: Catalogs) -> list[str]:
-    """Truncating a table referenced from an unselected one would need CASCADE."""
-    out = []
-    sel, rel = c.sel_keys, c.rel_set
-    for fk in c.fkeys:
-        if fk.ref_table not in rel:
-            continue
-        for leaf in c.leaves_of(fk.table):
-            if leaf not in sel:
-                out.append(
-                    f"destination table {qualname(leaf)} is not selected but its foreign key "
-                    f"{fk.name} references selected table {qualname(fk.ref_table)}: loading it "
-                    f"would break that key; add {qualname(leaf)} to --include or exclude "
-                    f"{qualname(fk.ref_table)}"
-                )
-    return out
-
-
 def source_privileges(c: Catalogs) -> list[str]:
     c.src_cur.execute(
         """SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -191,38 +157,31 @@ def source_privileges(c: Catalogs) -> list[str]:
     ]
 
 
+PRIVILEGES_SQL = """
+SELECT c.oid, n.nspname, c.relname, has_table_privilege(c.oid, 'TRUNCATE'),
+       has_table_privilege(c.oid, 'INSERT'), pg_has_role(c.relowner, 'USAGE')
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY(%s::oid[])
+ ORDER BY 2, 3"""
+
+
 def destination_privileges(c: Catalogs) -> list[str]:
     """TRUNCATE and INSERT on every table loaded; ownership where the run must change DDL
-    (FKs dropped and re-added, triggers held off, NOT VALID CHECKs set aside)."""
-    sel = c.sel_keys
-    fk_tables = {fk.table for fk in c.fkeys}
-    trig = {k for k in c.dst_by_key if c.dst_oid(k) in c.triggers and k in sel}
-    chk = {k for k in c.dst_by_key if c.dst_oid(k) in c.checks and k in sel}
-    keys = {t.key for t in c.present} | {k for k in fk_tables if k in c.dst_by_key}
-    rows = catalog.streamed(
-        c.dst_cur,
-        """SELECT n.nspname, c.relname, has_table_privilege(c.oid, 'TRUNCATE'),
-                  has_table_privilege(c.oid, 'INSERT'), pg_has_role(c.relowner, 'USAGE')
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY(%s::oid[])""",
-        (catalog.oid_array(sorted(c.dst_oid(k) for k in keys)),),
-    )
+    (FKs dropped and re-added, triggers held off, NOT VALID CHECKs set aside).  The tables
+    the run drops FKs of but does not load: :func:`foreign_keys`."""
+    c.dst_cur.execute(PRIVILEGES_SQL, (catalog.oid_array(c.dst_oid(t.key) for t in c.present),))
     out = []
-    for s, n, can_truncate, can_insert, owner in rows:
+    for oid, s, n, can_truncate, can_insert, owner in c.dst_cur.fetchall():
         key = c.shared((s, n))
         if owner:
             c.owned.add(key)
-        lacks = []
-        if key in sel and not can_truncate:
-            lacks.append("TRUNCATE")
-        if key in sel and not can_insert:
-            lacks.append("INSERT")
+        lacks = [what for what, can in (("TRUNCATE", can_truncate), ("INSERT", can_insert)) if not can]
         if not owner:
             why = [
                 w
                 for w, needed in (
-                    ("to drop and re-add its foreign keys", key in fk_tables),
-                    ("to hold off its triggers", key in trig),
-                    ("to set aside its NOT VALID CHECK constraints", key in chk),
+                    ("to drop and re-add its foreign keys", key in c.fk_tables),
+                    ("to hold off its triggers", oid in c.triggers),
+                    ("to set aside its NOT VALID CHECK constraints", oid in c.checks),
                 )
                 if needed
             ]
@@ -230,60 +189,6 @@ def destination_privileges(c: Catalogs) -> list[str]:
                 lacks.append(f"ownership ({', '.join(why)})")
         if lacks:
             out.append(f"destination table {qualname(key)}: missing {', '.join(lacks)}")
-    return out
-
-
-def references_privileges(c: Catalogs) -> list[str]:
-    """Re-adding an FK needs REFERENCES on the referenced columns: checked now, not after the load."""
-    if not c.fkeys:
-        return []
-    # one JSON text made as the FKs are read: a list of lists first was 8 MB at 40,000 FKs
-    refs = "[" + ",".join(json.dumps([qualname(fk.ref_table), fk.ref_columns]) for fk in c.fkeys) + "]"
-    c.dst_cur.execute(
-        """SELECT e.i FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY e(v, i)
-            WHERE NOT (SELECT coalesce(bool_and(has_column_privilege((e.v->>0)::regclass, col, 'REFERENCES')), true)
-                         FROM jsonb_array_elements_text(e.v->1) col)""",
-        (refs,),
-    )
-    out = []
-    for (i,) in c.dst_cur.fetchall():
-        fk = c.fkeys[i - 1]
-        out.append(
-            f"foreign key {fk.name} on {qualname(fk.table)} must be re-added after the load, which "
-            f"needs REFERENCES on {qualname(fk.ref_table)} ({', '.join(fk.ref_columns)}): "
-            f"GRANT REFERENCES ON {qualname(fk.ref_table)} to the destination role"
-        )
-    return out
-
-
-def sequence_problems(c: Catalogs) -> list[str]:
-    if not c.sequences:
-        return []
-    names = catalog.text_array(qualname(s.key) for s in c.sequences)
-    out = []
-    rows = catalog.streamed(
-        c.dst_cur,
-        """SELECT n.nspname, s.relname, pg_has_role(s.relowner, 'USAGE')
-             FROM pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace WHERE s.relkind = 'S'""",
-    )
-    dst_seqs = {(s, n): owner for s, n, owner in rows}
-    c.owned_sequences = {s.key for s in c.sequences if dst_seqs.get(s.key)}
-    out += [
-        f"sequence {qualname(s.key)} does not exist on the destination: create it there"
-        for s in c.sequences
-        if s.key not in dst_seqs
-    ]
-    del dst_seqs  # a dict of every destination sequence: not kept through the next reads
-    c.src_cur.execute(
-        "SELECT s FROM unnest(%s::text[]) s WHERE NOT has_sequence_privilege(s, 'SELECT')", (names,)
-    )
-    out += [f"no SELECT privilege on source sequence {r[0]}: GRANT SELECT" for r in c.src_cur.fetchall()]
-    c.dst_cur.execute(
-        "SELECT s FROM unnest(%s::text[]) s WHERE to_regclass(s) IS NOT NULL "
-        "AND NOT has_sequence_privilege(s, 'UPDATE')",
-        (names,),
-    )
-    out += [f"no UPDATE privilege on destination sequence {r[0]}: GRANT UPDATE" for r in c.dst_cur.fetchall()]
     return out
 
 
@@ -310,18 +215,189 @@ def destination_rls(c: Catalogs) -> list[str]:
 CHECKS: tuple[Callable[[Catalogs], list[str]], ...] = (
     missing_tables,
     column_differences,
-    unselected_referencers,
     source_privileges,
     destination_privileges,
-    references_privileges,
-    sequence_problems,
     source_rls,
     destination_rls,
 )
 
 
-def run_checks(c: Catalogs) -> list[str]:
-    problems: list[str] = []
+def run_checks(c: Catalogs, problems: Problems) -> None:
     for check in CHECKS:
-        problems += check(c)
-    return problems
+        problems.add(check.__name__, check(c))
+
+
+# --- what spans tables: FKs and sequences, checked as they stream by ------------------
+
+# FKs checked for REFERENCES, sequences for existence and privileges, per statement
+BATCH = 2000
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The tables a run loads, as KeySets: what the FK and sequence checks ask."""
+
+    sel: KeySet  # the selected leaf tables
+    rel: KeySet  # those and their partitioned ancestors
+
+
+def _unselected(leaf: Key, fk: ForeignKey) -> str:
+    return (
+        f"destination table {qualname(leaf)} is not selected but its foreign key "
+        f"{fk.name} references selected table {qualname(fk.ref_table)}: loading it "
+        f"would break that key; add {qualname(leaf)} to --include or exclude "
+        f"{qualname(fk.ref_table)}"
+    )
+
+
+def foreign_keys(dst_cur, chosen: Chosen, problems: Problems) -> tuple[Chunked[ForeignKey], KeySet]:
+    """The destination's FKs that touch a selected table (or its parents), packed as they
+    are read, and the tables they are on.  Checked on the way: a table not selected whose
+    FK references a selected one (truncating that would need CASCADE), REFERENCES on the
+    referenced columns (re-adding the FK needs it: checked now, not after the load),
+    ownership of the tables not loaded whose FKs are dropped."""
+    cur = dst_cur.connection.cursor()  # beside the FKs' own, which streams them
+    on = KeySet()
+    outside = array("Q")  # tables not loaded whose FKs the run drops
+    parents: list[tuple[int, ForeignKey]] = []  # partitioned ones referencing the selection
+    batch: list[ForeignKey] = []
+    shared = catalog.Shared()
+
+    def relevant() -> Iterator[ForeignKey]:
+        n = 0
+        for relid, partitioned, fk in catalog.foreign_keys_on(dst_cur, shared):
+            if fk.table not in chosen.rel and fk.ref_table not in chosen.rel:
+                continue
+            on.add(fk.table)
+            if fk.table not in chosen.sel:
+                outside.append(relid)
+            if fk.ref_table in chosen.rel:
+                if partitioned:
+                    parents.append((relid, fk))
+                elif fk.table not in chosen.sel:
+                    problems.add("unselected_referencers", [_unselected(fk.table, fk)])
+            batch.append(fk)
+            if len(batch) == BATCH:
+                problems.add("references_privileges", _references(cur, batch))
+                batch.clear()
+            yield fk
+            n += 1
+            if n % Chunked.CHUNK == 0:  # a chunk packs its own keys: no sharing past it
+                shared.clear()
+
+    fkeys = Chunked(relevant())
+    problems.add("references_privileges", _references(cur, batch))
+    problems.add("unselected_referencers", _unselected_leaves(cur, parents, chosen.sel))
+    problems.add("destination_privileges", _fk_owners(cur, outside))
+    return fkeys, on
+
+
+def _references(cur, fks: list[ForeignKey]) -> list[str]:
+    if not fks:
+        return []
+    refs = "[" + ",".join(json.dumps([qualname(fk.ref_table), fk.ref_columns]) for fk in fks) + "]"
+    cur.execute(
+        """SELECT e.i FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY e(v, i)
+            WHERE NOT (SELECT coalesce(bool_and(has_column_privilege((e.v->>0)::regclass, col, 'REFERENCES')), true)
+                         FROM jsonb_array_elements_text(e.v->1) col)""",
+        (refs,),
+    )
+    out = []
+    for (i,) in cur.fetchall():
+        fk = fks[i - 1]
+        out.append(
+            f"foreign key {fk.name} on {qualname(fk.table)} must be re-added after the load, which "
+            f"needs REFERENCES on {qualname(fk.ref_table)} ({', '.join(fk.ref_columns)}): "
+            f"GRANT REFERENCES ON {qualname(fk.ref_table)} to the destination role"
+        )
+    return out
+
+
+def _unselected_leaves(cur, parents: list[tuple[int, ForeignKey]], sel: KeySet) -> list[str]:
+    """A partitioned table's FK to the selection: each of its leaves must be loaded."""
+    if not parents:
+        return []
+    cur.execute(
+        """SELECT o, n.nspname, c.relname
+             FROM unnest(%s::oid[]) o, pg_partition_tree(o) t
+             JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE t.isleaf AND c.relkind = 'r' ORDER BY 1, 2, 3""",
+        (catalog.oid_array(sorted({relid for relid, _ in parents})),),
+    )
+    leaves: dict[int, list[Key]] = {}
+    for relid, s, n in cur.fetchall():
+        leaves.setdefault(relid, []).append((s, n))
+    return [
+        _unselected(leaf, fk) for relid, fk in parents for leaf in leaves.get(relid, ()) if leaf not in sel
+    ]
+
+
+def _fk_owners(cur, oids: array) -> list[str]:
+    out = []
+    unique = sorted(set(oids))
+    for i in range(0, len(unique), BATCH):
+        cur.execute(PRIVILEGES_SQL, (catalog.oid_array(unique[i : i + BATCH]),))
+        out += [
+            f"destination table {qualname((s, n))}: missing ownership (to drop and re-add its foreign keys)"
+            for _oid, s, n, _t, _i, owner in cur.fetchall()
+            if not owner
+        ]
+    return out
+
+
+def sequences(
+    src_cur, dst_cur, chosen: Chosen, include, exclude, problems: Problems
+) -> tuple[Chunked[Sequence], KeySet]:
+    """Sequences owned by a selected table (or its parent), or standalone and matching;
+    checked on both sides and packed as they are read; and the keys of those set inside
+    their table's load (``in_load``: owned by a loaded table, and by the role on the
+    destination)."""
+    inc, exc = patterns.parse_patterns(include), patterns.parse_patterns(exclude)
+
+    def wanted(seq: Sequence) -> bool:
+        if seq.owner_table is not None:
+            return seq.owner_table in chosen.rel
+        return (not inc or any(p.matches(*seq.key) for p in inc)) and not any(
+            p.matches(*seq.key) for p in exc
+        )
+
+    scur, dcur = src_cur.connection.cursor(), dst_cur.connection.cursor()
+
+    def checked() -> Iterator[Sequence]:
+        batch: list[Sequence] = []
+        for seq in catalog.read_sequences(src_cur):
+            if wanted(seq):
+                batch.append(seq)
+            if len(batch) == BATCH:
+                yield from _checked_sequences(scur, dcur, batch, chosen.sel, problems)
+                batch = []
+        yield from _checked_sequences(scur, dcur, batch, chosen.sel, problems)
+
+    packed = Chunked(checked())
+    return packed, KeySet(s.key for s in packed if s.in_load)
+
+
+def _checked_sequences(scur, dcur, batch: list[Sequence], sel: KeySet, problems: Problems) -> list[Sequence]:
+    if not batch:
+        return []
+    names = catalog.text_array(qualname(s.key) for s in batch)
+    dcur.execute(
+        """SELECT s.oid IS NOT NULL, coalesce(pg_has_role(s.relowner, 'USAGE'), false),
+                  coalesce(has_sequence_privilege(s.oid, 'UPDATE'), true)
+             FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY k(sch, rel, i)
+             LEFT JOIN (pg_class s JOIN pg_namespace n ON n.oid = s.relnamespace AND s.relkind = 'S')
+                    ON n.nspname = k.sch AND s.relname = k.rel
+            ORDER BY k.i""",
+        (catalog.text_array(s.key[0] for s in batch), catalog.text_array(s.key[1] for s in batch)),
+    )
+    out, found = [], []
+    for seq, (exists, owner, can_update) in zip(batch, dcur.fetchall(), strict=True):
+        if not exists:
+            found.append(f"sequence {qualname(seq.key)} does not exist on the destination: create it there")
+        elif not can_update:
+            found.append(f"no UPDATE privilege on destination sequence {qualname(seq.key)}: GRANT UPDATE")
+        out.append(replace(seq, in_load=True) if owner and seq.owner_table in sel else seq)
+    scur.execute("SELECT s FROM unnest(%s::text[]) s WHERE NOT has_sequence_privilege(s, 'SELECT')", (names,))
+    found += [f"no SELECT privilege on source sequence {r[0]}: GRANT SELECT" for r in scur.fetchall()]
+    problems.add("sequence_problems", found)
+    return out

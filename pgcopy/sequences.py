@@ -50,7 +50,7 @@ def read_values(conn, keys: list, lock_timeout: str = "0") -> dict:
 def settle(plan: Plan, src, lock_timeout: str) -> Plan:
     """Read, on ``src``, the values of the sequences not set inside their table's load."""
     seqs = plan.sequences.open()
-    others = [s.key for s in seqs.sequences if s.key not in seqs.in_load]
+    others = [s.key for s in seqs.sequences if not s.in_load]
     seqs.values = read_values(src, others, lock_timeout)
     plan.sequences = Packed(seqs)
     return plan
@@ -66,7 +66,7 @@ def set_others(dst, plan: Plan, done_keys, log: Logger) -> list[str]:
     cur = dst.cursor()
     done = []
     for seq in seqs.sequences:
-        if seq.key in seqs.in_load:
+        if seq.in_load:
             continue
         owner = seq.owner_table
         if owner is not None and owner not in done_keys and owner not in loaded_parents:

@@ -257,7 +257,7 @@ def test_the_plan_names_each_table_with_one_tuple(src, dst):
     assert {s.owner_table for s in seqs.sequences} <= set(keys.values())
     # the role owns them all: each loaded table is handed the sequences it owns by the
     # plan, not after it
-    assert seqs.in_load == {s.key for s in seqs.sequences}
+    assert all(s.in_load for s in seqs.sequences)
     assert {t.key[1]: t.sequences for t in plan.tasks} == {
         "p": (("public", "p_id_seq"),),
         "p2": (),
@@ -621,3 +621,125 @@ def test_the_report_keeps_its_long_lists_packed_and_writes_them_whole(tmp_path):
     assert (
         data["fkeys_dropped"] == [] and data["sequences_set"] == [] and data["totals"]["tables_copied"] == 0
     )
+
+
+def _plan_here(src, dst, inputs=None):
+    from pgcopy import catalog
+    from pgcopy.log import Logger
+    from pgcopy.plan import PlanInputs, build_plan
+
+    sconn, dconn = src.connect(), dst.connect()
+    try:
+        for conn in (sconn, dconn):
+            catalog.intern_names(conn)
+        sizes = catalog.read_sizes(sconn), catalog.read_sizes(dconn)
+        return build_plan(sconn.cursor(), dconn.cursor(), inputs or PlanInputs(), Logger(stream=None), *sizes)
+    finally:
+        sconn.close()
+        dconn.close()
+
+
+def test_the_planning_holds_one_chunk_of_tables_at_a_time(src, dst, monkeypatch):
+    """Neither catalog is held whole (both were 2 KB a table, 100 MB at 40,000 tables): the
+    tables are planned PLAN_CHUNK at a time, the selection kept as arrays of hashes, and
+    the plan is the same whatever the chunk size, across every kind of table (partitions,
+    sequences set in the load or after it, FKs, matviews)."""
+    import gc
+
+    from pgcopy import plan as planmod
+    from pgcopy import preflight
+    from pgcopy.catalog import Table
+    from tests.helpers import load_fidelity
+
+    load_fidelity(src, dst)
+    whole = _plan_here(src, dst)
+    assert len(whole.tasks) > 12 and whole.ancestors and whole.matviews
+    alive: list[int] = []
+    run_checks = preflight.run_checks
+
+    def counted(chunk, problems):
+        alive.append(sum(type(o) is Table for o in gc.get_objects()))
+        return run_checks(chunk, problems)
+
+    monkeypatch.setattr(preflight, "run_checks", counted)
+    monkeypatch.setattr(planmod, "PLAN_CHUNK", 3)
+    chunked = _plan_here(src, dst)
+    assert len(alive) == -(-len(whole.tasks) // 3)
+    assert max(alive) <= 2 * 3  # the chunk's, on both sides
+    assert list(chunked.tasks) == list(whole.tasks)  # largest first, then by name
+    assert list(chunked.fkeys) == list(whole.fkeys)
+    seqs, whole_seqs = chunked.sequences.open(), whole.sequences.open()
+    assert list(seqs.sequences) == list(whole_seqs.sequences)
+    assert any(s.in_load for s in seqs.sequences) and any(not s.in_load for s in seqs.sequences)
+    assert seqs.values == whole_seqs.values
+    assert (chunked.matviews, chunked.ancestors) == (whole.matviews, whole.ancestors)
+
+
+def test_preflight_reports_every_chunks_problems_by_check(src, dst, monkeypatch):
+    """Problems found chunk by chunk, and by the FK and sequence passes beside them, are
+    listed by check in one order, as one pass over whole catalogs listed them."""
+    from pgcopy import plan as planmod
+    from pgcopy.errors import PreflightError
+
+    tables = "".join(f"CREATE TABLE t{i} (id serial PRIMARY KEY, v text);" for i in range(6))
+    src.execute(tables + "CREATE TABLE r (id int PRIMARY KEY, t0 int REFERENCES t0)")
+    dst.execute(
+        tables
+        + "DROP TABLE t1; ALTER TABLE t4 ALTER v TYPE int USING 0; DROP SEQUENCE t5_id_seq CASCADE;"
+        + "CREATE TABLE r (id int PRIMARY KEY, t0 int REFERENCES t0);"
+        + "CREATE TABLE other (id int, t2 int REFERENCES t2)"
+    )
+    found = {}
+    for chunk in (1000, 2):
+        monkeypatch.setattr(planmod, "PLAN_CHUNK", chunk)
+        with pytest.raises(PreflightError) as err:
+            _plan_here(src, dst)
+        found[chunk] = err.value.problems
+    assert found[2] == found[1000]
+    assert [p.split(":")[0] for p in found[2]] == [
+        "table public.t1 does not exist on the destination",
+        "table public.t4",
+        "destination table public.other is not selected but its foreign key other_t2_fkey references "
+        "selected table public.t2",
+        "sequence public.t1_id_seq does not exist on the destination",  # dropped with its table
+        "sequence public.t5_id_seq does not exist on the destination",
+    ]
+
+
+def test_key_sets_and_indexes_answer_like_sets_and_dicts():
+    """pgcopy.keys: 8 or 12 bytes a key instead of a tuple and a string each."""
+    from pgcopy.keys import KeyIndex, KeySet, TaskKeys
+
+    keys = [("public", f"t{i}") for i in range(500)] + [("other", "t1"), ("Öffentlich", "t1")]
+    index = KeyIndex(keys)
+    assert len(index) == len(keys)
+    assert all(index[k] == i and index.get(k) == i and k in index for i, k in enumerate(keys))
+    assert ("public", "t500") not in index and index.get(("public", "t500"), -1) == -1
+    with pytest.raises(KeyError):
+        index[("x", "y")]
+    some = KeySet(keys[::2])
+    some.add(("late", "one"))
+    assert all((k in some) == (i % 2 == 0) for i, k in enumerate(keys)) and ("late", "one") in some
+
+    class T:
+        def __init__(self, key):
+            self.key = key
+
+    assert list(TaskKeys([T(k) for k in keys[:3]])) == keys[:3] and TaskKeys([T(keys[7])])[0] == keys[7]
+
+
+def test_load_batches_are_two_arrays_handed_out_in_order():
+    """plan.batches keeps its task indices in arrays (no list per batch, no int per table),
+    and the load hands them out from a place in them (coordinator._Todo), a batch a worker
+    could not take going out next."""
+    from pgcopy.coordinator import _Todo
+    from pgcopy.plan import Batches
+
+    b = Batches([[0], [1, 2, 3], [4]])
+    assert b == [[0], [1, 2, 3], [4]] and len(b) == 3 and b[1] == [1, 2, 3] and b[-1] == [4]
+    todo = _Todo(b)
+    first = todo.popleft()
+    todo.appendleft(first)  # the worker was gone
+    assert todo.popleft() == [0] and todo.popleft() == [1, 2, 3]
+    todo.clear()
+    assert not todo

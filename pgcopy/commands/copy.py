@@ -57,13 +57,14 @@ from pgcopy.errors import (
 )
 from pgcopy.fkearly import EarlyRestorer
 from pgcopy.journal import Journal
+from pgcopy.keys import KeyIndex, TaskKeys
 from pgcopy.log import Logger, safe_write
 from pgcopy.options import CopyOptions
 from pgcopy.packed import Appended, Chunked
-from pgcopy.plan import Plan, PlanInputs
+from pgcopy.plan import Batches, Plan, PlanInputs
 from pgcopy.plan import batches as plan_batches
 from pgcopy.planner import PlanRequest, plan_apart
-from pgcopy.preflight import CHECKS
+from pgcopy.preflight import Problems
 from pgcopy.progress import ProgressBus
 from pgcopy.report import RunReport
 from pgcopy.stopping import RunBackends, StopFlag, Tee
@@ -83,7 +84,7 @@ class LoadSetup:
     """What the workers are started with, and the items they will load."""
 
     spec: WorkerSpec
-    batches: list[list[int]]  # task indices loaded together (plan.batches)
+    batches: Batches  # task indices loaded together (plan.batches)
 
 
 @dataclass(frozen=True)
@@ -91,16 +92,20 @@ class LoadedSizes:
     """Each loaded table's size on the source, by its position in the plan, and each
     partitioned parent's (its leaves'): no dict of every table's key (see CopyRun.change)."""
 
-    index: dict  # the run's: loaded table -> position
+    index: KeyIndex  # the run's: loaded table -> position
     sizes: array  # per position
     parents: dict  # partitioned parent -> its loaded leaves' size
 
-    def __getitem__(self, key) -> int:
+    def get(self, key) -> int | None:
         i = self.index.get(key)
-        return self.sizes[i] if i is not None else self.parents.get(key, 0)
+        return self.sizes[i] if i is not None else self.parents.get(key)
+
+    def __getitem__(self, key) -> int:
+        size = self.get(key)
+        return 0 if size is None else size
 
 
-def loaded_sizes(plan: Plan, index: dict) -> LoadedSizes:
+def loaded_sizes(plan: Plan, index: KeyIndex) -> LoadedSizes:
     sizes = array("q", (t.data_bytes for t in plan.tasks))
     parents: dict = {}
     for leaf, ups in plan.ancestors.items():
@@ -117,21 +122,14 @@ def fk_sizes(plan: Plan, sizes: LoadedSizes) -> array:
 @dataclass(frozen=True)
 class SmallTables:
     """Loaded tables (and partitioned parents) that are small: an FK between two of them
-    is added validated in one statement (see fkeys.between).  Most tables are small, so it
-    holds the few that are not (a set of 20,000 small ones held 2 MB through the load)."""
+    is added validated in one statement (see fkeys.between).  Asked of the sizes: no set
+    of keys (a set of 20,000 small ones held 2 MB through the load)."""
 
-    loaded: dict  # every loaded table (the run's index of them, see CopyRun.change)
-    big: frozenset
-    parents: frozenset  # partitioned parents
+    sizes: LoadedSizes
 
     def __contains__(self, key) -> bool:
-        return key not in self.big and (key in self.loaded or key in self.parents)
-
-
-def small_tables(sizes: LoadedSizes) -> SmallTables:
-    big = [k for k, i in sizes.index.items() if sizes.sizes[i] > SMALL_BYTES]
-    big += [k for k, n in sizes.parents.items() if n > SMALL_BYTES]
-    return SmallTables(sizes.index, frozenset(big), frozenset(sizes.parents))
+        size = self.sizes.get(key)
+        return size is not None and size <= SMALL_BYTES
 
 
 def _print_plan(plan: Plan, snapshot: str | None, opts: CopyOptions, stream) -> None:
@@ -242,7 +240,7 @@ class CopyRun:
             self.finish_interrupted()
             plan = self.snapshot_and_plan()
             if self.opts.dry_run:
-                self.report.set_plan(plan, self.snapshot is not None, [c.__name__ for c in CHECKS])
+                self.report.set_plan(plan, self.snapshot is not None, list(Problems.ORDER))
                 self.report.large_objects = plan.large_objects
                 _print_plan(plan, self.snapshot, self.opts, self.human)
                 self.log.done("dry run: nothing was changed")
@@ -262,11 +260,11 @@ class CopyRun:
         started = time.monotonic()
         self.stop.install()
         bus = ProgressBus(workers_for(self.opts.parallel, plan.tasks))
-        # each loaded table's position in the plan: the one per-table dict of the run (the
-        # display's, the load's and the FK restores'), over one key object per table
-        index = {t.key: i for i, t in enumerate(plan.tasks)}
+        # each loaded table's position in the plan: the one per-table index of the run (the
+        # display's, the load's and the FK restores'), 12 bytes a table (pgcopy.keys)
+        index = KeyIndex(TaskKeys(plan.tasks))
         sizes = loaded_sizes(plan, index)
-        small = small_tables(sizes)  # one set for the display, the early and the final restore
+        small = SmallTables(sizes)  # one for the display, the early and the final restore
         view = make_view(
             self.opts.output,
             self.log,
@@ -300,7 +298,7 @@ class CopyRun:
             safe_write(self.human, f"warning: {w}\n")
         return code
 
-    def phases(self, plan: Plan, view, bus, small: SmallTables, index: dict) -> int:
+    def phases(self, plan: Plan, view, bus, small: SmallTables, index: KeyIndex) -> int:
         """Once anything may have been dropped, every way out restores it first."""
         outcome, error = LoadOutcome(stopped=True), None
         load = self.load_setup(plan)
@@ -582,7 +580,7 @@ class CopyRun:
         return LoadSetup(WorkerSpec(o.source, o.dest, self.snapshot, stream, self.session), batches)
 
     def load(
-        self, plan: Plan, view, setup: LoadSetup, workers: Workers, small: SmallTables, index: dict
+        self, plan: Plan, view, setup: LoadSetup, workers: Workers, small: SmallTables, index: KeyIndex
     ) -> LoadOutcome:
         view.phase(None)
         self.report.mark("load")
@@ -608,7 +606,7 @@ class CopyRun:
                 backends,
                 self.release_source,
                 batches,
-                list(index),
+                TaskKeys(plan.tasks),
             )
         finally:
             early.stop()

@@ -31,7 +31,7 @@ def make_view(
     fkeys=(),
     fk_bytes=(),
     small=frozenset(),
-    index: dict | None = None,
+    index=None,
 ) -> LogReporter:
     """For the ETA: ``fk_bytes``, per FK of ``fkeys``, the referencing table's size;
     ``small``, the tables between which FKs are added validated in one statement (on one

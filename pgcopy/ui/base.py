@@ -16,6 +16,7 @@ from pgcopy import fmt
 from pgcopy.catalog import qualname
 from pgcopy.coordinator import Reporter
 from pgcopy.fkeys import between
+from pgcopy.keys import KeyIndex, TaskKeys
 from pgcopy.log import Logger
 from pgcopy.progress import STREAM_PER_TABLE_BYTE, Expected, ProgressBus, ProgressModel, Snapshot, duration
 from pgcopy.stream import TableResult
@@ -79,14 +80,14 @@ class LiveView(LogReporter):
         bus: ProgressBus,
         request_stop: Callable[[], None],
         fk: FkEstimate | None = None,
-        index: dict | None = None,
+        index: KeyIndex | None = None,
     ):
         super().__init__(log)
         self.tasks = tasks
         self.bus = bus
         self.request_stop = request_stop
         # each task's position (shared with the early FK restore: one dict for the run)
-        self.index = index if index is not None else {t.key: i for i, t in enumerate(tasks)}
+        self.index = index if index is not None else KeyIndex(TaskKeys(tasks))
         fk = fk or FkEstimate()
         self.model = ProgressModel(
             (expected_of(t) for t in tasks),
