@@ -17,6 +17,7 @@ from dataclasses import replace
 from pgcopy import fkeys as fkmod
 from pgcopy.catalog import ForeignKey, Key
 from pgcopy.keys import KeyIndex
+from pgcopy.plan import Ancestry
 
 POLL_SECONDS = 0.3
 
@@ -33,7 +34,7 @@ class EarlyRestorer:
         self,
         target: fkmod.RestoreTarget,
         fkeys: Sequence[ForeignKey],
-        ancestors: dict[Key, tuple[Key, ...]],
+        ancestors: Ancestry,
         index: KeyIndex,
         log,
     ):
@@ -42,10 +43,10 @@ class EarlyRestorer:
         self.target, self.log = target, log
         self.fkeys, self.index = fkeys, index
         # a partitioned parent stands for its loaded leaves
-        parents: dict[Key, list[int]] = {}
-        for leaf, ups in ancestors.items():
+        parents: dict[Key, array] = {}
+        for leaf, ups in ancestors.items():  # by position
             for parent in ups:
-                parents.setdefault(parent, []).append(index[leaf])
+                parents.setdefault(parent, array("L")).append(leaf)
         self.leaves = list(parents.values())
         number = {parent: n for n, parent in enumerate(parents)}
         # each FK's two ends as numbers, and the FKs still waiting by position: no FK

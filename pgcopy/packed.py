@@ -125,14 +125,27 @@ class Appended(Generic[T]):
     For the load's results: with them as objects the coordinator grew by 11 MB through
     the load at 40,000 tables, next to every worker; packed, by 4 MB."""
 
-    __slots__ = ("chunks", "tail", "packed_items")
+    __slots__ = ("chunks", "tail", "packed_items", "_last")
 
     def __init__(self, items: Iterable[T] = ()):
         self.chunks: list[Packed[list[T]]] = []
         self.tail: list[T] = []
         self.packed_items = 0
+        self._last: tuple = (-1, [])  # the chunk read last, as objects (see __getitem__)
         for item in items:
             self.append(item)
+
+    def __getitem__(self, i: int) -> T:
+        """The ``i``-th item; a packed one's chunk is kept as objects until another is
+        read (reads that go roughly in order unpack each chunk about once)."""
+        if not 0 <= i < len(self):
+            raise IndexError("Appended index out of range")
+        if i >= self.packed_items:
+            return self.tail[i - self.packed_items]
+        c = i // Chunked.CHUNK
+        if self._last[0] != c:
+            self._last = (c, self.chunks[c].open())
+        return self._last[1][i % Chunked.CHUNK]
 
     def append(self, item: T) -> None:
         self.tail.append(item)

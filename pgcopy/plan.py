@@ -6,7 +6,7 @@ All preflight problems are collected and raised together, before anything change
 from __future__ import annotations
 
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Sequence as SequenceOf
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pgcopy import catalog, formats, patterns, preflight
 from pgcopy.catalog import ForeignKey, Key, Sequence, Table
 from pgcopy.errors import PreflightError
-from pgcopy.keys import KeySet
+from pgcopy.keys import KeyIndex, KeySet, argsort
 from pgcopy.log import Logger
 from pgcopy.packed import Chunked, Packed
 from pgcopy.task import SMALL_BYTES, CopyTask, SequenceValue
@@ -30,6 +30,49 @@ class Sequences:
     values: dict[Key, SequenceValue] = field(default_factory=dict)
 
 
+class Ancestry:
+    """Each task's partitioned ancestors (nearest first; none for a table that is no
+    partition), by the task's position: a task holds the number of its chain among the few
+    distinct ones (4 bytes), where a dict of every partition's key held about 160 bytes a
+    partition through the load."""
+
+    __slots__ = ("chains", "of_task", "_numbers")
+
+    def __init__(self):
+        self.chains: list[tuple[Key, ...]] = [()]
+        self.of_task = array("L")
+        self._numbers: dict[tuple[Key, ...], int] = {(): 0}  # while it is made
+
+    def extend(self, chains: Iterable[tuple[Key, ...]]) -> None:
+        for ancestors in chains:
+            n = self._numbers.setdefault(ancestors, len(self.chains))
+            if n == len(self.chains):
+                self.chains.append(ancestors)
+            self.of_task.append(n)
+
+    def __getitem__(self, position: int) -> tuple[Key, ...]:
+        return self.chains[self.of_task[position]] if position < len(self.of_task) else ()
+
+    def items(self) -> Iterator[tuple[int, tuple[Key, ...]]]:
+        """(position, ancestors) of each task that loads a partition."""
+        return ((i, self.chains[n]) for i, n in enumerate(self.of_task) if n)
+
+    def __bool__(self) -> bool:
+        return len(self.chains) > 1
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Ancestry) and list(self.items()) == list(other.items())
+
+    __hash__ = None
+
+    def __getstate__(self):
+        return self.chains, self.of_task
+
+    def __setstate__(self, state) -> None:
+        self.chains, self.of_task = state
+        self._numbers = {}
+
+
 @dataclass
 class Plan:
     """Everything the run will do, worked out from both catalogs before anything changes."""
@@ -38,9 +81,10 @@ class Plan:
     fkeys: SequenceOf[ForeignKey]  # a Chunked too
     sequences: Packed[Sequences]
     matviews: list[Key]
-    # loaded partitions -> their partitioned parents (other tables have none: no entry)
-    ancestors: dict[Key, tuple[Key, ...]] = field(default_factory=dict)
+    # the loaded partitions' partitioned parents, by task position
+    ancestors: Ancestry = field(default_factory=Ancestry)
     large_objects: int = 0  # on the source; not copied
+    index: KeyIndex | None = None  # the tasks' positions by key (see KeyIndex.from_hashes)
 
 
 BATCH_TABLES = 16
@@ -135,7 +179,8 @@ def build_plan(
     sequences checked and packed as they are read (pgcopy.preflight)."""
     order, chosen = _choose(src_cur, src_sizes, inputs, log)
     problems = preflight.Problems()
-    ancestors: dict[Key, tuple[Key, ...]] = {}
+    ancestors = Ancestry()
+    hashes = array("q")  # each task's key's, for the coordinator's index of them
     loaded = array("Q")  # destination oids, for the matviews that read them
     # the source's reads on a thread of their own, beside the destination's
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgcopy-source-catalog") as source:
@@ -152,8 +197,9 @@ def build_plan(
                 )
                 preflight.run_checks(chunk, problems)
                 loaded.extend(chunk.dst_oid(t.key) for t in chunk.present)
-                ancestors.update((t.key, t.ancestors) for t in chunk.selected if t.ancestors)
                 if not problems:  # refused anyway: no task made
+                    ancestors.extend(t.ancestors for t in chunk.selected)  # the tasks' order
+                    hashes.extend(hash(t.key) for t in chunk.selected)
                     yield from _tasks(chunk, inputs, _in_load(src_cur, chunk, in_load))
 
         tasks = Chunked(each())
@@ -166,6 +212,7 @@ def build_plan(
         matviews=catalog.read_matviews(dst_cur, loaded),
         ancestors=ancestors,
         large_objects=catalog.large_objects(src_cur),
+        index=KeyIndex.from_hashes(hashes),
     )
 
 
@@ -199,7 +246,7 @@ def _choose(src_cur, sizes: catalog.Sizes, inputs: PlanInputs, log: Logger) -> t
     if not matched or not oids:
         raise PreflightError(["no table matches the selection"])
     # a stable sort: equal sizes stay in name order
-    order = array("Q", (oids[i] for i in sorted(range(len(oids)), key=lambda i: -totals[i])))
+    order = array("Q", (oids[i] for i in argsort(array("q", (-t for t in totals)))))
     return order, preflight.Chosen(sel, rel)
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
 import time
+from array import array
 from dataclasses import dataclass, field, fields
 from typing import TextIO
 
 from pgcopy import fmt
 from pgcopy.catalog import qualname
+from pgcopy.keys import KeyIndex, TaskKeys
 from pgcopy.packed import Appended
 
 # 2: the dry-run plan lost replica_mode (load transactions no longer use replica mode)
@@ -101,16 +102,24 @@ class RunReport:
     def tables_not_copied(self) -> list[str]:
         return [t["table"] for t in self.tables if t["status"] in ("rolled back", "not started")]
 
-    def add_load(self, outcome, tasks, codec) -> None:
-        """Fill the per-table entries and totals from the load phase's outcome."""
-        by_key = {r.key: r for r in itertools.chain(outcome.done, outcome.failed)}
-        for task in tasks:
-            r = by_key.get(task.key)
+    def add_load(self, outcome, tasks, codec, index: KeyIndex | None = None) -> None:
+        """Fill the per-table entries and totals from the load phase's outcome.
+
+        A table's result is found by its position (``index``, the run's), in an array:
+        a dict of every result by key was 5.5 MB at 20,000 tables."""
+        index = index if index is not None else KeyIndex(TaskKeys(tasks))
+        where = array("l", [-1]) * len(tasks)  # position -> its result's in outcome.done
+        for j, r in enumerate(outcome.done):
+            where[index[r.key]] = j
+        failed = {r.key: r for r in outcome.failed}
+        rolled_back = set(outcome.rolled_back)
+        for i, task in enumerate(tasks):
+            r = outcome.done[where[i]] if where[i] >= 0 else failed.get(task.key)
             if r is not None and r.error is None:
                 status = "copied"
             elif r is not None:
                 status = "failed"
-            elif task.key in outcome.rolled_back:
+            elif task.key in rolled_back:
                 status = "rolled back"
             else:
                 status = "not started"

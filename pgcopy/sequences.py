@@ -9,6 +9,8 @@ and set after the load (:func:`set_others`).
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 import psycopg2
 from psycopg2 import sql
 
@@ -56,13 +58,11 @@ def settle(plan: Plan, src, lock_timeout: str) -> Plan:
     return plan
 
 
-def set_others(dst, plan: Plan, done_keys, log: Logger) -> list[str]:
+def set_others(dst, plan: Plan, done_keys: Container, loaded_parents: Container, log: Logger) -> list[str]:
     """Sequences not set inside a load transaction: standalone ones, ones the role does
-    not own, ones owned by a partitioned parent (set when one of its leaves loaded)."""
+    not own, ones owned by a partitioned parent (set when one of its leaves loaded:
+    ``loaded_parents``)."""
     seqs: Sequences = plan.sequences.open()
-    # partitioned parents with a loaded leaf, once: asked per sequence whose table was not
-    # loaded, a stop after half of 40,000 tables would have taken 20,000 x 20,000 steps
-    loaded_parents = {a for k in done_keys for a in plan.ancestors.get(k, ())}
     cur = dst.cursor()
     done = []
     for seq in seqs.sequences:

@@ -199,14 +199,18 @@ def test_an_fk_waits_for_every_loaded_table_it_touches():
     stands for all its loaded leaves; a table not loaded is never waited for."""
     from pgcopy.catalog import ForeignKey
     from pgcopy.fkearly import EarlyRestorer
+    from pgcopy.keys import KeyIndex
+    from pgcopy.plan import Ancestry
 
     a, p, p1, p2, x = ("s", "a"), ("s", "p"), ("s", "p1"), ("s", "p2"), ("s", "x")
     to_parent = ForeignKey("a_p", a, p, "", True)
     to_unloaded = ForeignKey("a_x", a, x, "", True)
     unloaded = ForeignKey("x_x", x, x, "", True)
-    index = {a: 0, p1: 1, p2: 2}
+    index = KeyIndex([a, p1, p2])  # the loaded tables' positions
+    ancestors = Ancestry()
+    ancestors.extend([(), (p,), (p,)])  # by position: p1 and p2 are p's partitions
     fkeys = Chunked([to_parent, to_unloaded, unloaded])  # the plan's, packed
-    r = EarlyRestorer(None, fkeys, {p1: (p,), p2: (p,)}, index, None)
+    r = EarlyRestorer(None, fkeys, ancestors, index, None)
     assert r._ready() == [2]  # positions in the plan's FKs
     r.table_finished(a)
     assert r._ready() == [1]
