@@ -652,8 +652,13 @@ def test_the_planning_holds_one_chunk_of_tables_at_a_time(src, dst, monkeypatch)
     from tests.helpers import load_fidelity
 
     load_fidelity(src, dst)
+    # names the chunks' reads pass as array literals (by key on the destination)
+    odd = 'CREATE SCHEMA "Sch.ema"; CREATE TABLE "Sch.ema"."odd ""name"", {x}\\" (id int PRIMARY KEY)'
+    src.execute(odd)
+    dst.execute(odd)
     whole = _plan_here(src, dst)
     assert len(whole.tasks) > 12 and whole.ancestors and whole.matviews
+    assert ("Sch.ema", 'odd "name", {x}\\') in {t.key for t in whole.tasks}
     alive: list[int] = []
     run_checks = preflight.run_checks
 
