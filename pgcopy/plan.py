@@ -168,32 +168,47 @@ PLAN_CHUNK = 1000
 
 
 def build_plan(
-    src_cur, dst_cur, inputs: PlanInputs, log: Logger, src_sizes: catalog.Sizes, dst_sizes: catalog.Sizes
+    src_cur,
+    dst_cur,
+    inputs: PlanInputs,
+    log: Logger,
+    src_sizes: catalog.Sizes,
+    dst_sizes: catalog.Sizes,
+    fk_cur=None,
 ) -> Plan:
     """Read both catalogs, run every preflight check (all problems at once), then plan.
 
     Sizes come from :func:`catalog.read_sizes` (read beforehand in short transactions):
     nothing here takes a lock on a user table.  Neither catalog is held whole: the
     selection is kept as arrays of oids and hashes (:func:`_choose`), then the tables
-    are planned a chunk at a time, largest first (:func:`_chunk_tasks`), and the FKs and
-    sequences checked and packed as they are read (pgcopy.preflight)."""
+    are planned a chunk at a time, largest first (:func:`_chunk`), and the FKs and
+    sequences checked and packed as they are read (pgcopy.preflight).  The FKs are read
+    on ``fk_cur``, a destination session of their own, beside the chunks (on ``dst_cur``
+    before them without it)."""
     order, chosen = _choose(src_cur, src_sizes, inputs, log)
     problems = preflight.Problems()
     ancestors = Ancestry()
     hashes = array("q")  # each task's key's, for the coordinator's index of them
     loaded = array("Q")  # destination oids, for the matviews that read them
-    # the source's reads on a thread of their own, beside the destination's
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgcopy-source-catalog") as source:
+    unowned = array("Q")  # loaded destination tables the role does not own
+    # the source's reads on a thread of their own, beside the destination's; the FKs on
+    # another, beside the chunks
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgcopy-source-catalog") as source,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="pgcopy-fk-catalog") as fk_reader,
+    ):
         seqs_read = source.submit(
             preflight.sequences, src_cur, dst_cur, chosen, inputs.include, inputs.exclude, problems
         )
-        fkeys, fk_tables = preflight.foreign_keys(dst_cur, chosen, problems)
+        fks_read = fk_reader.submit(preflight.foreign_keys, fk_cur or dst_cur, chosen, problems)
+        if fk_cur is None:
+            fks_read.result()  # one destination session: the FKs first
         seqs, in_load = seqs_read.result()
 
         def each() -> Iterator[CopyTask]:
             for i in range(0, len(order), PLAN_CHUNK):
                 chunk = _chunk(
-                    src_cur, dst_cur, order[i : i + PLAN_CHUNK], (src_sizes, dst_sizes), fk_tables, source
+                    src_cur, dst_cur, order[i : i + PLAN_CHUNK], (src_sizes, dst_sizes), unowned, source
                 )
                 preflight.run_checks(chunk, problems)
                 loaded.extend(chunk.dst_oid(t.key) for t in chunk.present)
@@ -203,6 +218,8 @@ def build_plan(
                     yield from _tasks(chunk, inputs, _in_load(src_cur, chunk, in_load))
 
         tasks = Chunked(each())
+        fkeys, fk_oids, outside = fks_read.result()
+    problems.add("destination_privileges", preflight.ownership(dst_cur, unowned, outside, fk_oids))
     if problems:
         raise PreflightError(problems.listed())
     return Plan(
@@ -251,12 +268,12 @@ def _choose(src_cur, sizes: catalog.Sizes, inputs: PlanInputs, log: Logger) -> t
 
 
 def _chunk(
-    src_cur, dst_cur, oids, sizes: tuple[catalog.Sizes, catalog.Sizes], fk_tables, source
+    src_cur, dst_cur, oids, sizes: tuple[catalog.Sizes, catalog.Sizes], unowned: array, source
 ) -> preflight.Catalogs:
     """One chunk of the tables to load, read from both sides, in the plan's order."""
     by_oid = {t.oid: t for t in catalog.iter_tables(src_cur, sizes[0], _same, oids=oids)}
     selected = [by_oid[oid] for oid in oids]
-    return preflight.read_catalogs(src_cur, dst_cur, selected, sizes[1], fk_tables, source)
+    return preflight.read_catalogs(src_cur, dst_cur, selected, sizes[1], unowned, source)
 
 
 def _in_load(src_cur, c: preflight.Catalogs, in_load: KeySet) -> dict[Key, tuple[Key, ...]]:

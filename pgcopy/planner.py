@@ -54,16 +54,21 @@ class PlanRequest:
 
 def read_plan(req: PlanRequest, log: Logger) -> Plan:
     """Sizes in short transactions on both servers at once, then both catalogs (the
-    source's in the run's snapshot) and the plan, on sessions opened for it; then the
+    source's in the run's snapshot) and the plan, on sessions opened for it (one source,
+    two destination: the FKs are read beside the tables); then the
     values of the sequences set after the load (pgcopy.sequences), unless a dry run."""
-    src = connect(req.source, "source", req.session)
+    conns = [connect(req.source, "source", req.session)]
     try:
-        dst = connect(req.dest, "destination", req.session, readonly=req.readonly_dest)
+        # the destination's: one for the tables' chunks, one for the FKs beside them
+        for _ in range(2):
+            conns.append(connect(req.dest, "destination", req.session, readonly=req.readonly_dest))
     except BaseException:
-        src.close()
+        for conn in conns:
+            conn.close()
         raise
+    src, dst, fk_conn = conns
     try:
-        for conn in (src, dst):
+        for conn in conns:
             intern_names(conn)
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(read_sizes, src)
@@ -75,15 +80,17 @@ def read_plan(req: PlanRequest, log: Logger) -> Plan:
             scur.execute("SET TRANSACTION SNAPSHOT %s", (req.snapshot,))
         scur.execute("SET search_path = pg_catalog")
         fkmod.session_setup(dcur, req.lock_timeout)
-        plan = build_plan(scur, dcur, req.inputs, log, src_sizes, dst_sizes)  # packed as it reads
-        src.commit()
-        dst.commit()
+        fk_cur = fk_conn.cursor()
+        fkmod.session_setup(fk_cur, req.lock_timeout)
+        plan = build_plan(scur, dcur, req.inputs, log, src_sizes, dst_sizes, fk_cur)  # packed as it reads
+        for conn in conns:
+            conn.commit()
         if not req.readonly_dest:  # a dry run sets no sequence
             plan = sequences.settle(plan, src, req.lock_timeout)
         return plan
     finally:
-        src.close()
-        dst.close()
+        for conn in conns:
+            conn.close()
 
 
 def plan_apart(req: PlanRequest, log: Logger) -> Plan:

@@ -13,13 +13,14 @@ from __future__ import annotations
 import functools
 import json
 from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 
 from pgcopy import catalog, patterns
 from pgcopy.catalog import CheckConstraint, ForeignKey, Key, Sequence, Table, Trigger, qualname
-from pgcopy.keys import KeySet
+from pgcopy.keys import KeySet, argsort
 from pgcopy.packed import Chunked
 
 
@@ -65,7 +66,9 @@ class Catalogs:
     dst_cols: dict[int, tuple[catalog.Column, ...]]
     triggers: dict[int, list[Trigger]]  # destination oid -> user triggers
     checks: dict[int, tuple[CheckConstraint, ...]]  # destination oid -> NOT VALID CHECKs
-    fk_tables: KeySet  # tables with an FK the run drops (:func:`foreign_keys`)
+    # the run's destination tables loaded but not owned by the role, whose ownership
+    # problems are told once the FKs are read too (:func:`ownership`)
+    unowned: array
     shared: catalog.Shared  # one tuple per distinct key or list of names (see catalog.Shared)
     owned: set[Key] = field(default_factory=set)  # destination tables the role owns
 
@@ -86,7 +89,7 @@ def read_catalogs(
     dst_cur,
     selected: list[Table],
     dst_sizes: catalog.Sizes,
-    fk_tables: KeySet,
+    unowned: array,
     source: Executor,
 ) -> Catalogs:
     """A chunk's tables on the destination, their columns (both sides), triggers and NOT
@@ -108,7 +111,7 @@ def read_catalogs(
         triggers=catalog.read_triggers(dst_cur, dst_oids, shared),
         checks=catalog.read_not_valid_checks(dst_cur, dst_oids),
         src_cols=src_cols.result(),
-        fk_tables=fk_tables,
+        unowned=unowned,
         shared=shared,
     )
 
@@ -165,30 +168,58 @@ SELECT c.oid, n.nspname, c.relname, has_table_privilege(c.oid, 'TRUNCATE'),
 
 
 def destination_privileges(c: Catalogs) -> list[str]:
-    """TRUNCATE and INSERT on every table loaded; ownership where the run must change DDL
-    (FKs dropped and re-added, triggers held off, NOT VALID CHECKs set aside).  The tables
-    the run drops FKs of but does not load: :func:`foreign_keys`."""
+    """TRUNCATE and INSERT on every table loaded.  A table the role does not own is kept
+    for :func:`ownership`, which says all it lacks once the FKs are read too."""
     c.dst_cur.execute(PRIVILEGES_SQL, (catalog.oid_array(c.dst_oid(t.key) for t in c.present),))
     out = []
     for oid, s, n, can_truncate, can_insert, owner in c.dst_cur.fetchall():
-        key = c.shared((s, n))
-        if owner:
-            c.owned.add(key)
-        lacks = [what for what, can in (("TRUNCATE", can_truncate), ("INSERT", can_insert)) if not can]
         if not owner:
-            why = [
-                w
-                for w, needed in (
-                    ("to drop and re-add its foreign keys", key in c.fk_tables),
-                    ("to hold off its triggers", oid in c.triggers),
-                    ("to set aside its NOT VALID CHECK constraints", oid in c.checks),
-                )
-                if needed
-            ]
-            if why:
-                lacks.append(f"ownership ({', '.join(why)})")
+            c.unowned.append(oid)
+            continue
+        c.owned.add(c.shared((s, n)))
+        lacks = [what for what, can in (("TRUNCATE", can_truncate), ("INSERT", can_insert)) if not can]
         if lacks:
-            out.append(f"destination table {qualname(key)}: missing {', '.join(lacks)}")
+            out.append(f"destination table {qualname((s, n))}: missing {', '.join(lacks)}")
+    return out
+
+
+def ownership(cur, unowned: array, outside: array, fk_oids: array) -> list[str]:
+    """What the destination tables the role does not own lack: those loaded (``unowned``),
+    TRUNCATE, INSERT, and ownership where the run must change DDL (FKs dropped and
+    re-added, triggers held off, NOT VALID CHECKs set aside); those not loaded whose FKs the
+    run drops (``outside``), ownership.  ``fk_oids``: the tables the run drops FKs of,
+    sorted."""
+
+    def drops_fks(oid: int) -> bool:
+        i = bisect_left(fk_oids, oid)
+        return i < len(fk_oids) and fk_oids[i] == oid
+
+    out = []
+    for oids, loaded in ((sorted(set(unowned)), True), (sorted(set(outside)), False)):
+        for i in range(0, len(oids), BATCH):
+            part = oids[i : i + BATCH]
+            triggers = catalog.read_triggers(cur, part) if loaded else {}
+            checks = catalog.read_not_valid_checks(cur, part) if loaded else {}
+            cur.execute(PRIVILEGES_SQL, (catalog.oid_array(part),))
+            for oid, s, n, can_truncate, can_insert, owner in cur.fetchall():
+                if owner:
+                    continue
+                lacks = [
+                    w for w, can in (("TRUNCATE", can_truncate), ("INSERT", can_insert)) if loaded and not can
+                ]
+                why = [
+                    w
+                    for w, needed in (
+                        ("to drop and re-add its foreign keys", drops_fks(oid)),
+                        ("to hold off its triggers", oid in triggers),
+                        ("to set aside its NOT VALID CHECK constraints", oid in checks),
+                    )
+                    if needed
+                ]
+                if why:
+                    lacks.append(f"ownership ({', '.join(why)})")
+                if lacks:
+                    out.append(f"destination table {qualname((s, n))}: missing {', '.join(lacks)}")
     return out
 
 
@@ -250,15 +281,16 @@ def _unselected(leaf: Key, fk: ForeignKey) -> str:
     )
 
 
-def foreign_keys(dst_cur, chosen: Chosen, problems: Problems) -> tuple[Chunked[ForeignKey], KeySet]:
+def foreign_keys(dst_cur, chosen: Chosen, problems: Problems) -> tuple[Chunked[ForeignKey], array, array]:
     """The destination's FKs that touch a selected table (or its parents), packed as they
     are read, and the tables they are on.  Checked on the way: a table not selected whose
     FK references a selected one (truncating that would need CASCADE), REFERENCES on the
-    referenced columns (re-adding the FK needs it: checked now, not after the load),
-    ownership of the tables not loaded whose FKs are dropped."""
+    referenced columns (re-adding the FK needs it: checked now, not after the load).
+    Also returns the oids of the tables whose FKs the run drops (sorted), and of those it
+    does not load (for :func:`ownership`)."""
     cur = dst_cur.connection.cursor()  # beside the FKs' own, which streams them
-    on = KeySet()
-    outside = array("Q")  # tables not loaded whose FKs the run drops
+    on = array("Q")  # the tables whose FKs the run drops
+    outside = array("Q")  # those it does not load
     parents: list[tuple[int, ForeignKey]] = []  # partitioned ones referencing the selection
     batch: list[ForeignKey] = []
     shared = catalog.Shared()
@@ -268,7 +300,7 @@ def foreign_keys(dst_cur, chosen: Chosen, problems: Problems) -> tuple[Chunked[F
         for relid, partitioned, fk in catalog.foreign_keys_on(dst_cur, shared):
             if fk.table not in chosen.rel and fk.ref_table not in chosen.rel:
                 continue
-            on.add(fk.table)
+            on.append(relid)
             if fk.table not in chosen.sel:
                 outside.append(relid)
             if fk.ref_table in chosen.rel:
@@ -288,8 +320,7 @@ def foreign_keys(dst_cur, chosen: Chosen, problems: Problems) -> tuple[Chunked[F
     fkeys = Chunked(relevant())
     problems.add("references_privileges", _references(cur, batch))
     problems.add("unselected_referencers", _unselected_leaves(cur, parents, chosen.sel))
-    problems.add("destination_privileges", _fk_owners(cur, outside))
-    return fkeys, on
+    return fkeys, array("Q", (on[i] for i in argsort(on))), outside
 
 
 def _references(cur, fks: list[ForeignKey]) -> list[str]:
@@ -330,19 +361,6 @@ def _unselected_leaves(cur, parents: list[tuple[int, ForeignKey]], sel: KeySet) 
     return [
         _unselected(leaf, fk) for relid, fk in parents for leaf in leaves.get(relid, ()) if leaf not in sel
     ]
-
-
-def _fk_owners(cur, oids: array) -> list[str]:
-    out = []
-    unique = sorted(set(oids))
-    for i in range(0, len(unique), BATCH):
-        cur.execute(PRIVILEGES_SQL, (catalog.oid_array(unique[i : i + BATCH]),))
-        out += [
-            f"destination table {qualname((s, n))}: missing ownership (to drop and re-add its foreign keys)"
-            for _oid, s, n, _t, _i, owner in cur.fetchall()
-            if not owner
-        ]
-    return out
 
 
 def sequences(

@@ -190,8 +190,11 @@ def test_missing_privileges_refused(src, dst, state):
         ),
         "no SELECT privilege on source table public.tree",
         "destination table public.orders: missing TRUNCATE, ownership (to drop and re-add its foreign keys)",
+        # told once the FKs are read too (preflight.ownership), one line a table
+        "destination table public.customers: missing TRUNCATE, ownership (to hold off its triggers)",
     )
     assert "weakpw" not in err
+    assert err.count("destination table public.orders:") == 1
 
 
 def test_no_terminal_refused_at_once(src, dst, state):
