@@ -1,6 +1,7 @@
 """From two catalogs to a Plan: what to load, which FKs to drop and put back, what to check.
 
-All preflight problems are collected and raised together, before anything changes.
+Neither catalog is held whole: a chunk of tables at a time (see build_plan).  All preflight
+problems are collected and raised together, before anything changes.
 """
 
 from __future__ import annotations

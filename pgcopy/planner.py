@@ -1,10 +1,11 @@
 """STEP 3's catalog reads and planning, in a forked process that hands back the plan.
 
-Reading both catalogs takes far more memory than the plan they yield: every column, FK and
-size row of both sides, the preflight's lists.  In the coordinator that memory stayed: at
-10,000 tables it grew by 25-31 MB, of which the plan is 15, because CPython's allocator
-gives an arena back only once nothing in it is alive, and the plan's objects sit among the
-freed rows.  It then held that through the load, next to the workers.  So the reading runs
+Reading the catalogs takes more memory than the plan they yield, even a chunk of tables at
+a time (pgcopy.plan): rows, the chunks' objects, the sorts' lists.  In the coordinator that
+memory stayed (when both catalogs were read whole, at 10,000 tables it grew by 25-31 MB,
+of which the plan was 15), because CPython's allocator gives an arena back only once
+nothing in it is alive, and the plan's objects sit among the freed rows; it then held that
+through the load, next to the workers.  So the reading runs
 in a child forked for it, on sessions of its own (in the run's snapshot, as the
 coordinator's catalog session did), and sends back the pickled plan (a pgcopy.channel message),
 its tasks and FKs packed (pgcopy.packed.Chunked): the coordinator unpickles a few objects and
