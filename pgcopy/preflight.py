@@ -177,10 +177,19 @@ def destination_privileges(c: Catalogs) -> list[str]:
             c.unowned.append(oid)
             continue
         c.owned.add(c.shared((s, n)))
-        lacks = [what for what, can in (("TRUNCATE", can_truncate), ("INSERT", can_insert)) if not can]
-        if lacks:
-            out.append(f"destination table {qualname((s, n))}: missing {', '.join(lacks)}")
+        out += _missing((s, n), _privileges_lacked(can_truncate, can_insert), [])
     return out
+
+
+def _privileges_lacked(can_truncate: bool, can_insert: bool) -> list[str]:
+    return [what for what, can in (("TRUNCATE", can_truncate), ("INSERT", can_insert)) if not can]
+
+
+def _missing(key: Key, lacked: list[str], why: list[str]) -> list[str]:
+    """The one line that says all a destination table lacks: ``lacked`` privileges, and
+    ownership for the reasons ``why``; none if it lacks nothing."""
+    lacks = lacked + ([f"ownership ({', '.join(why)})"] if why else [])
+    return [f"destination table {qualname(key)}: missing {', '.join(lacks)}"] if lacks else []
 
 
 def ownership(cur, unowned: array, outside: array, fk_oids: array) -> list[str]:
@@ -204,9 +213,6 @@ def ownership(cur, unowned: array, outside: array, fk_oids: array) -> list[str]:
             for oid, s, n, can_truncate, can_insert, owner in cur.fetchall():
                 if owner:
                     continue
-                lacks = [
-                    w for w, can in (("TRUNCATE", can_truncate), ("INSERT", can_insert)) if loaded and not can
-                ]
                 why = [
                     w
                     for w, needed in (
@@ -216,10 +222,8 @@ def ownership(cur, unowned: array, outside: array, fk_oids: array) -> list[str]:
                     )
                     if needed
                 ]
-                if why:
-                    lacks.append(f"ownership ({', '.join(why)})")
-                if lacks:
-                    out.append(f"destination table {qualname((s, n))}: missing {', '.join(lacks)}")
+                lacked = _privileges_lacked(can_truncate, can_insert) if loaded else []
+                out += _missing((s, n), lacked, why)
     return out
 
 
