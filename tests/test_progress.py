@@ -211,13 +211,13 @@ def test_an_fk_waits_for_every_loaded_table_it_touches():
     ancestors.extend([(), (p,), (p,)])  # by position: p1 and p2 are p's partitions
     fkeys = Chunked([to_parent, to_unloaded, unloaded])  # the plan's, packed
     r = EarlyRestorer(None, fkeys, ancestors, index, None)
-    assert r._ready() == [2]  # positions in the plan's FKs
+    assert list(r._ready()) == [2]  # positions in the plan's FKs
     r.table_finished(a)
-    assert r._ready() == [1]
+    assert list(r._ready()) == [1]
     r.table_finished(p1)
-    assert r._ready() == []
+    assert list(r._ready()) == []
     r.table_finished(p2)
-    assert r._ready() == [0]
+    assert list(r._ready()) == [0]
     assert fkeys[0] == to_parent
 
 
@@ -240,6 +240,19 @@ def test_the_early_restore_tells_the_plan_positions_of_what_it_restores():
     assert heard == [3, 1, 4]
     r = EarlyRestorer(target, Chunked(fks), {}, {a: 0, b: 1}, None)
     assert r.ends.tolist() == [0, 1] * 5
+
+
+def test_the_early_restore_reads_its_batch_a_window_at_a_time():
+    """The ready FKs go to restore_all as a view of the plan's, not a list of objects:
+    restore_all reads WINDOW of them at a time, whatever the number ready."""
+    from array import array
+
+    from pgcopy.fkearly import At
+
+    plan = Chunked(range(100, 110))
+    ready = At(plan, array("l", [7, 2, 5]))
+    assert len(ready) == 3 and ready[0] == 107 and ready[1:] == [102, 105]
+    assert isinstance(ready.positions, array)
 
 
 def test_the_view_counts_each_settled_fk_once_by_its_position():
