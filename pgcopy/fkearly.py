@@ -51,11 +51,11 @@ class EarlyRestorer:
         number = {parent: n for n, parent in enumerate(parents)}
         # each FK's two ends as numbers, and the FKs still waiting by position: no FK
         # object is kept through the load (the plan holds them packed)
-        self.ends = array("l")
+        self.ends = array("i")
         for fk in fkeys:
             self.ends.append(self._end(fk.table, number))
             self.ends.append(self._end(fk.ref_table, number))
-        self.waiting = array("l", range(len(fkeys)))
+        self.waiting = array("i", range(len(fkeys)))
         self.finished = bytearray(len(index))  # a byte per loaded table
         self.restored = 0
         self._lock = threading.Lock()
@@ -97,7 +97,7 @@ class EarlyRestorer:
     def _ready(self) -> array:
         """The FKs whose tables have all finished (their positions), out of the waiting."""
         with self._lock:
-            ready, waiting = array("l"), array("l")
+            ready, waiting = array("i"), array("i")
             for pos in self.waiting:
                 done = self._finished(self.ends[2 * pos]) and self._finished(self.ends[2 * pos + 1])
                 (ready if done else waiting).append(pos)

@@ -28,11 +28,11 @@ def argsort(values: array) -> array:
     """The positions of ``values`` in ascending order of value, equal values in position
     order, as an array."""
     runs = [
-        array("L", sorted(range(start, min(start + RUN, len(values))), key=values.__getitem__))
+        array("I", sorted(range(start, min(start + RUN, len(values))), key=values.__getitem__))
         for start in range(0, len(values), RUN)
     ]
     merged = heapq.merge(*(((values[i], i) for i in run) for run in runs))
-    return array("L", (i for _, i in merged))
+    return array("I", (i for _, i in merged))
 
 
 class KeySet:
@@ -85,7 +85,7 @@ class KeyIndex:
     def _sorted(self, hashes: array) -> None:
         order = argsort(hashes)
         self._hashes = array("q", (hashes[i] for i in order))
-        self._positions = array("L", order)
+        self._positions = array("I", order)
         self.probe = hash(PROBE)
 
     def usable(self) -> bool:

@@ -41,7 +41,7 @@ class Ancestry:
 
     def __init__(self):
         self.chains: list[tuple[Key, ...]] = [()]
-        self.of_task = array("L")
+        self.of_task = array("I")
         self._numbers: dict[tuple[Key, ...], int] = {(): 0}  # while it is made
 
     def extend(self, chains: Iterable[tuple[Key, ...]]) -> None:
@@ -100,7 +100,7 @@ class Batches(SequenceOf[list[int]]):
     __slots__ = ("indices", "ends")
 
     def __init__(self, groups=()):
-        self.indices, self.ends = array("L"), array("L")
+        self.indices, self.ends = array("I"), array("I")
         for group in groups:
             self.add(group)
 

@@ -108,7 +108,7 @@ class RunReport:
         A table's result is found by its position (``index``, the run's), in an array:
         a dict of every result by key was 5.5 MB at 20,000 tables."""
         index = index if index is not None else KeyIndex(TaskKeys(tasks))
-        where = array("l", [-1]) * len(tasks)  # position -> its result's in outcome.done
+        where = array("i", [-1]) * len(tasks)  # position -> its result's in outcome.done
         for j, r in enumerate(outcome.done):
             where[index[r.key]] = j
         failed = {r.key: r for r in outcome.failed}
