@@ -22,11 +22,6 @@ from pgcopy.plan import Ancestry
 POLL_SECONDS = 0.3
 
 
-# what an FK end is waiting for (see EarlyRestorer._end): a task index, or
-NOT_LOADED = -1  # a table this run does not load: nothing
-# -2 - n: the leaves of the n-th partitioned parent (EarlyRestorer.leaves)
-
-
 class EarlyRestorer:
     """A coordinator thread; ``table_finished`` is called for every table done or failed."""
 
@@ -46,36 +41,58 @@ class EarlyRestorer:
         parents: dict[Key, array] = {}
         for leaf, ups in ancestors.items():  # by position
             for parent in ups:
-                parents.setdefault(parent, array("L")).append(leaf)
-        self.leaves = list(parents.values())
-        number = {parent: n for n, parent in enumerate(parents)}
-        # each FK's two ends as numbers, and the FKs still waiting by position: no FK
-        # object is kept through the load (the plan holds them packed)
-        self.ends = array("i")
-        for fk in fkeys:
-            self.ends.append(self._end(fk.table, number))
-            self.ends.append(self._end(fk.ref_table, number))
-        self.waiting = array("i", range(len(fkeys)))
+                parents.setdefault(parent, array("I")).append(leaf)
+        # Per FK, the number of its tables' loads not finished yet (a table the run does
+        # not load: none), and per loaded table the FKs that wait for it: a finished table
+        # makes its FKs ready at once.  Scanning every waiting FK at each poll took 13 ms at
+        # 80,000 FKs, under the lock each finished table takes, all through the load.
+        tables, fks = array("I"), array("I")  # (table, FK) pairs, in FK order
+        self.left = array("I")
+        for pos, fk in enumerate(fkeys):
+            before = len(tables)
+            for key in (fk.table, fk.ref_table):
+                i = index.get(key)
+                if i is not None:
+                    tables.append(i)
+                    fks.append(pos)
+                elif key in parents:
+                    tables.extend(parents[key])
+                    fks.extend(pos for _ in parents[key])
+            self.left.append(len(tables) - before)
+        # the pairs grouped by table (a counting sort): the FKs of table i are
+        # waiters[first[i]:first[i + 1]]
+        self.first = array("I", bytes(4 * (len(index) + 1)))
+        for t in tables:
+            self.first[t + 1] += 1
+        for i in range(len(index)):
+            self.first[i + 1] += self.first[i]
+        self.waiters = array("I", bytes(4 * len(tables)))
+        fill = array("I", self.first)
+        for t, pos in zip(tables, fks, strict=True):
+            self.waiters[fill[t]] = pos
+            fill[t] += 1
+        del tables, fks, fill
+        self.ready = array("I", (pos for pos, n in enumerate(self.left) if n == 0))
         self.finished = bytearray(len(index))  # a byte per loaded table
         self.restored = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pgcopy-fk-early", daemon=True)
 
-    def _end(self, key: Key, parent_number: dict[Key, int]) -> int:
-        i = self.index.get(key)
-        if i is not None:
-            return i
-        n = parent_number.get(key)
-        return NOT_LOADED if n is None else -2 - n
-
     def start(self) -> None:
-        if self.waiting:
+        if len(self.left):
             self._thread.start()
 
     def table_finished(self, key: Key) -> None:
+        i = self.index[key]
         with self._lock:
-            self.finished[self.index[key]] = 1
+            if self.finished[i]:
+                return
+            self.finished[i] = 1
+            for pos in self.waiters[self.first[i] : self.first[i + 1]]:
+                self.left[pos] -= 1
+                if not self.left[pos]:
+                    self.ready.append(pos)
 
     def request_stop(self) -> None:
         """No new batches (the one in progress goes on until cancelled)."""
@@ -88,20 +105,10 @@ class EarlyRestorer:
         if self._thread.is_alive():
             self._thread.join()
 
-    def _finished(self, end: int) -> bool:
-        """Has every loaded table that an FK end covers finished?"""
-        if end >= 0:
-            return bool(self.finished[end])
-        return end == NOT_LOADED or all(self.finished[i] for i in self.leaves[-2 - end])
-
     def _ready(self) -> array:
-        """The FKs whose tables have all finished (their positions), out of the waiting."""
+        """The FKs whose tables have all finished since the last call (their positions)."""
         with self._lock:
-            ready, waiting = array("i"), array("i")
-            for pos in self.waiting:
-                done = self._finished(self.ends[2 * pos]) and self._finished(self.ends[2 * pos + 1])
-                (ready if done else waiting).append(pos)
-            self.waiting = waiting
+            ready, self.ready = self.ready, array("I")
         return ready
 
     def _restore(self, ready: array, sessions: fkmod.Sessions) -> fkmod.RestoreOutcome:

@@ -261,6 +261,11 @@ def test_an_fk_waits_for_every_loaded_table_it_touches():
     r.table_finished(p2)
     assert list(r._ready()) == [0]
     assert fkeys[0] == to_parent
+    # a self-reference waits for its one table, named at both ends
+    r = EarlyRestorer(None, Chunked([ForeignKey("a_a", a, a, "", True)]), ancestors, index, None)
+    assert list(r._ready()) == []
+    r.table_finished(a)
+    assert list(r._ready()) == [0]
 
 
 def test_the_early_restore_tells_the_plan_positions_of_what_it_restores():
@@ -281,7 +286,13 @@ def test_the_early_restore_tells_the_plan_positions_of_what_it_restores():
     told(batch[0], 0.1)
     assert heard == [3, 1, 4]
     r = EarlyRestorer(target, Chunked(fks), {}, {a: 0, b: 1}, None)
-    assert r.ends.tolist() == [0, 1] * 5
+    assert r.left.tolist() == [2] * 5  # each waits for a and b
+    r.table_finished(b)
+    r.table_finished(b)  # told twice: counted once
+    assert list(r._ready()) == []
+    r.table_finished(a)
+    assert list(r._ready()) == [0, 1, 2, 3, 4]
+    assert list(r._ready()) == []  # each FK is handed out once
 
 
 def test_the_early_restore_reads_its_batch_a_window_at_a_time():
