@@ -7,7 +7,9 @@ reject the ``options`` startup parameter):
 
 - one common ``client_encoding`` on both ends, so the servers convert (or refuse);
 - ``DateStyle``, ``IntervalStyle``, ``extra_float_digits``, ``TimeZone``,
-  ``bytea_output``: text output that reads back as the same value anywhere;
+  ``bytea_output``, ``lc_monetary``: text output that reads back as the same value
+  anywhere (money's text follows lc_monetary: "$1,234.50" read under a locale whose
+  decimal mark is a comma is another amount, or an error);
 - no statement, idle or lock timeouts from the role or database (the destination's DDL
   sets ``--lock-timeout`` itself), so a production role's limits cannot kill the
   snapshot or a long COPY;
@@ -51,6 +53,7 @@ PINNED = (
     ("extra_float_digits", "3"),
     ("TimeZone", "UTC"),
     ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
     ("statement_timeout", "0"),
     ("lock_timeout", "0"),
     ("idle_in_transaction_session_timeout", "0"),

@@ -12,7 +12,7 @@ import subprocess
 import psycopg2
 import pytest
 
-from pgcopy.connections import settled
+from pgcopy.connections import Session, connect, settled
 from tests.helpers import checksums, copy
 
 
@@ -109,3 +109,31 @@ def test_an_encrypted_destination_keeps_every_session_encrypted(src, ssl_cluster
 @pytest.fixture
 def state_dir(tmp_path):
     return tmp_path / "state"
+
+
+def test_sessions_are_pinned_whatever_the_database_and_role_set(src, dst):
+    """The database sets another money format and isolation, the role another isolation:
+    pgcopy's sessions read and write money as 'C' formats it, the source in repeatable
+    read, the destination in read committed (what its loads and FK checks assume)."""
+    for db, isolation in ((src, "read committed"), (dst, "serializable")):
+        db.execute(
+            f"ALTER DATABASE {db.dbname} SET lc_monetary = 'C.utf8';"
+            f"ALTER DATABASE {db.dbname} SET default_transaction_isolation = '{isolation}'"
+        )
+    seen = {}
+    for db, side in ((src, "source"), (dst, "destination")):
+        conn = psycopg2.connect(db.dsn)  # what a session gets unpinned
+        with conn.cursor() as cur:
+            cur.execute("SHOW lc_monetary")
+            assert cur.fetchone()[0] == "C.utf8"
+        conn.close()
+        conn = connect(db.dsn, side, Session.new())
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT current_setting('lc_monetary'), current_setting('default_transaction_isolation')"
+                )
+                seen[side] = cur.fetchone()
+        finally:
+            conn.close()
+    assert seen == {"source": ("C", "repeatable read"), "destination": ("C", "read committed")}
