@@ -201,13 +201,14 @@ class ProgressModel:
         fk_serial: Iterable[int] = (),
     ):
         self.table_fixed_s = table_fixed_s
-        self.exp_bytes, self.exp_rows, self.exp_index = array("d"), array("d"), array("d")
+        # estimates (reltuples is a float4 in the catalog): single precision, 4 bytes each
+        self.exp_bytes, self.exp_rows, self.exp_index = array("f"), array("f"), array("f")
         for e in expected:
             self.exp_bytes.append(e.bytes)
             self.exp_rows.append(e.rows)
             self.exp_index.append(e.index_bytes)
         self.ntasks = len(self.exp_bytes)
-        self.fk_bytes = array("d", fk_bytes or ())
+        self.fk_bytes = array("f", fk_bytes or ())
         self.fk_serial = bytearray(len(self.fk_bytes))  # 1: restored on one connection (added validated)
         for i in fk_serial:
             self.fk_serial[i] = 1

@@ -116,7 +116,7 @@ def loaded_sizes(plan: Plan, index: KeyIndex) -> LoadedSizes:
 
 def fk_sizes(plan: Plan, sizes: LoadedSizes) -> array:
     """Per FK of the plan, the referencing table's size: what its validation scans, for the ETA."""
-    return array("d", (sizes[fk.table] for fk in plan.fkeys))
+    return array("f", (sizes[fk.table] for fk in plan.fkeys))  # an estimate: single precision
 
 
 @dataclass(frozen=True)
