@@ -113,8 +113,8 @@ class EarlyRestorer:
 
     def _restore(self, ready: array, sessions: fkmod.Sessions) -> fkmod.RestoreOutcome:
         # read a window at a time by restore_all: a list of every ready FK held them all
-        # as objects at once (10,000 became ready together at the end of a 40,000-table
-        # load, and the allocator kept the 5 MB they took through the rest of the run)
+        # as objects at once, however many became ready together (2 MB in one round of a
+        # 40,000-table load, traced)
         return fkmod.restore_all(renumbered(self.target, ready), At(self.fkeys, ready), sessions)
 
     def _run(self) -> None:
