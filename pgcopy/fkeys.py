@@ -291,14 +291,14 @@ def _in_parallel(sessions: Sessions, fkeys: Sequence[ForeignKey], run: Callable)
     # positions in arrays, a batch a slice of them: lists of 40,000 ints were 2.7 MB the
     # coordinator kept through the load
     batches = list(
-        _batches(array("L", (i for i, fk in enumerate(fkeys) if (fk.table, fk.name) not in alone)), size)
+        _batches(array("I", (i for i, fk in enumerate(fkeys) if (fk.table, fk.name) not in alone)), size)
     )
     # FKs come sorted by table, so neighbouring batches often share a table (a chain's
     # link): a stride keeps the batches that run at the same time apart, instead of one
     # session waiting for the other's locks
     stride = max(2, sessions.target.parallel)
     batches = [b for r in range(stride) for b in batches[r::stride]]
-    redo = array("L", (i for i, fk in enumerate(fkeys) if (fk.table, fk.name) in alone) if alone else ())
+    redo = array("I", (i for i, fk in enumerate(fkeys) if (fk.table, fk.name) in alone) if alone else ())
     results = []
     for batch, out in zip(batches, _each(sessions, batches, locked), strict=True):
         if out is _Redo:
