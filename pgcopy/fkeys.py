@@ -28,7 +28,7 @@ from psycopg2 import sql
 
 from pgcopy import catalog, failpoints
 from pgcopy.catalog import ForeignKey, qualname
-from pgcopy.connections import Session, connect, error_line, make_durable
+from pgcopy.connections import Session, connect, error_line, make_durable, session_relations
 from pgcopy.errors import PgcopyError
 from pgcopy.packed import Appended
 
@@ -124,10 +124,15 @@ class Sessions:
         self.target, self.stopping, self.interrupt = target, stopping, interrupt
         self._idle: list = []
         self._all: list = []
+        self._opened: dict[int, int] = {}  # per session (its id): relations opened on it
+        self._limit = session_relations()
         self._lock = threading.Lock()
 
     @contextmanager
-    def session(self) -> Iterator:
+    def session(self, fkeys: int = 0) -> Iterator:
+        """An idle session, or a new one; ``fkeys``: how many FKs the caller will handle
+        on it.  A session that has handled enough is closed when given back, so that the
+        server's caches do not grow with the FK count (see SESSION_RELATIONS)."""
         with self._lock:
             conn = self._idle.pop() if self._idle else None
             others = bool(self._all)
@@ -150,9 +155,22 @@ class Sessions:
                     conn.rollback()
             except psycopg2.Error:
                 pass
-            if not conn.closed:  # a broken session is never handed out again
+            # each FK opens its two tables (and the catalog rows that name them)
+            self._opened[id(conn)] = self._opened.get(id(conn), 0) + 2 * fkeys
+            if self._opened[id(conn)] >= self._limit:
+                self._retire(conn)
+            elif not conn.closed:  # a broken session is never handed out again
                 with self._lock:
                     self._idle.append(conn)
+
+    def _retire(self, conn) -> None:
+        with self._lock:
+            self._all.remove(conn)
+            del self._opened[id(conn)]
+        try:
+            conn.close()
+        except Exception:
+            pass
 
     def cancel(self) -> None:
         """Stop the statements in progress (Ctrl-C while waiting on the threads)."""
@@ -172,8 +190,8 @@ class Sessions:
 
 
 def _each(sessions: Sessions, items: list, fn: Callable) -> list:
-    """``fn(conn, item)`` for every item on up to ``parallel`` sessions at once; the results
-    in order.  After an error no item starts; the first is raised once the items in
+    """``fn(conn, item)`` for every item (a list of FKs, or of their positions) on up to
+    ``parallel`` sessions at once; the results in order.  After an error no item starts; the first is raised once the items in
     progress have ended.
 
     Threads take the items one at a time: a pool's future per item (20,000 FKs dropped
@@ -181,7 +199,7 @@ def _each(sessions: Sessions, items: list, fn: Callable) -> list:
     n = max(1, min(sessions.target.parallel, len(items)))
 
     def call(item):
-        with sessions.session() as conn:
+        with sessions.session(len(item)) as conn:
             return fn(conn, item)
 
     if n == 1 and not sessions.interrupt:
@@ -305,7 +323,7 @@ def _in_parallel(sessions: Sessions, fkeys: Sequence[ForeignKey], run: Callable)
             redo += batch
         elif out is not None:
             results.append(out)
-    with sessions.session() as conn:
+    with sessions.session(len(redo)) as conn:
         cur = conn.cursor()
         for batch in _batches(redo, size):
             if sessions.stopping():
@@ -496,7 +514,7 @@ def _add_missing(
     added NOT VALID instead, and VALIDATE reports why."""
     to_add = []
     result = _Added()
-    with sessions.session() as conn:
+    with sessions.session(len(fkeys)) as conn:
         partitioned = _partitioned(conn, fkeys)
         for fk, now in _now(conn, fkeys):
             if now is None:
@@ -613,7 +631,7 @@ def _restore_window(
         for fk in added.settled:
             heard(fk, added.timings.get((fk.table, fk.name), 0.0))
     failed = _validate(sessions, added.to_validate, heard)
-    with sessions.session() as conn:
+    with sessions.session(len(fkeys)) as conn:
         _check(out, _now(conn, fkeys), failed)
 
 

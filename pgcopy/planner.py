@@ -34,7 +34,7 @@ from pgcopy import channel, failpoints, sequences
 from pgcopy import fkeys as fkmod
 from pgcopy.catalog import intern_names, read_sizes
 from pgcopy.child import death_signal
-from pgcopy.connections import Session, connect, error_line
+from pgcopy.connections import Renewing, Session, connect, error_line
 from pgcopy.errors import PgcopyError
 from pgcopy.log import Logger
 from pgcopy.plan import Plan, PlanInputs, build_plan
@@ -58,23 +58,29 @@ def read_plan(req: PlanRequest, log: Logger) -> Plan:
     source's in the run's snapshot) and the plan, on sessions opened for it (one source,
     two destination: the FKs are read beside the tables); then the
     values of the sequences set after the load (pgcopy.sequences), unless a dry run."""
-    conns = [connect(req.source, "source", req.session)]
+    # measuring the sizes opens every table: on sessions renewed as they go, the last of
+    # which then reads the catalog (no server session caches every table)
+    sides: list[Renewing] = []
     try:
-        # the destination's: one for the tables' chunks, one for the FKs beside them
-        for _ in range(2):
-            conns.append(connect(req.dest, "destination", req.session, readonly=req.readonly_dest))
+        sides.append(Renewing(lambda: connect(req.source, "source", req.session)))
+        sides.append(
+            Renewing(lambda: connect(req.dest, "destination", req.session, readonly=req.readonly_dest))
+        )
+        # the destination's second: for the FKs, read beside the tables
+        fk_conn = connect(req.dest, "destination", req.session, readonly=req.readonly_dest)
     except BaseException:
-        for conn in conns:
-            conn.close()
+        for side in sides:
+            side.conn.close()
         raise
-    src, dst, fk_conn = conns
     try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(read_sizes, sides[0].conn, sides[0].using)
+            dst_sizes = read_sizes(sides[1].conn, sides[1].using)
+            src_sizes = pending.result()
+        src, dst = sides[0].conn, sides[1].conn
+        conns = [src, dst, fk_conn]
         for conn in conns:
             intern_names(conn)
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(read_sizes, src)
-            dst_sizes = read_sizes(dst)
-            src_sizes = pending.result()
         src.set_session(isolation_level="REPEATABLE READ", readonly=True)
         scur, dcur = src.cursor(), dst.cursor()
         if req.snapshot:
@@ -90,7 +96,7 @@ def read_plan(req: PlanRequest, log: Logger) -> Plan:
             plan = sequences.settle(plan, src, req.lock_timeout)
         return plan
     finally:
-        for conn in conns:
+        for conn in (*(side.conn for side in sides), fk_conn):
             conn.close()
 
 

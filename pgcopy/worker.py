@@ -1,4 +1,4 @@
-"""The worker process: one source and one destination connection for its whole life.
+"""The worker process: one source and one destination connection, renewed as it goes.
 
 Each worker is a fresh interpreter (see pgcopy.channel): it inherits no open psycopg2
 connections, sockets or locked mutexes from the coordinator (fork would copy the
@@ -16,7 +16,7 @@ import psycopg2
 from pgcopy import channel, failpoints
 from pgcopy.batch import copy_batch
 from pgcopy.catalog import lock_holders, qualname
-from pgcopy.connections import Session, connect, error_line
+from pgcopy.connections import Session, connect, error_line, session_relations
 from pgcopy.progress import NullSlot, Slot, attach
 from pgcopy.stream import StreamSpec, TableResult, analyze, copy_table
 
@@ -107,18 +107,34 @@ def main() -> None:
 
 
 class Worker:
-    """One source and one destination connection, reopened after a failure."""
+    """One source and one destination connection, reopened after a failure and after
+    SESSION_RELATIONS relations."""
 
     def __init__(self, wid: int, spec: WorkerSpec, line: channel.Line, slot):
         self.wid, self.spec, self.line, self.slot = wid, spec, line, slot
         self.src = self.dst = None
         self.pending: list = []  # loaded tables not yet analyzed
         self.pending_locks = 0  # the destination relations they hold (table, TOAST, indexes)
+        self.opened = 0  # relations loaded on these sessions: each server caches them all
+        self.session_relations = session_relations()
 
     def put(self, kind: str, payload) -> None:
         self.line.put(kind, payload)
 
     def run(self, item: list) -> None:
+        if self.opened >= self.session_relations:
+            self._renew()
+        self.opened += sum(task.relations for _, task in item)
+        self._run(item)
+
+    def _renew(self) -> None:
+        """New sessions on both sides, so that neither server's backend grows with the
+        table count (see SESSION_RELATIONS); what is pending ANALYZE goes first."""
+        if self.pending:
+            self._analyze()
+        self._reset()
+
+    def _run(self, item: list) -> None:
         try:
             if self.src is None:
                 self.src, self.dst = _open(self.spec)
@@ -221,6 +237,7 @@ class Worker:
     def _reset(self) -> None:
         _close(*(c for c in (self.src, self.dst) if c is not None))
         self.src = self.dst = None
+        self.opened = 0
 
     def finish(self) -> None:
         if self.pending and not self.line.stopped():

@@ -12,6 +12,7 @@ import psycopg2
 import pytest
 
 from pgcopy import datasets
+from pgcopy.connections import Renewing
 from pgcopy.packed import Appended, Chunked, Packed
 from pgcopy.sandbox import FAST_SETTINGS, throwaway_cluster
 from tests.fix_clusters import Db
@@ -143,6 +144,75 @@ def test_many_tables_on_a_default_lock_table(small_clusters, tmp_path, as_owner)
     released = next(i for i, line in enumerate(lines) if "source snapshot released" in line)
     last_done = max(i for i, line in enumerate(lines) if "Completed" in line)
     assert released < last_done
+
+
+PGCOPY_BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgcopy:%%'"
+
+
+def _sessions_opened(conn) -> int:
+    """Sessions ever opened in ``conn``'s database, once pgcopy's have all ended (each
+    backend reports its own as it exits); ``conn``, the test's own, opens none."""
+    cur = conn.cursor()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        cur.execute(PGCOPY_BACKENDS)
+        if not cur.fetchone()[0]:
+            break
+        time.sleep(0.1)
+    cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+    return cur.fetchone()[0]
+
+
+def test_no_server_session_goes_through_every_table(small_clusters, tmp_path, monkeypatch):
+    """A server keeps every relation a session opens in that session's caches until it
+    ends (70-160 MB a session at 40,000 tables): the workers, the FK restore and the
+    size reads replace their sessions as they go, within the same connection slots
+    (max_connections = 30 here).  The same copy twice, renewing at 1,000,000 relations
+    (never, here) and at 40."""
+    src = _fresh(small_clusters[0], "renew_src", None)
+    dst = _fresh(small_clusters[1], "renew_dst", None)
+    for db in (src, dst):
+        db.execute(datasets.many_tables_schema(200))
+    src.execute(datasets.many_tables_seed(200))
+    opened = {}
+    watch = src.connect(), dst.connect()
+    try:
+        for limit in ("1000000", "40"):
+            monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", limit)
+            before = [_sessions_opened(c) for c in watch]
+            r = copy(src.dsn, dst.dsn, "--yes", "-p", "2", state_dir=tmp_path / "state")
+            assert r.returncode == 0, r.stderr[-3000:]
+            opened[limit] = tuple(_sessions_opened(c) - n for c, n in zip(watch, before, strict=True))
+            assert checksums(dst) == checksums(src)
+            assert (
+                dst.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND NOT convalidated") == 0
+            )
+    finally:
+        for c in watch:
+            c.close()
+    grew = [n - m for n, m in zip(opened["40"], opened["1000000"], strict=True)]
+    # on the source: the size reads, 10 chunks of 20 tables (60 relations each), and the
+    # workers' loads (200 tables of 2 relations)
+    assert grew[0] >= 15, opened
+    # on the destination the same, and the FK drops, adds and checks (200 FKs)
+    assert grew[1] >= grew[0] + 15, opened
+
+
+def test_a_renewing_session_is_replaced_once_it_has_opened_its_share(src, monkeypatch):
+    monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", "10")
+    opened = []
+
+    def open_session():
+        opened.append(psycopg2.connect(src.dsn))
+        return opened[-1]
+
+    session = Renewing(open_session)
+    first = session.using(6)
+    assert session.using(4) is first and len(opened) == 1
+    second = session.using(1)  # 11 > 10: a new session, the old one closed first
+    assert second is not first and first.closed and not second.closed
+    assert session.conn is second and session.using(9) is second
+    second.close()
 
 
 def test_catalog_names_arrive_interned(src):
