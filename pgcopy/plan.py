@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Sequence as SequenceOf
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from pgcopy import catalog, formats, patterns, preflight
 from pgcopy.catalog import ForeignKey, Key, Sequence, Table
@@ -176,6 +177,7 @@ def build_plan(
     src_sizes: catalog.Sizes,
     dst_sizes: catalog.Sizes,
     fk_cur=None,
+    source_for: Callable[[int], Any] | None = None,
 ) -> Plan:
     """Read both catalogs, run every preflight check (all problems at once), then plan.
 
@@ -185,8 +187,11 @@ def build_plan(
     are planned a chunk at a time, largest first (:func:`_chunk`), and the FKs and
     sequences checked and packed as they are read (pgcopy.preflight).  The FKs are read
     on ``fk_cur``, a destination session of their own, beside the chunks (on ``dst_cur``
-    before them without it)."""
+    before them without it).  ``source_for(n)``: the source cursor to read ``n`` more
+    tables on, in the same snapshot (a renewed session, see connections.Renewing);
+    default ``src_cur``."""
     order, chosen = _choose(src_cur, src_sizes, inputs, log)
+    large_objects = catalog.large_objects(src_cur)
     problems = preflight.Problems()
     ancestors = Ancestry()
     hashes = array("q")  # each task's key's, for the coordinator's index of them
@@ -207,16 +212,18 @@ def build_plan(
         seqs, in_load = seqs_read.result()
 
         def each() -> Iterator[CopyTask]:
+            cur = src_cur
             for i in range(0, len(order), PLAN_CHUNK):
-                chunk = _chunk(
-                    src_cur, dst_cur, order[i : i + PLAN_CHUNK], (src_sizes, dst_sizes), unowned, source
-                )
+                oids = order[i : i + PLAN_CHUNK]
+                if source_for is not None:  # the previous chunk's reads are all done
+                    cur = source_for(len(oids))
+                chunk = _chunk(cur, dst_cur, oids, (src_sizes, dst_sizes), unowned, source)
                 preflight.run_checks(chunk, problems)
                 loaded.extend(chunk.dst_oid(t.key) for t in chunk.present)
                 if not problems:  # refused anyway: no task made
                     ancestors.extend(t.ancestors for t in chunk.selected)  # the tasks' order
                     hashes.extend(hash(t.key) for t in chunk.selected)
-                    yield from _tasks(chunk, inputs, _in_load(src_cur, chunk, in_load))
+                    yield from _tasks(chunk, inputs, _in_load(cur, chunk, in_load))
 
         tasks = Chunked(each())
         fkeys, fk_oids, outside = fks_read.result()
@@ -229,7 +236,7 @@ def build_plan(
         sequences=Packed(Sequences(seqs)),
         matviews=catalog.read_matviews(dst_cur, loaded),
         ancestors=ancestors,
-        large_objects=catalog.large_objects(src_cur),
+        large_objects=large_objects,
         index=KeyIndex.from_hashes(hashes),
     )
 

@@ -77,20 +77,28 @@ def read_plan(req: PlanRequest, log: Logger) -> Plan:
             pending = pool.submit(read_sizes, sides[0].conn, sides[0].using)
             dst_sizes = read_sizes(sides[1].conn, sides[1].using)
             src_sizes = pending.result()
-        src, dst = sides[0].conn, sides[1].conn
-        conns = [src, dst, fk_conn]
-        for conn in conns:
+        dst = sides[1].conn
+        for conn in (dst, fk_conn):
             intern_names(conn)
-        src.set_session(isolation_level="REPEATABLE READ", readonly=True)
-        scur, dcur = src.cursor(), dst.cursor()
-        if req.snapshot:
-            scur.execute("SET TRANSACTION SNAPSHOT %s", (req.snapshot,))
-        scur.execute("SET search_path = pg_catalog")
+        scur, dcur = _source_cursor(sides[0].conn, req.snapshot), dst.cursor()
         fkmod.session_setup(dcur, req.lock_timeout)
         fk_cur = fk_conn.cursor()
         fkmod.session_setup(fk_cur, req.lock_timeout)
-        plan = build_plan(scur, dcur, req.inputs, log, src_sizes, dst_sizes, fk_cur)  # packed as it reads
-        for conn in conns:
+
+        def source_for(tables: int):
+            # the catalog reads cache each table's rows too; a new session reads in the
+            # same snapshot (without one, every chunk must read at the same moment)
+            nonlocal scur
+            before = sides[0].conn
+            if sides[0].using(tables) is not before:
+                scur = _source_cursor(sides[0].conn, req.snapshot)
+            return scur
+
+        plan = build_plan(
+            scur, dcur, req.inputs, log, src_sizes, dst_sizes, fk_cur, source_for if req.snapshot else None
+        )  # packed as it reads
+        src = sides[0].conn
+        for conn in (src, dst, fk_conn):
             conn.commit()
         if not req.readonly_dest:  # a dry run sets no sequence
             plan = sequences.settle(plan, src, req.lock_timeout)
@@ -98,6 +106,17 @@ def read_plan(req: PlanRequest, log: Logger) -> Plan:
     finally:
         for conn in (*(side.conn for side in sides), fk_conn):
             conn.close()
+
+
+def _source_cursor(conn, snapshot: str | None):
+    """A cursor for the source's catalog reads, in the run's snapshot."""
+    intern_names(conn)
+    conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    cur = conn.cursor()
+    if snapshot:
+        cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+    cur.execute("SET search_path = pg_catalog")
+    return cur
 
 
 def plan_apart(req: PlanRequest, log: Logger) -> Plan:

@@ -198,6 +198,47 @@ def test_no_server_session_goes_through_every_table(small_clusters, tmp_path, mo
     assert grew[1] >= grew[0] + 15, opened
 
 
+def test_the_catalog_reads_on_renewed_source_sessions_stay_in_the_snapshot(src, dst, monkeypatch):
+    """The planning measures and reads the source's tables on sessions renewed as they go
+    (each caches what it reads), each in the run's snapshot: a column added after the
+    snapshot stays out of the plan, which is the plan read on one session."""
+    from psycopg2 import sql
+
+    from pgcopy import plan as planmod
+    from pgcopy.connections import Session
+    from pgcopy.log import Logger
+    from pgcopy.plan import PlanInputs
+    from pgcopy.planner import PlanRequest, read_plan
+    from tests.helpers import load_fidelity
+
+    load_fidelity(src, dst)
+    monkeypatch.setattr(planmod, "PLAN_CHUNK", 3)
+    exporter = psycopg2.connect(src.dsn)
+    exporter.set_session(isolation_level="REPEATABLE READ", readonly=True)
+    watch = src.connect()
+    try:
+        cur = exporter.cursor()
+        cur.execute("SELECT pg_export_snapshot()")
+        req = PlanRequest(
+            src.dsn, dst.dsn, Session("renewtest"), cur.fetchone()[0], "5s", PlanInputs(), readonly_dest=True
+        )
+        monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", "1000000")
+        one = read_plan(req, Logger(stream=None))
+        last = one.tasks[len(one.tasks) - 1].key  # in the last chunk
+        src.execute(sql.SQL("ALTER TABLE {} ADD COLUMN late int").format(sql.Identifier(*last)))
+        monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", "3")
+        before = _sessions_opened(watch)
+        renewed = read_plan(req, Logger(stream=None))
+        opened = _sessions_opened(watch) - before
+    finally:
+        exporter.close()
+        watch.close()
+    chunks = -(-len(one.tasks) // 3)
+    assert len(one.tasks) > 12 and opened >= chunks, (opened, chunks)
+    assert list(renewed.tasks) == list(one.tasks) and renewed == one
+    assert "late" not in next(t for t in renewed.tasks if t.key == last).columns
+
+
 def test_a_renewing_session_is_replaced_once_it_has_opened_its_share(src, monkeypatch):
     monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", "10")
     opened = []
