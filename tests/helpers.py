@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -149,3 +150,20 @@ def descendants(pid: int) -> dict[int, str]:
 
 def copy(src_dsn: str, dst_dsn: str, *extra: str, state_dir, **kw) -> subprocess.CompletedProcess:
     return pgcopy("copy", "-s", src_dsn, "-d", dst_dsn, *extra, state_dir=state_dir, **kw)
+
+
+PGCOPY_BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgcopy:%%'"
+
+
+def sessions_opened(conn) -> int:
+    """Sessions ever opened in ``conn``'s database, once pgcopy's have all ended (each
+    backend reports its own as it exits); ``conn``, the test's own, opens none."""
+    cur = conn.cursor()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        cur.execute(PGCOPY_BACKENDS)
+        if not cur.fetchone()[0]:
+            break
+        time.sleep(0.1)
+    cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
+    return cur.fetchone()[0]

@@ -16,7 +16,7 @@ from pgcopy.connections import Renewing
 from pgcopy.packed import Appended, Chunked, Packed
 from pgcopy.sandbox import FAST_SETTINGS, throwaway_cluster
 from tests.fix_clusters import Db
-from tests.helpers import OWNER, OWNER_PW, checksums, copy
+from tests.helpers import OWNER, OWNER_PW, checksums, copy, sessions_opened
 
 TABLES = 600  # with max_connections = 30 the lock table holds 64 x 30 = 1,920 entries
 
@@ -146,23 +146,6 @@ def test_many_tables_on_a_default_lock_table(small_clusters, tmp_path, as_owner)
     assert released < last_done
 
 
-PGCOPY_BACKENDS = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgcopy:%%'"
-
-
-def _sessions_opened(conn) -> int:
-    """Sessions ever opened in ``conn``'s database, once pgcopy's have all ended (each
-    backend reports its own as it exits); ``conn``, the test's own, opens none."""
-    cur = conn.cursor()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        cur.execute(PGCOPY_BACKENDS)
-        if not cur.fetchone()[0]:
-            break
-        time.sleep(0.1)
-    cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
-    return cur.fetchone()[0]
-
-
 def test_no_server_session_goes_through_every_table(small_clusters, tmp_path, monkeypatch):
     """A server keeps every relation a session opens in that session's caches until it
     ends (70-160 MB a session at 40,000 tables): the workers, the FK restore and the
@@ -179,10 +162,10 @@ def test_no_server_session_goes_through_every_table(small_clusters, tmp_path, mo
     try:
         for limit in ("1000000", "40"):
             monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", limit)
-            before = [_sessions_opened(c) for c in watch]
+            before = [sessions_opened(c) for c in watch]
             r = copy(src.dsn, dst.dsn, "--yes", "-p", "2", state_dir=tmp_path / "state")
             assert r.returncode == 0, r.stderr[-3000:]
-            opened[limit] = tuple(_sessions_opened(c) - n for c, n in zip(watch, before, strict=True))
+            opened[limit] = tuple(sessions_opened(c) - n for c, n in zip(watch, before, strict=True))
             assert checksums(dst) == checksums(src)
             assert (
                 dst.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND NOT convalidated") == 0
@@ -227,9 +210,9 @@ def test_the_catalog_reads_on_renewed_source_sessions_stay_in_the_snapshot(src, 
         last = one.tasks[len(one.tasks) - 1].key  # in the last chunk
         src.execute(sql.SQL("ALTER TABLE {} ADD COLUMN late int").format(sql.Identifier(*last)))
         monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", "3")
-        before = _sessions_opened(watch)
+        before = sessions_opened(watch)
         renewed = read_plan(req, Logger(stream=None))
-        opened = _sessions_opened(watch) - before
+        opened = sessions_opened(watch) - before
     finally:
         exporter.close()
         watch.close()

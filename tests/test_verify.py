@@ -6,7 +6,16 @@ import json
 
 import pytest
 
-from tests.helpers import checksums, copy, fk_state, load_fidelity, pgcopy, sequence_state, trigger_state
+from tests.helpers import (
+    checksums,
+    copy,
+    fk_state,
+    load_fidelity,
+    pgcopy,
+    sequence_state,
+    sessions_opened,
+    trigger_state,
+)
 
 
 @pytest.fixture
@@ -157,3 +166,28 @@ def test_a_table_locked_elsewhere_is_an_error_after_the_lock_timeout(copied, sid
     assert r.returncode == 4, r.stderr
     assert "ERROR public.dup: canceling statement due to lock timeout" in r.stderr, r.stderr
     assert "match  public.customers" in r.stderr
+
+
+def test_verify_renews_its_sessions_as_it_goes(copied, monkeypatch):
+    """verify's readers replace their sessions as the workers do (see SESSION_RELATIONS),
+    each in the snapshot: 2 relations a table, so a new pair every 2 tables here."""
+    src, dst = copied
+    opened = {}
+    watch = src.connect(), dst.connect()
+    try:
+        for limit in ("1000000", "4"):
+            monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", limit)
+            before = [sessions_opened(c) for c in watch]
+            r = pgcopy("verify", "-s", src.dsn, "-d", dst.dsn, "-p", "2", state_dir=None)
+            assert r.returncode == 0, r.stderr
+            assert "tables match" in r.stderr and "DIFFER" not in r.stderr
+            opened[limit] = [sessions_opened(c) - n for c, n in zip(watch, before, strict=True)]
+    finally:
+        for c in watch:
+            c.close()
+    tables = src.scalar(
+        "SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
+    )
+    grew = [n - m for n, m in zip(opened["4"], opened["1000000"], strict=True)]
+    # a thread of k tables renews its pair (k - 1) // 2 times; 2 threads
+    assert min(grew) >= tables // 2 - 2, (opened, tables)

@@ -17,7 +17,15 @@ from dataclasses import asdict, dataclass, field, replace
 
 from pgcopy import catalog, digest, patterns
 from pgcopy.catalog import Key, qualname
-from pgcopy.connections import Session, common_encoding, connect, connect_asking, describe_conn, error_line
+from pgcopy.connections import (
+    Session,
+    common_encoding,
+    connect,
+    connect_asking,
+    describe_conn,
+    error_line,
+    session_relations,
+)
 from pgcopy.errors import EXIT_OK, EXIT_PARTIAL, PreflightError
 from pgcopy.log import Logger
 
@@ -75,6 +83,7 @@ def _constraints(cur, oids: list[int]) -> dict[tuple, bool]:
 
 class _Sides(threading.local):
     conns: tuple | None = None
+    tables: int = 0  # read on these sessions: each server caches them all (see SESSION_RELATIONS)
 
 
 def verify(opts: VerifyOptions, log: Logger) -> int:
@@ -110,9 +119,15 @@ def verify(opts: VerifyOptions, log: Logger) -> int:
             raise PreflightError(["no table matches the selection"])
         columns = catalog.read_columns(scur, [t.oid for t in selected])
         src_major, dst_major = src.server_version // 10000, dst.server_version // 10000
-        local = _Sides()
+        local, limit = _Sides(), session_relations()
 
         def sides():
+            # a table and its TOAST table a read: renewed before the servers' caches grow
+            if local.conns is not None and 2 * local.tables >= limit:
+                for conn in local.conns:
+                    conn.close()
+                    opened.remove(conn)
+                local.conns = None
             if local.conns is None:
                 s = connect(opts.source, "source", session, readonly=True)
                 s.set_session(isolation_level="REPEATABLE READ", readonly=True)
@@ -120,8 +135,9 @@ def verify(opts: VerifyOptions, log: Logger) -> int:
                 for conn in (s, d):
                     conn.cursor().execute("SET lock_timeout = %s", (opts.lock_timeout,))
                     conn.commit()
-                local.conns = (s, d)
+                local.conns, local.tables = (s, d), 0
                 opened.extend((s, d))
+            local.tables += 1
             return local.conns
 
         def check(t: catalog.Table) -> TableCheck:
