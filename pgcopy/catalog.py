@@ -13,7 +13,6 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
-from typing import Any
 
 import psycopg2.errors
 import psycopg2.extensions
@@ -368,7 +367,7 @@ SELECT c.oid,
  WHERE c.oid = ANY(%s::oid[])"""
 
 
-def read_sizes(conn, session_for: Callable[[int], Any] | None = None) -> Sizes:
+def read_sizes(conn, session_for: Callable[[int], psycopg2.extensions.connection] | None = None) -> Sizes:
     """Sizes of every ordinary table, a few tables per transaction (commits ``conn``).
     ``session_for(n)``: the session to measure ``n`` more tables on (default ``conn``):
     measuring opens each table and its indexes, which the server then keeps cached for
