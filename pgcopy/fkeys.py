@@ -191,8 +191,8 @@ class Sessions:
 
 def _each(sessions: Sessions, items: list, fn: Callable) -> list:
     """``fn(conn, item)`` for every item (a list of FKs, or of their positions) on up to
-    ``parallel`` sessions at once; the results in order.  After an error no item starts; the first is raised once the items in
-    progress have ended.
+    ``parallel`` sessions at once; the results in order.  After an error no item starts;
+    the first is raised once the items in progress have ended.
 
     Threads take the items one at a time: a pool's future per item (20,000 FKs dropped
     in 8,000 batches made 8,000 futures, 6 MB) would cost memory by the item count."""
