@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Sequence as SequenceOf
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 from pgcopy import catalog, formats, patterns, preflight
 from pgcopy.catalog import ForeignKey, Key, Sequence, Table
@@ -177,7 +176,7 @@ def build_plan(
     src_sizes: catalog.Sizes,
     dst_sizes: catalog.Sizes,
     fk_cur=None,
-    source_for: Callable[[int], Any] | None = None,
+    source_for: Callable[[int], object] | None = None,
 ) -> Plan:
     """Read both catalogs, run every preflight check (all problems at once), then plan.
 
