@@ -18,6 +18,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
+from pgcopy.errors import PreflightError
 from pgcopy.records import by_position
 
 Key = tuple[str, str]  # (schema, name)
@@ -579,6 +580,15 @@ def _foreign_key(row, share: Shared) -> ForeignKey:
         _relid,
         _relkind,
     ) = row
+    if definition is None:
+        # pg_get_constraintdef reads the latest catalog, the scan its snapshot: the FK was
+        # dropped in between, by DDL running on the destination; a plan of it is not sound
+        raise PreflightError(
+            [
+                f'foreign key "{name}" on {qualname((s, t))} was dropped while pgcopy read the catalog: '
+                "run again once no DDL runs on the destination"
+            ]
+        )
     if definition.endswith(" NOT VALID"):
         definition = definition[: -len(" NOT VALID")]
     return ForeignKey(

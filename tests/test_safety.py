@@ -156,6 +156,23 @@ def test_schema_differences_all_listed(src, dst, state):
     )
 
 
+def test_an_fk_dropped_while_its_catalog_row_is_read_refuses_the_plan(dst):
+    """The catalog scan sees an FK in its snapshot; pg_get_constraintdef reads the latest
+    catalog and gives NULL for one dropped since (seen while another session dropped
+    80,000 FKs): a one-line refusal, not a traceback from the planning."""
+    from pgcopy import catalog
+    from pgcopy.errors import PreflightError
+
+    dst.execute("CREATE TABLE p (id int PRIMARY KEY); CREATE TABLE c (p int CONSTRAINT c_p REFERENCES p)")
+    with psycopg2.connect(dst.dsn) as conn, conn.cursor() as cur:
+        cur.execute(catalog.FKEYS_SQL.format(delset="ARRAY[]::name[]"))
+        (row,) = cur.fetchall()
+    assert catalog._foreign_key(row, catalog.Shared()).definition == "FOREIGN KEY (p) REFERENCES p(id)"
+    gone = (*row[:5], None, *row[6:])  # the row as the race returns it
+    with pytest.raises(PreflightError, match='foreign key "c_p" on public.c was dropped while pgcopy read'):
+        catalog._foreign_key(gone, catalog.Shared())
+
+
 def test_cascade_trap_refused(src, dst, state):
     load_fidelity(src, dst)
     dst.execute(
