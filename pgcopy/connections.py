@@ -37,6 +37,7 @@ import getpass
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -250,11 +251,37 @@ def connect(
     return conn
 
 
+class CannotConnect(PgcopyError):
+    """The server refused or could not be reached (not: a session that cannot be set up)."""
+
+
 def _open(dsn: str, side: str, extra: dict):
     try:
         return psycopg2.connect(dsn, **extra)
     except psycopg2.Error as exc:
-        raise PgcopyError(f"cannot connect to {side} {describe(dsn)}: {_one_line(exc)}") from None
+        raise CannotConnect(f"cannot connect to {side} {describe(dsn)}: {_one_line(exc)}") from None
+
+
+# Seconds between the tries of a reconnection (about 8 s in all).  A session is renewed
+# by closing it first, and on a server at max_connections (or a role or database at its
+# CONNECTION LIMIT) another client may take the slot in between; libpq gives no SQLSTATE
+# for a refused startup, and the server words it in its own language, so any failure to
+# connect is tried again, only here.
+RECONNECT_WAITS = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def reconnect(open: Callable[[], object], stopping: Callable[[], bool] = lambda: False):
+    """``open()`` (sessions, see :func:`connect`) for sessions that replace some just
+    closed: tried again while a server refuses them, RECONNECT_WAITS apart, unless
+    ``stopping()``; then its error."""
+    for wait in RECONNECT_WAITS:
+        try:
+            return open()
+        except CannotConnect:
+            if stopping():
+                raise
+        time.sleep(wait)
+    return open()
 
 
 def _alone(conn, *statements: str):
@@ -361,7 +388,7 @@ class Renewing:
         """The session to open ``relations`` more relations on."""
         if self.opened and self.opened + relations > self.limit:
             self.conn.close()
-            self.conn = self.open()
+            self.conn = reconnect(self.open)
             self.opened = 0
         self.opened += relations
         return self.conn

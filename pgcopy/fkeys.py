@@ -28,7 +28,7 @@ from psycopg2 import sql
 
 from pgcopy import catalog, failpoints
 from pgcopy.catalog import ForeignKey, qualname
-from pgcopy.connections import Session, connect, error_line, make_durable, session_relations
+from pgcopy.connections import Session, connect, error_line, make_durable, reconnect, session_relations
 from pgcopy.errors import PgcopyError
 from pgcopy.packed import Appended
 
@@ -126,6 +126,7 @@ class Sessions:
         self._all: list = []
         self._opened: dict[int, int] = {}  # per session (its id): relations opened on it
         self._limit = session_relations()
+        self._retired = 0  # sessions closed to be renewed
         self._lock = threading.Lock()
 
     @contextmanager
@@ -142,7 +143,13 @@ class Sessions:
             except (PgcopyError, psycopg2.OperationalError):
                 if others:  # a server short of connection slots: the sessions open will do
                     raise NoSession() from None
-                raise
+                if not self._retired:
+                    raise
+                # the only session was renewed (closed first): another client may hold
+                # its slot for a moment
+                conn = reconnect(
+                    lambda: connect(self.target.dsn, "destination", self.target.session), self.stopping
+                )
             with self._lock:
                 self._all.append(conn)
             session_setup(conn.cursor(), self.target.lock_timeout)
@@ -167,6 +174,7 @@ class Sessions:
         with self._lock:
             self._all.remove(conn)
             del self._opened[id(conn)]
+            self._retired += 1
         try:
             conn.close()
         except Exception:

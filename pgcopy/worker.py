@@ -16,7 +16,7 @@ import psycopg2
 from pgcopy import channel, failpoints
 from pgcopy.batch import copy_batch
 from pgcopy.catalog import lock_holders, qualname
-from pgcopy.connections import Session, connect, error_line, session_relations
+from pgcopy.connections import Session, connect, error_line, reconnect, session_relations
 from pgcopy.progress import NullSlot, Slot, attach
 from pgcopy.stream import StreamSpec, TableResult, analyze, copy_table
 
@@ -47,8 +47,12 @@ class WorkerStart:
 
 def _open(spec: WorkerSpec):
     src = connect(spec.source, "source", spec.session, readonly=True)
-    src.set_session(isolation_level="REPEATABLE READ", readonly=True)
-    dst = connect(spec.dest, "destination", spec.session)
+    try:
+        src.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        dst = connect(spec.dest, "destination", spec.session)
+    except BaseException:
+        src.close()
+        raise
     return src, dst
 
 
@@ -117,6 +121,7 @@ class Worker:
         self.pending_locks = 0  # the destination relations they hold (table, TOAST, indexes)
         self.opened = 0  # relations loaded on these sessions: each server caches them all
         self.session_relations = session_relations()
+        self.renewed = False  # the sessions were closed to be renewed: reopen them patiently
 
     def put(self, kind: str, payload) -> None:
         self.line.put(kind, payload)
@@ -133,11 +138,20 @@ class Worker:
         if self.pending:
             self._analyze()
         self._reset()
+        self.renewed = True
+
+    def _connect(self):
+        """Both sessions; after a renewal, waiting for the slots it gave back if another
+        client took them (connections.reconnect)."""
+        if not self.renewed:
+            return _open(self.spec)
+        self.renewed = False
+        return reconnect(lambda: _open(self.spec), self.line.stopped)
 
     def _run(self, item: list) -> None:
         try:
             if self.src is None:
-                self.src, self.dst = _open(self.spec)
+                self.src, self.dst = self._connect()
             _begin_read(self.src, self.spec.snapshot, self.spec.stream.lock_timeout)
         except Exception as exc:
             self._reset()

@@ -13,6 +13,7 @@ import pytest
 
 from pgcopy import datasets
 from pgcopy.connections import Renewing
+from pgcopy.errors import PgcopyError
 from pgcopy.packed import Appended, Chunked, Packed
 from pgcopy.sandbox import FAST_SETTINGS, throwaway_cluster
 from tests.fix_clusters import Db
@@ -237,6 +238,126 @@ def test_a_renewing_session_is_replaced_once_it_has_opened_its_share(src, monkey
     assert second is not first and first.closed and not second.closed
     assert session.conn is second and session.using(9) is second
     second.close()
+
+
+class _SlotTaker:
+    """Another client of the role: takes the connection slot a renewal gives back,
+    before the renewal reconnects, and leaves it ``hold`` seconds later."""
+
+    def __init__(self, dsn: str, hold: float = 0.6):
+        self.dsn, self.hold, self.took = dsn, hold, None
+        self.timer: threading.Timer | None = None
+
+    def take(self) -> None:
+        deadline = time.monotonic() + 10
+        while self.took is None:
+            try:
+                self.took = psycopg2.connect(self.dsn)
+            except psycopg2.OperationalError:  # the closed session's backend is still exiting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        self.timer = threading.Timer(self.hold, self.took.close)
+        self.timer.start()
+
+    def gone(self) -> None:
+        """Left (no thread of ours outlives the test: the planning forks only alone)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer.join()
+        if self.took is not None:
+            self.took.close()
+
+
+@pytest.fixture
+def one_slot(src):
+    """A role of the source with CONNECTION LIMIT 1: its DSN."""
+    src.execute("DROP ROLE IF EXISTS one_slot; CREATE ROLE one_slot LOGIN PASSWORD 'one' CONNECTION LIMIT 1")
+    return src.cluster.dsn(src.dbname, user="one_slot", password="one")
+
+
+def test_a_renewal_waits_for_the_slot_another_client_took(one_slot, monkeypatch):
+    """A session is renewed by closing it first; on a server (or a role, or a database)
+    at its connection limit another client may take the slot in between.  The renewal
+    waits for one (connections.reconnect) instead of failing what it was opened for."""
+    from pgcopy.connections import Session, connect
+
+    monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", "10")
+    other = _SlotTaker(one_slot)
+    opened = []
+
+    def open_session():
+        if opened and other.took is None:  # the first session is closed: the other client is quicker
+            other.take()
+        opened.append(connect(one_slot, "source", Session("slots")))
+        return opened[-1]
+
+    session = Renewing(open_session)
+    first = session.using(10)
+    started = time.monotonic()
+    try:
+        second = session.using(1)
+    finally:
+        other.gone()
+    assert first.closed and not second.closed
+    assert time.monotonic() - started >= 0.5  # it waited for the other client to leave
+    second.close()
+
+
+def test_a_worker_renewing_its_sessions_waits_for_a_taken_slot(one_slot, dst, monkeypatch):
+    from pgcopy.connections import Session
+    from pgcopy.progress import NullSlot
+    from pgcopy.stream import StreamSpec
+    from pgcopy.worker import Worker, WorkerSpec
+
+    class Line:  # the coordinator's end, as far as opening sessions goes
+        def stopped(self) -> bool:
+            return False
+
+    spec = WorkerSpec(one_slot, dst.dsn, None, StreamSpec(), Session("slots"))
+    worker = Worker(0, spec, Line(), NullSlot())
+    worker.src, worker.dst = worker._connect()
+    worker._renew()
+    assert worker.src is None
+    other = _SlotTaker(one_slot)
+    other.take()
+    try:
+        worker.src, worker.dst = worker._connect()
+    finally:
+        other.gone()
+    assert not worker.src.closed
+    worker._reset()
+    # a failure that is not a renewal's is not waited for: the item fails at once
+    other = _SlotTaker(one_slot, hold=30)
+    other.take()
+    try:
+        with pytest.raises(PgcopyError, match="too many connections for role"):
+            worker._connect()
+    finally:
+        other.gone()
+
+
+def test_an_fk_session_renewed_alone_waits_for_a_taken_slot(dst, monkeypatch):
+    from pgcopy import fkeys as fkmod
+    from pgcopy.connections import Session
+
+    monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", "2")
+    dst.execute("DROP ROLE IF EXISTS fk_one; CREATE ROLE fk_one LOGIN PASSWORD 'one' CONNECTION LIMIT 1")
+    dsn = dst.cluster.dsn(dst.dbname, user="fk_one", password="one")
+    sessions = fkmod.Sessions(fkmod.RestoreTarget(dsn, "5s", Session("slots"), parallel=1))
+    try:
+        with sessions.session(1) as first:  # two relations: retired when given back
+            pass
+        assert first.closed
+        other = _SlotTaker(dsn)
+        other.take()
+        try:
+            with sessions.session() as second:
+                second.cursor().execute("SELECT 1")
+        finally:
+            other.gone()
+    finally:
+        sessions.close()
 
 
 def test_catalog_names_arrive_interned(src):

@@ -9,6 +9,7 @@ and CHECK constraints.  Useful after a copy by any tool.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -24,6 +25,7 @@ from pgcopy.connections import (
     connect_asking,
     describe_conn,
     error_line,
+    reconnect,
     session_relations,
 )
 from pgcopy.errors import EXIT_OK, EXIT_PARTIAL, PreflightError
@@ -76,6 +78,21 @@ SELECT n.nspname, c.relname, con.conname, con.contype, con.convalidated
 """
 
 
+def _readers(opts: VerifyOptions, session: Session) -> tuple:
+    """A source and a destination session for a thread's reads."""
+    s = connect(opts.source, "source", session, readonly=True)
+    try:
+        s.set_session(isolation_level="REPEATABLE READ", readonly=True)
+        d = connect(opts.dest, "destination", session, readonly=True)
+    except BaseException:
+        s.close()
+        raise
+    for conn in (s, d):
+        conn.cursor().execute("SET lock_timeout = %s", (opts.lock_timeout,))
+        conn.commit()
+    return s, d
+
+
 def _constraints(cur, oids: list[int]) -> dict[tuple, bool]:
     cur.execute(CONSTRAINTS_SQL, (catalog.oid_array(oids),))
     return {(s, t, name, kind): valid for s, t, name, kind, valid in cur.fetchall()}
@@ -123,18 +140,16 @@ def verify(opts: VerifyOptions, log: Logger) -> int:
 
         def sides():
             # a table and its TOAST table a read: renewed before the servers' caches grow
-            if local.conns is not None and 2 * local.tables >= limit:
+            renewing = local.conns is not None and 2 * local.tables >= limit
+            if renewing:
                 for conn in local.conns:
                     conn.close()
                     opened.remove(conn)
                 local.conns = None
             if local.conns is None:
-                s = connect(opts.source, "source", session, readonly=True)
-                s.set_session(isolation_level="REPEATABLE READ", readonly=True)
-                d = connect(opts.dest, "destination", session, readonly=True)
-                for conn in (s, d):
-                    conn.cursor().execute("SET lock_timeout = %s", (opts.lock_timeout,))
-                    conn.commit()
+                pair = functools.partial(_readers, opts, session)
+                # after a renewal, the slots given back may be taken for a moment
+                s, d = reconnect(pair) if renewing else pair()
                 local.conns, local.tables = (s, d), 0
                 opened.extend((s, d))
             local.tables += 1
