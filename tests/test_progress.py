@@ -295,6 +295,34 @@ def test_the_early_restore_tells_the_plan_positions_of_what_it_restores():
     assert list(r._ready()) == []  # each FK is handed out once
 
 
+def test_the_early_restore_reads_the_ready_fks_in_the_plans_order(monkeypatch):
+    """Tables finish in load order (largest first), not in the order of the plan's FKs:
+    the ready FKs are read in the plan's order, so each packed chunk of FKs is unpacked
+    once, not once for each FK."""
+    import random
+
+    from pgcopy.catalog import ForeignKey
+    from pgcopy.fkearly import At, EarlyRestorer
+    from pgcopy.keys import KeyIndex
+    from pgcopy.packed import Packed
+    from pgcopy.plan import Ancestry
+
+    tables = [("s", f"t{i}") for i in range(4000)]  # more chunks than a Chunked keeps unpacked
+    fks = Chunked(ForeignKey(f"f{i}", t, t, "", True) for i, t in enumerate(tables))
+    r = EarlyRestorer(None, fks, Ancestry(), KeyIndex(tables), None)
+    finished = list(tables)
+    random.Random(7).shuffle(finished)
+    for t in finished:
+        r.table_finished(t)
+    opened = []
+    real_open = Packed.open
+    monkeypatch.setattr(Packed, "open", lambda self: opened.append(1) or real_open(self))
+    ready = r._ready()
+    assert list(ready) == list(range(4000))
+    assert [fk.name for fk in At(fks, ready)[:]] == [f"f{i}" for i in range(4000)]
+    assert len(opened) == len(fks.chunks) == 32  # each chunk unpacked once
+
+
 def test_the_early_restore_reads_its_batch_a_window_at_a_time():
     """The ready FKs go to restore_all as a view of the plan's, not a list of objects:
     restore_all reads WINDOW of them at a time, whatever the number ready."""
