@@ -559,6 +559,19 @@ def foreign_keys_on(cur, shared: Shared | None = None) -> Iterator[tuple[int, bo
         yield row[-2], row[-1] == "p", _foreign_key(row, share)
 
 
+def deparsed(definition: str | None, what: str) -> str:
+    """A ``pg_get_*def`` result.  Those read the latest catalog, the scan that found the
+    object its snapshot: NULL means the object was dropped in between, by DDL running on
+    the destination, and a plan made of it would not be sound."""
+    if definition is None:
+        raise PreflightError(
+            [
+                f"{what} was dropped while pgcopy read the catalog: run again once no DDL runs on the destination"
+            ]
+        )
+    return definition
+
+
 def _foreign_key(row, share: Shared) -> ForeignKey:
     (
         name,
@@ -580,15 +593,7 @@ def _foreign_key(row, share: Shared) -> ForeignKey:
         _relid,
         _relkind,
     ) = row
-    if definition is None:
-        # pg_get_constraintdef reads the latest catalog, the scan its snapshot: the FK was
-        # dropped in between, by DDL running on the destination; a plan of it is not sound
-        raise PreflightError(
-            [
-                f'foreign key "{name}" on {qualname((s, t))} was dropped while pgcopy read the catalog: '
-                "run again once no DDL runs on the destination"
-            ]
-        )
+    definition = deparsed(definition, f'foreign key "{name}" on {qualname((s, t))}')
     if definition.endswith(" NOT VALID"):
         definition = definition[: -len(" NOT VALID")]
     return ForeignKey(
@@ -632,9 +637,15 @@ def read_not_valid_checks(cur, oids: Iterable[int]) -> dict[int, tuple[CheckCons
         (oid_array(oids),),
     )
     out: dict[int, list[CheckConstraint]] = {}
-    for relid, name, definition, comment in cur.fetchall():
-        out.setdefault(relid, []).append(CheckConstraint(name, definition, comment))
+    for row in cur.fetchall():
+        relid, check = _check_constraint(row)
+        out.setdefault(relid, []).append(check)
     return {k: tuple(v) for k, v in out.items()}
+
+
+def _check_constraint(row) -> tuple[int, CheckConstraint]:
+    relid, name, definition, comment = row
+    return relid, CheckConstraint(name, deparsed(definition, f'constraint "{name}"'), comment)
 
 
 def read_triggers(cur, oids: Iterable[int], shared: Shared | None = None) -> dict[int, list[Trigger]]:
@@ -792,13 +803,21 @@ def read_rebuildable_indexes(cur, oids: Iterable[int]) -> dict[int, tuple[Index,
     cur.execute(INDEXES_SQL, (oid_array(oids),))
     out: dict[int, list[Index]] = {}
     skip: set[int] = set()
-    for relid, name, idef, con, condef, clustered, replident, comment, con_comment, odd in cur.fetchall():
+    for row in cur.fetchall():
+        relid, odd, index = _index(row)
         if odd:
             skip.add(relid)
-        out.setdefault(relid, []).append(
-            Index(name, idef, con, condef, clustered, replident, comment, con_comment)
-        )
+        out.setdefault(relid, []).append(index)
     return {relid: tuple(idx) for relid, idx in out.items() if relid not in skip}
+
+
+def _index(row) -> tuple[int, bool, Index]:
+    """(its table, whether it is one we do not rebuild, the index) from INDEXES_SQL's row."""
+    relid, name, idef, con, condef, clustered, replident, comment, con_comment, odd = row
+    idef = deparsed(idef, f'index "{name}"')
+    if con is not None:
+        condef = deparsed(condef, f'constraint "{con}"')
+    return relid, odd, Index(name, idef, con, condef, clustered, replident, comment, con_comment)
 
 
 @dataclass(frozen=True, slots=True)

@@ -156,21 +156,41 @@ def test_schema_differences_all_listed(src, dst, state):
     )
 
 
-def test_an_fk_dropped_while_its_catalog_row_is_read_refuses_the_plan(dst):
-    """The catalog scan sees an FK in its snapshot; pg_get_constraintdef reads the latest
-    catalog and gives NULL for one dropped since (seen while another session dropped
-    80,000 FKs): a one-line refusal, not a traceback from the planning."""
+def test_an_object_dropped_while_its_catalog_row_is_read_refuses_the_plan(dst):
+    """The catalog scans see an FK, index or CHECK in their snapshot; pg_get_*def reads
+    the latest catalog and gives NULL for one dropped since (seen while another session
+    dropped 80,000 FKs): a one-line refusal, not a traceback from the planning, nor a
+    plan that rebuilds an index from nothing."""
     from pgcopy import catalog
     from pgcopy.errors import PreflightError
 
-    dst.execute("CREATE TABLE p (id int PRIMARY KEY); CREATE TABLE c (p int CONSTRAINT c_p REFERENCES p)")
+    dst.execute(
+        "CREATE TABLE p (id int CONSTRAINT p_pk PRIMARY KEY); CREATE TABLE c (p int CONSTRAINT c_p REFERENCES p);"
+        "ALTER TABLE c ADD CONSTRAINT c_pos CHECK (p > 0) NOT VALID"
+    )
+    p_oid, c_oid = dst.scalar("SELECT 'p'::regclass::oid"), dst.scalar("SELECT 'c'::regclass::oid")
     with psycopg2.connect(dst.dsn) as conn, conn.cursor() as cur:
         cur.execute(catalog.FKEYS_SQL.format(delset="ARRAY[]::name[]"))
-        (row,) = cur.fetchall()
-    assert catalog._foreign_key(row, catalog.Shared()).definition == "FOREIGN KEY (p) REFERENCES p(id)"
-    gone = (*row[:5], None, *row[6:])  # the row as the race returns it
-    with pytest.raises(PreflightError, match='foreign key "c_p" on public.c was dropped while pgcopy read'):
-        catalog._foreign_key(gone, catalog.Shared())
+        (fk_row,) = cur.fetchall()
+        cur.execute(catalog.INDEXES_SQL, (catalog.oid_array([p_oid]),))
+        (index_row,) = cur.fetchall()
+        ((_, (check,)),) = catalog.read_not_valid_checks(cur, [c_oid]).items()
+    assert catalog._foreign_key(fk_row, catalog.Shared()).definition == "FOREIGN KEY (p) REFERENCES p(id)"
+    assert catalog._index(index_row)[2].condef == "PRIMARY KEY (id)"
+    assert check.definition == "CHECK ((p > 0)) NOT VALID"
+    # the rows as the race returns them
+    for read, row, what in (
+        (
+            lambda r: catalog._foreign_key(r, catalog.Shared()),
+            (*fk_row[:5], None, *fk_row[6:]),
+            'foreign key "c_p" on public.c',
+        ),
+        (catalog._index, (*index_row[:2], None, *index_row[3:]), 'index "p_pk"'),
+        (catalog._index, (*index_row[:4], None, *index_row[5:]), 'constraint "p_pk"'),
+        (catalog._check_constraint, (c_oid, "c_pos", None, None), 'constraint "c_pos"'),
+    ):
+        with pytest.raises(PreflightError, match=f"{what} was dropped while pgcopy read the catalog"):
+            read(row)
 
 
 def test_cascade_trap_refused(src, dst, state):
