@@ -145,8 +145,8 @@ class Sessions:
                     raise NoSession() from None
                 if not self._retired:
                     raise
-                # the only session was renewed (closed first): another client may hold
-                # its slot for a moment
+                # none open, and one was renewed (closed first): another client may hold
+                # the slot it gave back for a moment
                 conn = reconnect(
                     lambda: connect(self.target.dsn, "destination", self.target.session), self.stopping
                 )
