@@ -360,6 +360,46 @@ def test_an_fk_session_renewed_alone_waits_for_a_taken_slot(dst, monkeypatch):
         sessions.close()
 
 
+def test_verify_renewing_its_readers_waits_for_a_taken_slot(src, dst, monkeypatch, capsys):
+    """verify's reader replaces its pair of sessions every few tables; another client of
+    the source's role takes the slot it gives back, and verify waits for it."""
+    from pgcopy.cli import main
+    from pgcopy.commands import verify
+
+    src.execute(
+        "DROP ROLE IF EXISTS one_pair; CREATE ROLE one_pair LOGIN PASSWORD 'pair' CONNECTION LIMIT 2;"
+        "CREATE SCHEMA vp AUTHORIZATION one_pair"
+    )
+    dst.execute("CREATE SCHEMA vp")
+    tables = "".join(
+        f"CREATE TABLE vp.t{i} (id int PRIMARY KEY); INSERT INTO vp.t{i} VALUES ({i});" for i in range(6)
+    )
+    src.execute("SET ROLE one_pair;" + tables)
+    dst.execute(tables)
+    dsn = src.cluster.dsn(src.dbname, user="one_pair", password="pair")  # the run's own and one reader
+    monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", "4")  # a new pair every 2 tables
+    others, readers, opened = [], verify._readers, []
+
+    def readers_after_another_client(opts, session):
+        if len(opened) > len(others):  # a pair was closed since: the other client is quicker
+            others.append(_SlotTaker(dsn))
+            others[-1].take()
+        pair = readers(opts, session)
+        opened.append(pair)
+        return pair
+
+    monkeypatch.setattr(verify, "_readers", readers_after_another_client)
+    try:
+        code = main(["verify", "-s", dsn, "-d", dst.dsn, "-p", "1", "--include", "vp.*"])
+    finally:
+        for other in others:
+            other.gone()
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "6 tables match" in err, err
+    assert len(others) >= 2 and len(opened) == len(others) + 1  # each renewal waited for the other client
+
+
 def test_catalog_names_arrive_interned(src):
     """Names from the catalog are interned on the coordinator's catalog sessions: the
     schema's name is one object for every table, FK and sequence that names it (at 3,000
