@@ -167,3 +167,29 @@ def sessions_opened(conn) -> int:
         time.sleep(0.1)
     cur.execute("SELECT sessions FROM pg_stat_database WHERE datname = current_database()")
     return cur.fetchone()[0]
+
+
+def sessions_at_limits(dbs, limits, monkeypatch, run) -> dict[str, list[int]]:
+    """For each PGCOPY_SESSION_RELATIONS of ``limits``: ``run()``, then the sessions it
+    opened in each of ``dbs``."""
+    watch = [db.connect() for db in dbs]
+    opened = {}
+    try:
+        for limit in limits:
+            monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", limit)
+            before = [sessions_opened(c) for c in watch]
+            run()
+            opened[limit] = [sessions_opened(c) - n for c, n in zip(watch, before, strict=True)]
+    finally:
+        for c in watch:
+            c.close()
+    return opened
+
+
+def role_with_limit(db, name: str, limit: int) -> str:
+    """A login role of ``db``'s cluster (password: its name) at CONNECTION LIMIT
+    ``limit``: the DSN of ``db`` as that role."""
+    db.execute(
+        f"DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN PASSWORD '{name}' CONNECTION LIMIT {limit}"
+    )
+    return db.cluster.dsn(db.dbname, user=name, password=name)

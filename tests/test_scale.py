@@ -17,7 +17,15 @@ from pgcopy.errors import PgcopyError
 from pgcopy.packed import Appended, Chunked, Packed
 from pgcopy.sandbox import FAST_SETTINGS, throwaway_cluster
 from tests.fix_clusters import Db
-from tests.helpers import OWNER, OWNER_PW, checksums, copy, sessions_opened
+from tests.helpers import (
+    OWNER,
+    OWNER_PW,
+    checksums,
+    copy,
+    role_with_limit,
+    sessions_at_limits,
+    sessions_opened,
+)
 
 TABLES = 600  # with max_connections = 30 the lock table holds 64 x 30 = 1,920 entries
 
@@ -158,22 +166,14 @@ def test_no_server_session_goes_through_every_table(small_clusters, tmp_path, mo
     for db in (src, dst):
         db.execute(datasets.many_tables_schema(200))
     src.execute(datasets.many_tables_seed(200))
-    opened = {}
-    watch = src.connect(), dst.connect()
-    try:
-        for limit in ("1000000", "40"):
-            monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", limit)
-            before = [sessions_opened(c) for c in watch]
-            r = copy(src.dsn, dst.dsn, "--yes", "-p", "2", state_dir=tmp_path / "state")
-            assert r.returncode == 0, r.stderr[-3000:]
-            opened[limit] = tuple(sessions_opened(c) - n for c, n in zip(watch, before, strict=True))
-            assert checksums(dst) == checksums(src)
-            assert (
-                dst.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND NOT convalidated") == 0
-            )
-    finally:
-        for c in watch:
-            c.close()
+
+    def run() -> None:
+        r = copy(src.dsn, dst.dsn, "--yes", "-p", "2", state_dir=tmp_path / "state")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert checksums(dst) == checksums(src)
+        assert dst.scalar("SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND NOT convalidated") == 0
+
+    opened = sessions_at_limits((src, dst), ("1000000", "40"), monkeypatch, run)
     grew = [n - m for n, m in zip(opened["40"], opened["1000000"], strict=True)]
     # on the source: the size reads, 10 chunks of 20 tables (60 relations each), and the
     # workers' loads (200 tables of 2 relations)
@@ -272,8 +272,7 @@ class _SlotTaker:
 @pytest.fixture
 def one_slot(src):
     """A role of the source with CONNECTION LIMIT 1: its DSN."""
-    src.execute("DROP ROLE IF EXISTS one_slot; CREATE ROLE one_slot LOGIN PASSWORD 'one' CONNECTION LIMIT 1")
-    return src.cluster.dsn(src.dbname, user="one_slot", password="one")
+    return role_with_limit(src, "one_slot", 1)
 
 
 def test_a_renewal_waits_for_the_slot_another_client_took(one_slot, monkeypatch):
@@ -342,8 +341,7 @@ def test_an_fk_session_renewed_alone_waits_for_a_taken_slot(dst, monkeypatch):
     from pgcopy.connections import Session
 
     monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", "2")
-    dst.execute("DROP ROLE IF EXISTS fk_one; CREATE ROLE fk_one LOGIN PASSWORD 'one' CONNECTION LIMIT 1")
-    dsn = dst.cluster.dsn(dst.dbname, user="fk_one", password="one")
+    dsn = role_with_limit(dst, "fk_one", 1)
     sessions = fkmod.Sessions(fkmod.RestoreTarget(dsn, "5s", Session("slots"), parallel=1))
     try:
         with sessions.session(1) as first:  # two relations: retired when given back
@@ -366,17 +364,14 @@ def test_verify_renewing_its_readers_waits_for_a_taken_slot(src, dst, monkeypatc
     from pgcopy.cli import main
     from pgcopy.commands import verify
 
-    src.execute(
-        "DROP ROLE IF EXISTS one_pair; CREATE ROLE one_pair LOGIN PASSWORD 'pair' CONNECTION LIMIT 2;"
-        "CREATE SCHEMA vp AUTHORIZATION one_pair"
-    )
+    dsn = role_with_limit(src, "one_pair", 2)  # the run's own session and one reader
+    src.execute("CREATE SCHEMA vp AUTHORIZATION one_pair")
     dst.execute("CREATE SCHEMA vp")
     tables = "".join(
         f"CREATE TABLE vp.t{i} (id int PRIMARY KEY); INSERT INTO vp.t{i} VALUES ({i});" for i in range(6)
     )
     src.execute("SET ROLE one_pair;" + tables)
     dst.execute(tables)
-    dsn = src.cluster.dsn(src.dbname, user="one_pair", password="pair")  # the run's own and one reader
     monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", "4")  # a new pair every 2 tables
     others, readers, opened = [], verify._readers, []
 
@@ -787,13 +782,12 @@ def test_fk_phases_go_on_with_the_sessions_they_could_open(dst):
     from pgcopy import fkeys as fkmod
     from pgcopy.connections import Session
 
+    dsn = role_with_limit(dst, "fk_two", 2)
     dst.execute(
-        "DROP ROLE IF EXISTS fk_two; CREATE ROLE fk_two LOGIN PASSWORD 'two' CONNECTION LIMIT 2;"
         "CREATE SCHEMA two AUTHORIZATION fk_two; SET ROLE fk_two;"
         "CREATE TABLE two.p (id int PRIMARY KEY); INSERT INTO two.p VALUES (1);"
         + "".join(f"CREATE TABLE two.c{i} (id int PRIMARY KEY, p int REFERENCES two.p); " for i in range(40))
     )
-    dsn = dst.cluster.dsn(dst.dbname, user="fk_two", password="two")
     conn = psycopg2.connect(dsn)
     cur = conn.cursor()
     fkmod.session_setup(cur, "5s")

@@ -13,7 +13,7 @@ from tests.helpers import (
     load_fidelity,
     pgcopy,
     sequence_state,
-    sessions_opened,
+    sessions_at_limits,
     trigger_state,
 )
 
@@ -172,19 +172,13 @@ def test_verify_renews_its_sessions_as_it_goes(copied, monkeypatch):
     """verify's readers replace their sessions as the workers do (see SESSION_RELATIONS),
     each in the snapshot: 2 relations a table, so a new pair every 2 tables here."""
     src, dst = copied
-    opened = {}
-    watch = src.connect(), dst.connect()
-    try:
-        for limit in ("1000000", "4"):
-            monkeypatch.setenv("PGCOPY_SESSION_RELATIONS", limit)
-            before = [sessions_opened(c) for c in watch]
-            r = pgcopy("verify", "-s", src.dsn, "-d", dst.dsn, "-p", "2", state_dir=None)
-            assert r.returncode == 0, r.stderr
-            assert "tables match" in r.stderr and "DIFFER" not in r.stderr
-            opened[limit] = [sessions_opened(c) - n for c, n in zip(watch, before, strict=True)]
-    finally:
-        for c in watch:
-            c.close()
+
+    def run() -> None:
+        r = pgcopy("verify", "-s", src.dsn, "-d", dst.dsn, "-p", "2", state_dir=None)
+        assert r.returncode == 0, r.stderr
+        assert "tables match" in r.stderr and "DIFFER" not in r.stderr
+
+    opened = sessions_at_limits((src, dst), ("1000000", "4"), monkeypatch, run)
     tables = src.scalar(
         "SELECT count(*) FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
     )
