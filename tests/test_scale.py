@@ -5,6 +5,7 @@ exporting transaction ends while the last tables are still loading."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 
@@ -670,9 +671,29 @@ def test_the_loads_results_are_packed_as_they_arrive():
     for r in results:
         out.done.append(r)
     assert isinstance(out.done, Appended) and len(out.done) == 300
-    assert len(out.done.chunks) == 300 // Chunked.CHUNK and len(out.done.tail) == 300 % Chunked.CHUNK
+    assert len(out.done.ends) == 300 // Chunked.CHUNK and len(out.done.tail) == 300 % Chunked.CHUNK
     assert list(out.done) == results and out.done == results and list(out.done) == list(out.done)
+    assert out.done[5] == results[5] and out.done[299] == results[299] and out.done[130] == results[130]
     assert Appended(results[:5]) == results[:5] and not Appended()
+
+
+def test_packed_results_leave_no_object_per_chunk():
+    """The load's results are packed end to end in one buffer: a chunk packed leaves no
+    Python object behind (one per chunk, made while the FK restore's threads fill pages
+    for a moment, kept Python's allocator from giving those pages back)."""
+    import gc
+
+    from pgcopy.stream import TableResult
+
+    done = Appended()
+    results = (TableResult(("s", f"t{i}"), rows=i, seconds=i / 7) for i in range(Chunked.CHUNK * 200))
+    gc.collect()
+    before = sys.getallocatedblocks()
+    for r in results:
+        done.append(r)
+    gc.collect()
+    assert len(done.ends) == 200 and not done.tail
+    assert sys.getallocatedblocks() - before < 20, sys.getallocatedblocks() - before
 
 
 @pytest.mark.parametrize("window", [4096, 4])
@@ -863,7 +884,7 @@ def test_the_report_keeps_its_long_lists_packed_and_writes_them_whole(tmp_path):
     for e in entries:
         rep.tables.append(e)
     rep.fkeys_restored = Appended(f"fk{i}" for i in range(200))
-    assert len(rep.tables.chunks) == 2 and len(rep.fkeys_restored.chunks) == 1  # packed, tails as objects
+    assert len(rep.tables.ends) == 2 and len(rep.fkeys_restored.ends) == 1  # packed, tails as objects
     rep.write(str(tmp_path / "r.json"))
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["tables"] == entries and data["fkeys_restored"] == [f"fk{i}" for i in range(200)]
@@ -1026,7 +1047,7 @@ def test_the_load_report_finds_each_result_by_position():
             out.done.append(TableResult(("s", f"t{i}"), rows=i, bytes=2 * i))
     out.failed = [TableResult(("s", "t150"), error="boom", side="destination")]
     out.rolled_back, out.not_started = [("s", "t10")], [("s", "t11")]
-    assert len(out.done.chunks) == 2 and out.done[0].key == ("s", "t299") and out.done[296].rows == 149
+    assert len(out.done.ends) == 2 and out.done[0].key == ("s", "t299") and out.done[296].rows == 149
     rep = RunReport()
     rep.add_load(out, tasks, None)
     entries = list(rep.tables)
