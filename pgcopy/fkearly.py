@@ -79,6 +79,14 @@ class EarlyRestorer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pgcopy-fk-early", daemon=True)
 
+    def spill_into(self, spill) -> None:
+        """Its per-table and per-FK arrays moved into the run's file (a pgcopy.spill.Spill)."""
+        from pgcopy.spill import spilled
+
+        with self._lock:
+            for name in ("left", "first", "waiters", "finished"):
+                setattr(self, name, spilled(spill, getattr(self, name)))
+
     def start(self) -> None:
         if len(self.left):
             self._thread.start()

@@ -88,6 +88,14 @@ class KeyIndex:
         self._positions = array("I", order)
         self.probe = hash(PROBE)
 
+    def spill_into(self, spill) -> None:
+        """Its arrays moved into the run's file (a pgcopy.spill.Spill)."""
+        from pgcopy.spill import FileArray, SortedFileArray
+
+        if not isinstance(self._hashes, SortedFileArray):
+            self._hashes = SortedFileArray(spill, self._hashes)
+            self._positions = FileArray(spill, self._positions)
+
     def usable(self) -> bool:
         return self.probe == hash(PROBE)
 
@@ -100,8 +108,10 @@ class KeyIndex:
 
     def get(self, key, default=None):
         h = hash(key)
-        i = bisect_left(self._hashes, h)
-        if i < len(self._hashes) and self._hashes[i] == h:
+        hashes = self._hashes
+        # spilled: a search of the one page that can hold it (pgcopy.spill)
+        i = bisect_left(hashes, h) if isinstance(hashes, array) else hashes.bisect_left(h)
+        if i < len(hashes) and hashes[i] == h:
             return self._positions[i]
         return default
 

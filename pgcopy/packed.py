@@ -12,6 +12,8 @@ from collections.abc import Sequence as SequenceOf
 from itertools import islice
 from typing import Generic, TypeVar
 
+from pgcopy.spill import Spill, SpilledBytes
+
 T = TypeVar("T")
 
 
@@ -36,7 +38,12 @@ class Packed(Generic[T]):
         self.data = pack(obj)
 
     def open(self) -> T:
-        return unpack(self.data)
+        return unpack(self.data[:])
+
+    def spill_into(self, spill: Spill) -> None:
+        """Its bytes moved into the run's file (pgcopy.spill)."""
+        if not isinstance(self.data, SpilledBytes):
+            self.data = SpilledBytes(spill, self.data)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Packed) and self.open() == other.open()
@@ -46,6 +53,42 @@ class Packed(Generic[T]):
 
     def __setstate__(self, data: bytes) -> None:
         self.data = data
+
+
+class Chunks:
+    """Packed chunks end to end in one buffer, with where each ends: no Python object
+    per chunk.  Objects made for good while the load runs land in pages the FK restore's
+    threads had filled for a moment, and keep Python's allocator from giving them back
+    (traced at 40,000 tables: a ``Packed`` per chunk of results was most of what held the
+    arenas added during the load)."""
+
+    __slots__ = ("data", "ends")
+
+    def __init__(self):
+        self.data: bytearray | SpilledBytes = bytearray()
+        self.ends = array("Q")
+
+    def add(self, items: list) -> None:
+        if isinstance(self.data, SpilledBytes):
+            raise TypeError("spilled chunks are read only")
+        self.data += pack(items)
+        self.ends.append(len(self.data))
+
+    def open(self, c: int) -> list:
+        return unpack(self.data[self.ends[c - 1] if c else 0 : self.ends[c]])
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def spill_into(self, spill: Spill) -> None:
+        if not isinstance(self.data, SpilledBytes):
+            self.data = SpilledBytes(spill, self.data)
+
+    def __getstate__(self):
+        return (self.data if isinstance(self.data, bytearray) else bytearray(self.data[:])), self.ends
+
+    def __setstate__(self, state) -> None:
+        self.data, self.ends = state
 
 
 def _same_items(a, b) -> bool:
@@ -61,7 +104,7 @@ class Chunked(SequenceOf[T]):
     on the display), and whole only before and after it.  As objects they held 18 MB at
     20,000 tables (14 objects a table) next to the workers; packed, under 1 MB."""
 
-    __slots__ = ("chunks", "length", "_recent")  # chunks: one Packed list each
+    __slots__ = ("chunks", "length", "_recent")
     CHUNK = 128
     RECENT = 4  # chunks kept as objects: the load reads a few neighbouring ones at a time
     # A list of at most this many chunks keeps every chunk it has read as objects, passes
@@ -71,11 +114,11 @@ class Chunked(SequenceOf[T]):
     KEPT = 16
 
     def __init__(self, items: Iterable[T] = ()):
-        self.chunks: list[Packed[list[T]]] = []
+        self.chunks = Chunks()
         self.length = 0
         it = iter(items)
         while part := list(islice(it, self.CHUNK)):
-            self.chunks.append(Packed(part))
+            self.chunks.add(part)
             self.length += len(part)
         # (chunk number, its items), newest first; replaced whole, never changed in place,
         # so the display's and the FK restore's threads can read it without a lock
@@ -86,13 +129,17 @@ class Chunked(SequenceOf[T]):
         for number, items in recent:
             if number == c:
                 return items
-        items = self.chunks[c].open()
+        items = self.chunks.open(c)
         keep = len(self.chunks) if len(self.chunks) <= self.KEPT else self.RECENT
         self._recent = ((c, items), *recent[: keep - 1])
         return items
 
     def __len__(self) -> int:
         return self.length
+
+    def spill_into(self, spill: Spill) -> None:
+        """Its packed chunks moved into the run's file (pgcopy.spill)."""
+        self.chunks.spill_into(spill)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -108,8 +155,8 @@ class Chunked(SequenceOf[T]):
             for c in range(len(self.chunks)):
                 yield from self._chunk(c)
             return
-        for chunk in self.chunks:  # kept out of the recent chunks: a pass reads them all
-            yield from chunk.open()
+        for c in range(len(self.chunks)):  # kept out of the recent chunks: a pass reads them all
+            yield from self.chunks.open(c)
 
     def __eq__(self, other) -> bool:
         return _same_items(self, other) if isinstance(other, (Chunked, list)) else NotImplemented
@@ -132,25 +179,17 @@ class Appended(Generic[T]):
     full chunks packed, the items after them as objects.
 
     For the load's results: with them as objects the coordinator grew by 11 MB through
-    the load at 40,000 tables, next to every worker; packed, by 4 MB.  The packed chunks
-    go end to end into one buffer, not a ``Packed`` each: objects made for good while the
-    load runs land in pages the FK restore's threads had filled for a moment, and keep
-    Python's allocator from giving them back (traced at 40,000 tables: the results'
-    ``Packed`` objects were most of what held the arenas added during the load)."""
+    the load at 40,000 tables, next to every worker; packed, by 4 MB."""
 
-    __slots__ = ("data", "ends", "tail", "packed_items", "_last")
+    __slots__ = ("chunks", "tail", "packed_items", "_last")
 
     def __init__(self, items: Iterable[T] = ()):
-        self.data = bytearray()  # the packed chunks, end to end
-        self.ends = array("Q")  # where each chunk ends in it
+        self.chunks = Chunks()
         self.tail: list[T] = []
         self.packed_items = 0
         self._last: tuple = (-1, [])  # the chunk read last, as objects (see __getitem__)
         for item in items:
             self.append(item)
-
-    def _open(self, c: int) -> list[T]:
-        return unpack(self.data[self.ends[c - 1] if c else 0 : self.ends[c]])
 
     def __getitem__(self, i: int) -> T:
         """The ``i``-th item; a packed one's chunk is kept as objects until another is
@@ -161,14 +200,13 @@ class Appended(Generic[T]):
             return self.tail[i - self.packed_items]
         c = i // Chunked.CHUNK
         if self._last[0] != c:
-            self._last = (c, self._open(c))
+            self._last = (c, self.chunks.open(c))
         return self._last[1][i % Chunked.CHUNK]
 
     def append(self, item: T) -> None:
         self.tail.append(item)
         if len(self.tail) == Chunked.CHUNK:
-            self.data += pack(self.tail)
-            self.ends.append(len(self.data))
+            self.chunks.add(self.tail)
             self.packed_items += len(self.tail)
             self.tail = []
 
@@ -176,8 +214,8 @@ class Appended(Generic[T]):
         return self.packed_items + len(self.tail)
 
     def __iter__(self) -> Iterator[T]:
-        for c in range(len(self.ends)):
-            yield from self._open(c)
+        for c in range(len(self.chunks)):
+            yield from self.chunks.open(c)
         yield from list(self.tail)
 
     def __eq__(self, other) -> bool:

@@ -87,6 +87,17 @@ class Plan:
     large_objects: int = 0  # on the source; not copied
     index: KeyIndex | None = None  # the tasks' positions by key (see KeyIndex.from_hashes)
 
+    def spill_into(self, spill) -> None:
+        """What it holds per table and FK moved into the run's file (a pgcopy.spill.Spill)."""
+        from pgcopy.spill import spilled
+
+        for packed in (self.tasks, self.fkeys, self.sequences):
+            if isinstance(packed, (Chunked, Packed)):
+                packed.spill_into(spill)
+        self.ancestors.of_task = spilled(spill, self.ancestors.of_task)
+        if self.index is not None:
+            self.index.spill_into(spill)
+
 
 BATCH_TABLES = 16
 BATCH_BYTES = 2 << 20
@@ -107,6 +118,11 @@ class Batches(SequenceOf[list[int]]):
     def add(self, group) -> None:
         self.indices.extend(group)
         self.ends.append(len(self.indices))
+
+    def spill_into(self, spill) -> None:
+        from pgcopy.spill import spilled
+
+        self.indices, self.ends = spilled(spill, self.indices), spilled(spill, self.ends)
 
     def __len__(self) -> int:
         return len(self.ends)

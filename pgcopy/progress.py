@@ -234,6 +234,13 @@ class ProgressModel:
         self.samples: deque[tuple[float, float, float, float]] = deque()  # (when, bytes, rows, work)
         self.start = time.monotonic() if now is None else now
 
+    def spill_into(self, spill) -> None:
+        """Its per-table and per-FK arrays moved into the run's file (a pgcopy.spill.Spill)."""
+        from pgcopy.spill import spilled
+
+        for name in ("exp_bytes", "exp_rows", "exp_index", "fk_bytes", "fk_serial", "state", "fk_settled"):
+            setattr(self, name, spilled(spill, getattr(self, name)))
+
     def finished(
         self, task: int, nbytes: float, rows: float, ok: bool = True, index_seconds: float = 0.0
     ) -> None:

@@ -304,7 +304,7 @@ def test_the_early_restore_reads_the_ready_fks_in_the_plans_order(monkeypatch):
     from pgcopy.catalog import ForeignKey
     from pgcopy.fkearly import At, EarlyRestorer
     from pgcopy.keys import KeyIndex
-    from pgcopy.packed import Packed
+    from pgcopy.packed import Chunks
     from pgcopy.plan import Ancestry
 
     tables = [("s", f"t{i}") for i in range(4000)]  # more chunks than a Chunked keeps unpacked
@@ -315,8 +315,8 @@ def test_the_early_restore_reads_the_ready_fks_in_the_plans_order(monkeypatch):
     for t in finished:
         r.table_finished(t)
     opened = []
-    real_open = Packed.open
-    monkeypatch.setattr(Packed, "open", lambda self: opened.append(1) or real_open(self))
+    real_open = Chunks.open
+    monkeypatch.setattr(Chunks, "open", lambda self, c: opened.append(c) or real_open(self, c))
     ready = r._ready()
     assert list(ready) == list(range(4000))
     assert [fk.name for fk in At(fks, ready)[:]] == [f"f{i}" for i in range(4000)]

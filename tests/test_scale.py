@@ -5,6 +5,7 @@ exporting transaction ends while the last tables are still loading."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 from pgcopy import datasets
 from pgcopy.connections import Renewing
 from pgcopy.errors import PgcopyError
-from pgcopy.packed import Appended, Chunked, Packed
+from pgcopy.packed import Appended, Chunked, Chunks
 from pgcopy.sandbox import FAST_SETTINGS, throwaway_cluster
 from tests.fix_clusters import Db
 from tests.helpers import (
@@ -145,6 +146,11 @@ def test_many_tables_on_a_default_lock_table(small_clusters, tmp_path, as_owner)
     # of the lock table (its relations and sequences), plus the session's own
     assert 0 < dwatch.peak <= 40, dwatch.peak
     assert "small tables in" in r.stderr
+    # what the coordinator keeps per table through the load was in its file (pgcopy.spill)
+    spilled = int(
+        re.search(r"packed plan: ([0-9,]+) bytes in a temporary file", r.stderr)[1].replace(",", "")
+    )
+    assert spilled > 40 * TABLES, spilled
     # FKs were dropped and re-added on several sessions at once, without deadlocks
     sessions = dict(dst.query("SELECT what, count(DISTINCT pid) FROM audit.fk_ddl GROUP BY what"))
     assert sessions.get("drop", 0) >= 2 and sessions.get("add", 0) >= 2, sessions
@@ -499,7 +505,7 @@ def test_the_plan_names_each_table_with_one_tuple(src, dst):
     assert {fk.ref_table[1] for fk in plan.fkeys} == {"p", "q"}
     # the FKs are packed as they are read; in a chunk, one key tuple names a table
     assert isinstance(plan.fkeys, Chunked)
-    fks = plan.fkeys.chunks[0].open()
+    fks = plan.fkeys.chunks.open(0)
     assert [fk.name for fk in fks] == ["q_p_fkey", "r_p_fkey", "r_q_fkey"]
     assert fks[0].ref_table is fks[1].ref_table and fks[1].table is fks[2].table
     seqs = plan.sequences.open()  # packed until needed (pgcopy.packed.Packed)
@@ -654,9 +660,89 @@ def test_a_chunked_list_reads_like_a_list_and_keeps_little_as_objects(monkeypatc
     short = Chunked(items[:1000])
     assert list(short) == items[:1000] and len(short._recent) == len(short.chunks)
     opened = []
-    monkeypatch.setattr(Packed, "open", lambda self: opened.append(self))  # any unpickling shows
+    monkeypatch.setattr(Chunks, "open", lambda self, c: opened.append(c))  # any unpickling shows
     assert list(short) == items[:1000] and short[999] == items[999] and not opened
     assert pickle.loads(pickle.dumps(short))._recent == ()  # objects never cross a pickle
+
+
+def test_spilled_arrays_read_and_write_like_the_arrays_they_replace(tmp_path):
+    """pgcopy.spill: the run's per-table arrays in an unlinked file, a few pages in memory.
+    Items, slices and passes read as the array's did, across pages and after pages were
+    dropped and read back; writes survive a page's eviction; the file has no name."""
+    import random
+    from array import array
+    from bisect import bisect_left
+
+    from pgcopy import spill as sp
+
+    s = sp.Spill(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # unlinked at once: a killed run leaves nothing
+    rnd = random.Random(5)
+    per = sp.PAGE_BYTES // 4
+    n = per * (sp.KEPT_PAGES + 3) + 17  # more pages than are kept, the last one partial
+    plain = array("I", (rnd.randrange(1 << 30) for _ in range(n)))
+    flags = bytearray(rnd.randrange(3) for _ in range(n))
+    a, f = sp.FileArray(s, plain), sp.FileArray(s, flags)
+    assert len(a) == n and a.typecode == "I" and f.typecode == "B" and len(f) == n
+    for i in [0, per - 1, per, n - 1, -1, *rnd.sample(range(n), 200)]:
+        assert a[i] == plain[i] and f[i] == flags[i]
+    assert a[per - 3 : 3 * per + 5] == plain[per - 3 : 3 * per + 5] and a[n - 5 :] == plain[n - 5 :]
+    for i in rnd.sample(range(n), 500):  # scattered writes: pages are dropped and read back
+        plain[i] = rnd.randrange(1 << 30)
+        a[i] = plain[i]
+        flags[i] = 2
+        f[i] = 2
+    assert list(a) == list(plain) and list(f) == list(flags) and a == plain
+    assert len(a.kept) <= sp.KEPT_PAGES
+    with pytest.raises(IndexError):
+        a[n]
+    with pytest.raises(TypeError):  # it stays in this process
+        import pickle
+
+        pickle.dumps(a)
+
+    hashes = array("q", sorted(rnd.randrange(-(1 << 62), 1 << 62) for _ in range(3 * per)))
+    hashes[10:13] = array("q", [hashes[10]] * 3)  # equal values, as bisect_left finds them
+    sorted_ = sp.SortedFileArray(s, hashes)
+    for x in [
+        hashes[0] - 1,
+        hashes[0],
+        hashes[-1],
+        hashes[-1] + 1,
+        hashes[10],
+        *rnd.sample(list(hashes), 300),
+    ]:
+        assert sorted_.bisect_left(x) == bisect_left(hashes, x)
+        assert sorted_.bisect_left(x + 1) == bisect_left(hashes, x + 1)
+
+    data = bytes(rnd.randrange(256) for _ in range(5000))
+    b = sp.SpilledBytes(s, data)
+    assert b[:] == data and b[100:2000] == data[100:2000] and len(b) == 5000
+    s.close()
+
+
+def test_the_plan_and_index_read_the_same_once_spilled(tmp_path):
+    """What the coordinator moves into its file before the load (the plan's packed lists,
+    the index of positions, a plan's batches) answers as before; a spilled index searches
+    one page a lookup."""
+    from pgcopy.keys import KeyIndex
+    from pgcopy.plan import Batches
+    from pgcopy.spill import SortedFileArray, Spill
+
+    keys = [(f"s{i % 9}", f"t{i}") for i in range(20000)]
+    index = KeyIndex(keys)
+    items = [(k, i * 2.5) for i, k in enumerate(keys)]
+    chunked = Chunked(items)
+    batches = Batches([[i, i + 1] for i in range(0, 20000, 2)])
+    spill = Spill(str(tmp_path))
+    index.spill_into(spill)
+    chunked.spill_into(spill)
+    batches.spill_into(spill)
+    assert isinstance(index._hashes, SortedFileArray) and not isinstance(chunked.chunks.data, bytearray)
+    assert all(index[k] == i for i, k in enumerate(keys)) and ("s0", "nope") not in index
+    assert chunked == items and chunked[12345] == items[12345] and list(chunked)[-1] == items[-1]
+    assert batches[0] == [0, 1] and batches[-1] == [19998, 19999] and len(batches) == 10000
+    spill.close()
 
 
 def test_the_loads_results_are_packed_as_they_arrive():
@@ -671,7 +757,7 @@ def test_the_loads_results_are_packed_as_they_arrive():
     for r in results:
         out.done.append(r)
     assert isinstance(out.done, Appended) and len(out.done) == 300
-    assert len(out.done.ends) == 300 // Chunked.CHUNK and len(out.done.tail) == 300 % Chunked.CHUNK
+    assert len(out.done.chunks) == 300 // Chunked.CHUNK and len(out.done.tail) == 300 % Chunked.CHUNK
     assert list(out.done) == results and out.done == results and list(out.done) == list(out.done)
     assert out.done[5] == results[5] and out.done[299] == results[299] and out.done[130] == results[130]
     assert Appended(results[:5]) == results[:5] and not Appended()
@@ -692,7 +778,7 @@ def test_packed_results_leave_no_object_per_chunk():
     for r in results:
         done.append(r)
     gc.collect()
-    assert len(done.ends) == 200 and not done.tail
+    assert len(done.chunks) == 200 and not done.tail
     assert sys.getallocatedblocks() - before < 20, sys.getallocatedblocks() - before
 
 
@@ -884,7 +970,7 @@ def test_the_report_keeps_its_long_lists_packed_and_writes_them_whole(tmp_path):
     for e in entries:
         rep.tables.append(e)
     rep.fkeys_restored = Appended(f"fk{i}" for i in range(200))
-    assert len(rep.tables.ends) == 2 and len(rep.fkeys_restored.ends) == 1  # packed, tails as objects
+    assert len(rep.tables.chunks) == 2 and len(rep.fkeys_restored.chunks) == 1  # packed, tails as objects
     rep.write(str(tmp_path / "r.json"))
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["tables"] == entries and data["fkeys_restored"] == [f"fk{i}" for i in range(200)]
@@ -1047,7 +1133,7 @@ def test_the_load_report_finds_each_result_by_position():
             out.done.append(TableResult(("s", f"t{i}"), rows=i, bytes=2 * i))
     out.failed = [TableResult(("s", "t150"), error="boom", side="destination")]
     out.rolled_back, out.not_started = [("s", "t10")], [("s", "t11")]
-    assert len(out.done.ends) == 2 and out.done[0].key == ("s", "t299") and out.done[296].rows == 149
+    assert len(out.done.chunks) == 2 and out.done[0].key == ("s", "t299") and out.done[296].rows == 149
     rep = RunReport()
     rep.add_load(out, tasks, None)
     entries = list(rep.tables)

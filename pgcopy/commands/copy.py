@@ -67,6 +67,7 @@ from pgcopy.planner import PlanRequest, plan_apart
 from pgcopy.preflight import Problems
 from pgcopy.progress import ProgressBus
 from pgcopy.report import RunReport
+from pgcopy.spill import Spill, give_back, spilled
 from pgcopy.stopping import RunBackends, StopFlag, Tee
 from pgcopy.stream import StreamSpec
 from pgcopy.task import SMALL_BYTES
@@ -99,6 +100,11 @@ class LoadedSizes:
     def get(self, key) -> int | None:
         i = self.index.get(key)
         return self.sizes[i] if i is not None else self.parents.get(key)
+
+    def spilled(self, spill: Spill) -> LoadedSizes:
+        """The same, its arrays in the run's file (pgcopy.spill)."""
+        self.index.spill_into(spill)
+        return replace(self, sizes=spilled(spill, self.sizes))
 
     def __getitem__(self, key) -> int:
         size = self.get(key)
@@ -228,6 +234,7 @@ class CopyRun:
         self.snapshot: str | None = None
         self.dropped = False  # every FK of the plan was dropped
         self.stop = StopFlag()
+        self.spill: Spill | None = None  # the run's file of per-table arrays, from change()
         # the plan and statistics for humans; stderr when stdout carries the JSON report
         self.human = sys.stderr if opts.report_file == "-" else sys.stdout
 
@@ -260,12 +267,15 @@ class CopyRun:
         started = time.monotonic()
         self.stop.install()
         bus = ProgressBus(workers_for(self.opts.parallel, plan.tasks))
+        # what the run keeps per table and FK goes into a file for the load (pgcopy.spill)
+        spill = self.spill = Spill(str(self.journal.dir))  # made 0700 by journal.check
+        plan.spill_into(spill)
         # each loaded table's position in the plan: the one per-table index of the run (the
         # display's, the load's and the FK restores'), 12 bytes a table (pgcopy.keys)
         index = (
             plan.index if plan.index is not None and plan.index.usable() else KeyIndex(TaskKeys(plan.tasks))
         )
-        sizes = loaded_sizes(plan, index)
+        sizes = loaded_sizes(plan, index).spilled(spill)
         small = SmallTables(sizes)  # one for the display, the early and the final restore
         view = make_view(
             self.opts.output,
@@ -282,6 +292,8 @@ class CopyRun:
         if os.environ.get("PGCOPY_BENCH_NO_BUS"):
             # measurement switch for benchmarks/run.py: the same run without bus and display
             bus, view = None, LogReporter(self.log)
+        view.spill_into(spill)
+        give_back()  # the arrays just moved to the file: their memory goes back to the system
         view.start()
         try:
             code = self.phases(plan, view, bus, small, index)
@@ -295,6 +307,7 @@ class CopyRun:
             view.stop()
             self.stop.uninstall()
             self.report.seconds = time.monotonic() - started
+            spill.close()
         safe_write(self.human, self.report.box() + "\n")
         for w in self.report.warnings:
             safe_write(self.human, f"warning: {w}\n")
@@ -575,6 +588,7 @@ class CopyRun:
         # a batch of small tables holds their locks to its commit: half a session's share
         lock_budget = locks_per_transaction(self.dst) // 2
         batches = plan_batches(plan.tasks, lock_budget, bool(o.batch_size or o.codec))
+        batches.spill_into(self.spill)
         to_utf8 = self.src.get_parameter_status("server_encoding") != self.dst.get_parameter_status(
             "server_encoding"
         )
@@ -597,6 +611,9 @@ class CopyRun:
         early = EarlyRestorer(
             replace(target, parallel=max(1, o.parallel // 2)), plan.fkeys, plan.ancestors, index, self.log
         )
+        early.spill_into(self.spill)
+        give_back()
+        self.log.debug(f"per-table arrays and the packed plan: {self.spill.size:,} bytes in a temporary file")
         backends = RunBackends(self.dst, self.session, early.request_stop, early.stop)
         early.start()
         try:

@@ -45,10 +45,11 @@ class LogReporter(Reporter):
 
     def fk_settled(self, i: int, seconds: float) -> None: ...
 
-    # a plain reporter has no display to run
+    # a plain reporter has no display to run, and keeps nothing per table
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def phase(self, text: str) -> None: ...
+    def spill_into(self, spill) -> None: ...
 
 
 def expected_of(task: CopyTask) -> Expected:
@@ -101,6 +102,12 @@ class LiveView(LogReporter):
         self.recent: deque[str] = deque(maxlen=200)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def spill_into(self, spill) -> None:
+        """Its per-table arrays moved into the run's file (a pgcopy.spill.Spill)."""
+        with self.lock:
+            self.model.spill_into(spill)
+            self.index.spill_into(spill)
 
     # events from the coordinator thread
     def table_done(self, r: TableResult) -> None:
