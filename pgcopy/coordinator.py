@@ -44,9 +44,10 @@ class Backends(Protocol):
 class Reporter:
     """What the load phase tells the outside world; the progress UI will extend it."""
 
+    # ``position``: the table's in the plan's tasks, as the workers name it (a lookup less)
     def table_started(self, key) -> None: ...
-    def table_done(self, result: TableResult) -> None: ...
-    def table_failed(self, result: TableResult) -> None: ...
+    def table_done(self, result: TableResult, position: int | None = None) -> None: ...
+    def table_failed(self, result: TableResult, position: int | None = None) -> None: ...
     def log(self, level: str, text: str) -> None: ...
 
 
@@ -255,7 +256,7 @@ class _Load:
             res = TableResult(self.keys[i], error=f"worker died (exit code {p.exitcode})")
             self.out.failed.append(res)
             self.finished[i] = 1
-            self.reporter.table_failed(res)
+            self.reporter.table_failed(res, i)
 
     def hand_out(self, wid: int) -> None:
         item = self.todo.popleft() if self.todo else None
@@ -292,7 +293,7 @@ class _Load:
         elif kind in ("done", "failed"):
             self._settled(wid, index)
             (out.done if kind == "done" else out.failed).append(payload)
-            (reporter.table_done if kind == "done" else reporter.table_failed)(payload)
+            (reporter.table_done if kind == "done" else reporter.table_failed)(payload, index)
         elif kind == "log":
             reporter.log(*payload)
         elif kind == "exit":

@@ -91,8 +91,9 @@ class EarlyRestorer:
         if len(self.left):
             self._thread.start()
 
-    def table_finished(self, key: Key) -> None:
-        i = self.index[key]
+    def table_finished(self, key: Key, position: int | None = None) -> None:
+        """``key`` finished (``position``: its place in the plan, when known)."""
+        i = self.index[key] if position is None else position
         with self._lock:
             if self.finished[i]:
                 return

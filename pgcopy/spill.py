@@ -95,16 +95,17 @@ class FileArray:
     array's lock: the display's and the FK restore's threads read what the coordinator
     writes."""
 
-    __slots__ = ("spill", "typecode", "per_page", "shift", "base", "length", "kept", "_lock")
+    __slots__ = ("spill", "typecode", "page_bytes", "per_page", "shift", "base", "length", "kept", "_lock")
 
-    def __init__(self, spill: Spill, items: array | bytearray):
+    def __init__(self, spill: Spill, items: array | bytearray, page_bytes: int = PAGE_BYTES):
         self.spill = spill
         self.typecode = items.typecode if isinstance(items, array) else "B"
         itemsize = array(self.typecode).itemsize
-        self.per_page = PAGE_BYTES // itemsize  # a power of two
+        self.page_bytes = page_bytes
+        self.per_page = page_bytes // itemsize  # a power of two
         self.shift = self.per_page.bit_length() - 1
         self.length = len(items)
-        self.base = spill.put(items, PAGE_BYTES)  # whole pages, one after another
+        self.base = spill.put(items, page_bytes)  # whole pages, one after another
         self.kept: dict[int, list] = {}  # page number -> [its items (an array), changed]
         self._lock = threading.Lock()
 
@@ -118,14 +119,14 @@ class FileArray:
             if len(self.kept) >= KEPT_PAGES:
                 self._drop(next(iter(self.kept)))
             items = array(self.typecode)
-            items.frombytes(self.spill.read(self.base + n * PAGE_BYTES, PAGE_BYTES))
+            items.frombytes(self.spill.read(self.base + n * self.page_bytes, self.page_bytes))
             entry = self.kept[n] = [items, False]
         return entry
 
     def _drop(self, n: int) -> None:
         items, changed = self.kept.pop(n)
         if changed:
-            self.spill.write(self.base + n * PAGE_BYTES, items)
+            self.spill.write(self.base + n * self.page_bytes, items)
 
     def page(self, n: int) -> array:
         """A copy of page ``n``'s items (the last page holds zeros past the end)."""
@@ -186,8 +187,8 @@ class SortedFileArray(FileArray):
 
     __slots__ = ("fences",)
 
-    def __init__(self, spill: Spill, items: array):
-        super().__init__(spill, items)
+    def __init__(self, spill: Spill, items: array, page_bytes: int = PAGE_BYTES):
+        super().__init__(spill, items, page_bytes)
         self.fences = array(items.typecode, items[:: self.per_page])
 
     def bisect_left(self, x) -> int:

@@ -101,13 +101,13 @@ class Tee:
     def __init__(self, view, early: EarlyRestorer):
         self._view, self._early = view, early
 
-    def table_done(self, result) -> None:
-        self._early.table_finished(result.key)
-        self._view.table_done(result)
+    def table_done(self, result, position: int | None = None) -> None:
+        self._early.table_finished(result.key, position)
+        self._view.table_done(result, position)
 
-    def table_failed(self, result) -> None:
-        self._early.table_finished(result.key)
-        self._view.table_failed(result)
+    def table_failed(self, result, position: int | None = None) -> None:
+        self._early.table_finished(result.key, position)
+        self._view.table_failed(result, position)
 
     def __getattr__(self, name):
         return getattr(self._view, name)

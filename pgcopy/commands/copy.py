@@ -88,7 +88,7 @@ class LoadSetup:
     batches: Batches  # task indices loaded together (plan.batches)
 
 
-@dataclass(frozen=True)
+@dataclass
 class LoadedSizes:
     """Each loaded table's size on the source, by its position in the plan, and each
     partitioned parent's (its leaves'): no dict of every table's key (see CopyRun.change)."""
@@ -101,10 +101,10 @@ class LoadedSizes:
         i = self.index.get(key)
         return self.sizes[i] if i is not None else self.parents.get(key)
 
-    def spilled(self, spill: Spill) -> LoadedSizes:
-        """The same, its arrays in the run's file (pgcopy.spill)."""
+    def spill_into(self, spill: Spill) -> None:
+        """Its arrays moved into the run's file (pgcopy.spill)."""
         self.index.spill_into(spill)
-        return replace(self, sizes=spilled(spill, self.sizes))
+        self.sizes = spilled(spill, self.sizes)
 
     def __getitem__(self, key) -> int:
         size = self.get(key)
@@ -269,13 +269,12 @@ class CopyRun:
         bus = ProgressBus(workers_for(self.opts.parallel, plan.tasks))
         # what the run keeps per table and FK goes into a file for the load (pgcopy.spill)
         spill = self.spill = Spill(str(self.journal.dir))  # made 0700 by journal.check
-        plan.spill_into(spill)
         # each loaded table's position in the plan: the one per-table index of the run (the
         # display's, the load's and the FK restores'), 12 bytes a table (pgcopy.keys)
         index = (
             plan.index if plan.index is not None and plan.index.usable() else KeyIndex(TaskKeys(plan.tasks))
         )
-        sizes = loaded_sizes(plan, index).spilled(spill)
+        sizes = loaded_sizes(plan, index)
         small = SmallTables(sizes)  # one for the display, the early and the final restore
         view = make_view(
             self.opts.output,
@@ -292,8 +291,6 @@ class CopyRun:
         if os.environ.get("PGCOPY_BENCH_NO_BUS"):
             # measurement switch for benchmarks/run.py: the same run without bus and display
             bus, view = None, LogReporter(self.log)
-        view.spill_into(spill)
-        give_back()  # the arrays just moved to the file: their memory goes back to the system
         view.start()
         try:
             code = self.phases(plan, view, bus, small, index)
@@ -588,12 +585,19 @@ class CopyRun:
         # a batch of small tables holds their locks to its commit: half a session's share
         lock_budget = locks_per_transaction(self.dst) // 2
         batches = plan_batches(plan.tasks, lock_budget, bool(o.batch_size or o.codec))
-        batches.spill_into(self.spill)
         to_utf8 = self.src.get_parameter_status("server_encoding") != self.dst.get_parameter_status(
             "server_encoding"
         )
         stream = StreamSpec(o.codec, o.batch_size, o.lock_timeout, o.analyze, o.verify, to_utf8, lock_budget)
         return LoadSetup(WorkerSpec(o.source, o.dest, self.snapshot, stream, self.session), batches)
+
+    def spill_for_load(self, *holders) -> None:
+        """What the run keeps per table and FK moved into its file for the load, when the
+        lookups that build it are done (pgcopy.spill)."""
+        for holder in holders:
+            holder.spill_into(self.spill)
+        give_back()  # the arrays' memory goes back to the system
+        self.log.debug(f"per-table arrays and the packed plan: {self.spill.size:,} bytes in a temporary file")
 
     def load(
         self, plan: Plan, view, setup: LoadSetup, workers: Workers, small: SmallTables, index: KeyIndex
@@ -611,9 +615,7 @@ class CopyRun:
         early = EarlyRestorer(
             replace(target, parallel=max(1, o.parallel // 2)), plan.fkeys, plan.ancestors, index, self.log
         )
-        early.spill_into(self.spill)
-        give_back()
-        self.log.debug(f"per-table arrays and the packed plan: {self.spill.size:,} bytes in a temporary file")
+        self.spill_for_load(plan, small.sizes, view, early, batches)
         backends = RunBackends(self.dst, self.session, early.request_stop, early.stop)
         early.start()
         try:

@@ -30,13 +30,13 @@ class LogReporter(Reporter):
     def table_started(self, key) -> None:
         self.log_.info(f"Copying table {qualname(key)}")
 
-    def table_done(self, r: TableResult) -> None:
+    def table_done(self, r: TableResult, position: int | None = None) -> None:
         wire = f" ({fmt.size(r.wire_bytes)} compressed)" if r.wire_bytes != r.bytes else ""
         self.log_.done(
             f"Completed {qualname(r.key)}: {r.rows:,} rows, {fmt.size(r.bytes)}{wire} in {r.seconds:.1f}s [{r.format}]"
         )
 
-    def table_failed(self, r: TableResult) -> None:
+    def table_failed(self, r: TableResult, position: int | None = None) -> None:
         side = f" ({r.side})" if r.side else ""
         self.log_.error(f"Failed {qualname(r.key)}{side}: {r.error}; the table keeps its old rows")
 
@@ -110,14 +110,16 @@ class LiveView(LogReporter):
             self.index.spill_into(spill)
 
     # events from the coordinator thread
-    def table_done(self, r: TableResult) -> None:
+    def table_done(self, r: TableResult, position: int | None = None) -> None:
+        i = self.index[r.key] if position is None else position
         with self.lock:
-            self.model.finished(self.index[r.key], r.bytes, r.rows, index_seconds=r.index_seconds)
+            self.model.finished(i, r.bytes, r.rows, index_seconds=r.index_seconds)
         super().table_done(r)
 
-    def table_failed(self, r: TableResult) -> None:
+    def table_failed(self, r: TableResult, position: int | None = None) -> None:
+        i = self.index[r.key] if position is None else position
         with self.lock:
-            self.model.finished(self.index[r.key], 0, 0, ok=False)
+            self.model.finished(i, 0, 0, ok=False)
         super().table_failed(r)
 
     def phase(self, text: str) -> None:
