@@ -96,6 +96,12 @@ class KeyIndex:
             self._hashes = SortedFileArray(spill, self._hashes)
             self._positions = FileArray(spill, self._positions)
 
+    def in_memory(self) -> None:
+        """Its arrays read back from the run's file (lookups by key cost a page read there)."""
+        from pgcopy.spill import unspilled
+
+        self._hashes, self._positions = unspilled(self._hashes), unspilled(self._positions)
+
     def usable(self) -> bool:
         return self.probe == hash(PROBE)
 

@@ -95,11 +95,23 @@ class FileArray:
     array's lock: the display's and the FK restore's threads read what the coordinator
     writes."""
 
-    __slots__ = ("spill", "typecode", "page_bytes", "per_page", "shift", "base", "length", "kept", "_lock")
+    __slots__ = (
+        "spill",
+        "typecode",
+        "bytes_like",
+        "page_bytes",
+        "per_page",
+        "shift",
+        "base",
+        "length",
+        "kept",
+        "_lock",
+    )
 
     def __init__(self, spill: Spill, items: array | bytearray, page_bytes: int = PAGE_BYTES):
         self.spill = spill
-        self.typecode = items.typecode if isinstance(items, array) else "B"
+        self.bytes_like = not isinstance(items, array)  # a bytearray: read back as one
+        self.typecode = "B" if self.bytes_like else items.typecode
         itemsize = array(self.typecode).itemsize
         self.page_bytes = page_bytes
         self.per_page = page_bytes // itemsize  # a power of two
@@ -205,6 +217,14 @@ class SortedFileArray(FileArray):
 def spilled(spill: Spill | None, items):
     """``items`` (an array or bytearray) moved into ``spill``; as they are without one."""
     return items if spill is None or isinstance(items, FileArray) else FileArray(spill, items)
+
+
+def unspilled(items):
+    """``items`` read back into memory from a :class:`Spill`; as they are if not spilled."""
+    if not isinstance(items, FileArray):
+        return items
+    data = items[:]
+    return bytearray(data.tobytes()) if items.bytes_like else data
 
 
 def give_back() -> None:

@@ -693,6 +693,7 @@ def test_spilled_arrays_read_and_write_like_the_arrays_they_replace(tmp_path):
         flags[i] = 2
         f[i] = 2
     assert list(a) == list(plain) and list(f) == list(flags) and a == plain
+    assert sp.unspilled(a) == plain and sp.unspilled(f) == flags and isinstance(sp.unspilled(f), bytearray)
     assert len(a.kept) <= sp.KEPT_PAGES
     with pytest.raises(IndexError):
         a[n]
@@ -723,8 +724,10 @@ def test_spilled_arrays_read_and_write_like_the_arrays_they_replace(tmp_path):
 
 def test_the_plan_and_index_read_the_same_once_spilled(tmp_path):
     """What the coordinator moves into its file before the load (the plan's packed lists,
-    the index of positions, a plan's batches) answers as before; a spilled index searches
-    one page a lookup."""
+    the index of positions, a plan's batches) answers as before (a spilled index searches
+    one page a lookup), and the index again from memory once read back after the load."""
+    from array import array
+
     from pgcopy.keys import KeyIndex
     from pgcopy.plan import Batches
     from pgcopy.spill import SortedFileArray, Spill
@@ -742,6 +745,8 @@ def test_the_plan_and_index_read_the_same_once_spilled(tmp_path):
     assert all(index[k] == i for i, k in enumerate(keys)) and ("s0", "nope") not in index
     assert chunked == items and chunked[12345] == items[12345] and list(chunked)[-1] == items[-1]
     assert batches[0] == [0, 1] and batches[-1] == [19998, 19999] and len(batches) == 10000
+    index.in_memory()  # after the load: lookups from memory again
+    assert isinstance(index._hashes, array) and all(index[k] == i for i, k in enumerate(keys))
     spill.close()
 
 

@@ -67,7 +67,7 @@ from pgcopy.planner import PlanRequest, plan_apart
 from pgcopy.preflight import Problems
 from pgcopy.progress import ProgressBus
 from pgcopy.report import RunReport
-from pgcopy.spill import Spill, give_back, spilled
+from pgcopy.spill import Spill, give_back, spilled, unspilled
 from pgcopy.stopping import RunBackends, StopFlag, Tee
 from pgcopy.stream import StreamSpec
 from pgcopy.task import SMALL_BYTES
@@ -105,6 +105,10 @@ class LoadedSizes:
         """Its arrays moved into the run's file (pgcopy.spill)."""
         self.index.spill_into(spill)
         self.sizes = spilled(spill, self.sizes)
+
+    def in_memory(self) -> None:
+        self.index.in_memory()
+        self.sizes = unspilled(self.sizes)
 
     def __getitem__(self, key) -> int:
         size = self.get(key)
@@ -631,6 +635,9 @@ class CopyRun:
             )
         finally:
             early.stop()
+            # the workers are gone: the lookups by key that follow (each FK's tables, each
+            # result's position) read the index and sizes from memory again
+            small.sizes.in_memory()
         if early.restored:
             self.log.info(f"{early.restored} foreign keys were restored and validated during the load")
         self.report.add_load(outcome, plan.tasks, o.codec, index)
