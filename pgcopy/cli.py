@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument(
         "--state-dir",
         metavar="DIR",
-        help="where the foreign-key journal is kept (default $XDG_STATE_HOME/pgcopy or ~/.local/state/pgcopy)",
+        help="where the foreign-key journal is kept, and the run's temporary file of per-table data, unlinked when made (default $XDG_STATE_HOME/pgcopy or ~/.local/state/pgcopy)",
     )
     cp.add_argument(
         "--lock-timeout",
