@@ -90,7 +90,7 @@ class SpilledBytes:
 class FileArray:
     """A fixed-length ``array`` (or ``bytearray``: typecode "B") kept in a :class:`Spill`.
 
-    Reads an item, a slice or a whole page; writes an item.  The KEPT_PAGES pages used
+    Reads an item or a slice; writes an item.  The KEPT_PAGES pages used
     last stay in memory and are written back when dropped.  Every access takes the
     array's lock: the display's and the FK restore's threads read what the coordinator
     writes."""
@@ -139,11 +139,6 @@ class FileArray:
         items, changed = self.kept.pop(n)
         if changed:
             self.spill.write(self.base + n * self.page_bytes, items)
-
-    def page(self, n: int) -> array:
-        """A copy of page ``n``'s items (the last page holds zeros past the end)."""
-        with self._lock:
-            return array(self.typecode, self._page(n)[0])
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -214,9 +209,9 @@ class SortedFileArray(FileArray):
             return start + bisect_left(self._page(n)[0], x, 0, min(self.per_page, self.length - start))
 
 
-def spilled(spill: Spill | None, items):
-    """``items`` (an array or bytearray) moved into ``spill``; as they are without one."""
-    return items if spill is None or isinstance(items, FileArray) else FileArray(spill, items)
+def spilled(spill: Spill, items):
+    """``items`` (an array or bytearray) moved into ``spill``, once."""
+    return items if isinstance(items, FileArray) else FileArray(spill, items)
 
 
 def unspilled(items):
