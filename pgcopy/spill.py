@@ -18,6 +18,8 @@ from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 
+from pgcopy.errors import PgcopyError
+
 # Each array's pages kept in memory, and their size: a page of 4-byte items holds 4,096
 # of them.  The load reads and writes its arrays roughly in the order it hands out the
 # tables (largest first, which the arrays follow), so a few pages serve most accesses.
@@ -32,7 +34,13 @@ class Spill:
     def __init__(self, directory: str | None = None):
         import tempfile  # the coordinator's only: workers import this module's users
 
-        self._file = tempfile.TemporaryFile(prefix="pgcopy-spill-", dir=directory)
+        try:
+            self._file = tempfile.TemporaryFile(prefix="pgcopy-spill-", dir=directory)
+        except OSError as exc:
+            raise PgcopyError(
+                f"cannot make the run's temporary file in {directory or tempfile.gettempdir()}: "
+                f"{exc.strerror or exc}; nothing was changed"
+            ) from None
         self.fd = self._file.fileno()
         self.size = 0
         self._lock = threading.Lock()

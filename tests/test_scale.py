@@ -722,6 +722,15 @@ def test_spilled_arrays_read_and_write_like_the_arrays_they_replace(tmp_path):
     s.close()
 
 
+def test_a_state_directory_refusing_the_runs_file_is_one_line(tmp_path):
+    """The run's file is made before anything changes: a directory that refuses it (here
+    gone; full or read-only alike) is a one-line error saying nothing was changed."""
+    from pgcopy.spill import Spill
+
+    with pytest.raises(PgcopyError, match="cannot make the run's temporary file in .*nothing was changed"):
+        Spill(str(tmp_path / "gone"))
+
+
 def test_the_plan_and_index_read_the_same_once_spilled(tmp_path):
     """What the coordinator moves into its file before the load (the plan's packed lists,
     the index of positions, a plan's batches) answers as before (a spilled index searches

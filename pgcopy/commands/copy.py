@@ -269,10 +269,11 @@ class CopyRun:
         self.report.tables_total = len(plan.tasks)
         self.report.large_objects = plan.large_objects
         started = time.monotonic()
+        # what the run keeps per table and FK goes into a file for the load (pgcopy.spill);
+        # made first, so that a state directory refusing it stops the run before any change
+        spill = self.spill = Spill(str(self.journal.dir))  # made 0700 by journal.check
         self.stop.install()
         bus = ProgressBus(workers_for(self.opts.parallel, plan.tasks))
-        # what the run keeps per table and FK goes into a file for the load (pgcopy.spill)
-        spill = self.spill = Spill(str(self.journal.dir))  # made 0700 by journal.check
         # each loaded table's position in the plan: the one per-table index of the run (the
         # display's, the load's and the FK restores'), 12 bytes a table (pgcopy.keys)
         index = (
