@@ -73,6 +73,15 @@ def oid_array(oids: Iterable[int]) -> str:
     return "{" + ",".join(map(str, oids)) + "}"
 
 
+def int8s(data) -> array:
+    """Numbers sent as ``int8send`` values end to end (a bytea, or None for none)."""
+    out = array("Q")  # 8 bytes wide wherever pgcopy runs (CPython on 64-bit Linux and macOS)
+    out.frombytes(data or b"")
+    if sys.byteorder == "little":  # int8send is big-endian
+        out.byteswap()
+    return out
+
+
 def text_array(values: Iterable[str]) -> str:
     """A ``text[]`` literal, for ``%s::text[]`` (see :func:`oid_array`): every element
     double-quoted, its quotes and backslashes escaped, as array input reads them."""
@@ -391,13 +400,16 @@ def read_sizes(conn, session_for: Callable[[int], psycopg2.extensions.connection
     try:
         conn.autocommit = True
         cur = conn.cursor()
+        # every oid in one value, 8 bytes each: as rows, their tuples and libpq's result
+        # (both sides at once) grew the planning process by 5.5 MiB more at 40,000 tables
         cur.execute(
-            """SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            """SELECT string_agg(int8send(c.oid::int8), ''::bytea ORDER BY c.oid)
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                 WHERE c.relkind = 'r' AND c.relpersistence <> 't'
-                  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'
-                ORDER BY c.oid"""
+                  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname !~ '^pg_'"""
         )
-        oids = array("Q", (r[0] for r in cur.fetchall()))
+        oids = int8s(cur.fetchone()[0])
+        cur.close()
         return Sizes(
             row for i in range(0, len(oids), SIZE_CHUNK) for row in measure(oids[i : i + SIZE_CHUNK])
         )

@@ -579,7 +579,8 @@ def test_big_catalog_reads_come_through_a_server_side_cursor(src, monkeypatch):
 
 def test_array_literals_and_sizes_read_back_as_given(src):
     """oid[] and text[] parameters as one literal each (psycopg2 adapts a list item by
-    item): names with quotes, backslashes, commas, braces and spaces read back unchanged;
+    item): names with quotes, backslashes, commas, braces and spaces read back unchanged,
+    and oids sent back end to end as int8send values too;
     the sizes' arrays answer by oid whatever order they were given in."""
     from pgcopy import catalog
 
