@@ -76,7 +76,8 @@ def _begin_read(src, snapshot: str | None, lock_timeout: str) -> None:
 # nothing with the threshold fixed.  Setting it, even to the default, fixes it; from the
 # environment (glibc reads it at start), a worker needs no ctypes for mallopt.  Other
 # allocators ignore it.
-ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+MMAP_THRESHOLD = 128 * 1024
+ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
 
 
 def _close(*conns) -> None:

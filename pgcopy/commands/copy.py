@@ -67,7 +67,7 @@ from pgcopy.planner import PlanRequest, plan_apart
 from pgcopy.preflight import Problems
 from pgcopy.progress import ProgressBus
 from pgcopy.report import RunReport
-from pgcopy.spill import Spill, give_back, spilled, unspilled
+from pgcopy.spill import Spill, give_back, spilled, unmap_big_frees, unspilled
 from pgcopy.stopping import RunBackends, StopFlag, Tee
 from pgcopy.stream import StreamSpec
 from pgcopy.task import SMALL_BYTES
@@ -202,6 +202,7 @@ def copy(opts: CopyOptions, log: Logger) -> int:
                 "stdin is not a terminal, so the confirmation cannot be asked: pass --yes (or --skip-backup) to proceed, or --dry-run"
             ]
         )
+    unmap_big_frees()
     report = RunReport(options=public_options(opts), warnings=log.warnings)
     try:
         report.exit_code = CopyRun(opts, report, log).execute()
