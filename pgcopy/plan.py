@@ -210,7 +210,7 @@ def build_plan(
     problems = preflight.Problems()
     ancestors = Ancestry()
     hashes = array("q")  # each task's key's, for the coordinator's index of them
-    loaded = array("Q")  # destination oids, for the matviews that read them
+    matviews = catalog.Matviews(dst_cur)  # those reading the loaded tables, read by chunk
     unowned = array("Q")  # loaded destination tables the role does not own
     # the source's reads on a thread of their own, beside the destination's; the FKs on
     # another, beside the chunks
@@ -234,8 +234,8 @@ def build_plan(
                     cur = source_for(len(oids))
                 chunk = _chunk(cur, dst_cur, oids, (src_sizes, dst_sizes), unowned, source)
                 preflight.run_checks(chunk, problems)
-                loaded.extend(chunk.dst_oid(t.key) for t in chunk.present)
-                if not problems:  # refused anyway: no task made
+                if not problems:  # refused anyway: no task made, no matview looked for
+                    matviews.read(dst_cur, [chunk.dst_oid(t.key) for t in chunk.present])
                     ancestors.extend(t.ancestors for t in chunk.selected)  # the tasks' order
                     hashes.extend(hash(t.key) for t in chunk.selected)
                     yield from _tasks(chunk, inputs, _in_load(cur, chunk, in_load))
@@ -249,7 +249,7 @@ def build_plan(
         tasks=tasks,
         fkeys=fkeys,
         sequences=Packed(Sequences(seqs)),
-        matviews=catalog.read_matviews(dst_cur, loaded),
+        matviews=matviews.ordered(),
         ancestors=ancestors,
         large_objects=large_objects,
         index=KeyIndex.from_hashes(hashes),

@@ -1098,6 +1098,36 @@ def test_the_planning_holds_one_chunk_of_tables_at_a_time(src, dst, monkeypatch)
     assert (chunked.matviews, chunked.ancestors) == (whole.matviews, whole.ancestors)
 
 
+def test_matviews_are_found_a_chunk_at_a_time_in_refresh_order(src, dst, monkeypatch):
+    """The matviews to refresh are looked for a chunk of loaded tables at a time (one read
+    of every loaded oid grew the planning by 9 MiB at 160,000 tables), each kept at its
+    longest path from any loaded table: mv_2 reads mv_1 (3 steps from mv_big, through a
+    view) and mv_small (1 step), whose chunk comes later (smaller), and still comes after
+    mv_1.  Unpopulated matviews and those on tables not loaded are left out."""
+    from pgcopy import plan as planmod
+    from pgcopy.plan import PlanInputs
+
+    ddl = """
+        CREATE TABLE mv_big (id int); CREATE TABLE mv_small (id int); CREATE TABLE mv_other (id int);
+        CREATE VIEW mv_big_view AS SELECT id FROM mv_big;
+        CREATE MATERIALIZED VIEW mv_1 AS SELECT count(*) AS n FROM mv_big_view;
+        CREATE MATERIALIZED VIEW mv_2 AS SELECT (SELECT n FROM mv_1) + (SELECT count(*) FROM mv_small) AS n;
+        CREATE MATERIALIZED VIEW mv_0 AS SELECT count(*) AS n FROM mv_small;
+        CREATE MATERIALIZED VIEW mv_unpopulated AS SELECT count(*) AS n FROM mv_small WITH NO DATA;
+        CREATE MATERIALIZED VIEW mv_elsewhere AS SELECT count(*) AS n FROM mv_other;
+    """
+    for db in (src, dst):
+        db.execute(ddl)
+    src.execute("INSERT INTO mv_big SELECT generate_series(1, 20000); INSERT INTO mv_small VALUES (1)")
+    inputs = PlanInputs(include=("public.mv_big", "public.mv_small"))
+    whole = _plan_here(src, dst, inputs)
+    monkeypatch.setattr(planmod, "PLAN_CHUNK", 1)
+    chunked = _plan_here(src, dst, inputs)
+    assert [t.key for t in chunked.tasks] == [("public", "mv_big"), ("public", "mv_small")]
+    expected = [("public", "mv_0"), ("public", "mv_1"), ("public", "mv_2")]
+    assert whole.matviews == chunked.matviews == expected
+
+
 def test_preflight_reports_every_chunks_problems_by_check(src, dst, monkeypatch):
     """Problems found chunk by chunk, and by the FK and sequence passes beside them, are
     listed by check in one order, as one pass over whole catalogs listed them."""
