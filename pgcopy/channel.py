@@ -35,8 +35,8 @@ STOP = "stop"
 _LENGTH = struct.Struct("!I")
 
 
-# A message this big is written after its length, not joined to it: the planning's plan,
-# 7 MB at 160,000 tables, was held twice while sent.  The many small ones stay one write.
+# A message this big (a batch of very wide tables' tasks) is written after its length, not
+# joined to it, which held it twice while sent.  The many small ones stay one write.
 BIG = 1 << 16
 
 

@@ -7,9 +7,9 @@ of which the plan was 15), because CPython's allocator gives an arena back only 
 nothing in it is alive, and the plan's objects sit among the freed rows; it then held that
 through the load, next to the workers.  So the reading runs
 in a child forked for it, on sessions of its own (in the run's snapshot, as the
-coordinator's catalog session did), and sends back the pickled plan (a pgcopy.channel message),
+coordinator's catalog session did), and streams back the pickled plan over a socket pair,
 its tasks and FKs packed (pgcopy.packed.Chunked): the coordinator unpickles a few objects and
-compressed bytes, and the child's memory is gone with it.
+compressed bytes as they arrive, and the child's memory is gone with it.
 
 The child dies with the coordinator (PR_SET_PDEATHSIG where the kernel has it), ignores
 Ctrl-C (the coordinator, interrupted, kills it), and leaves the coordinator's connections
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from pgcopy import channel, failpoints, sequences
+from pgcopy import failpoints, sequences
 from pgcopy import fkeys as fkmod
 from pgcopy.catalog import intern_names, read_sizes
 from pgcopy.child import death_signal
@@ -130,15 +130,16 @@ def plan_apart(req: PlanRequest, log: Logger) -> Plan:
         except (OSError, ValueError):
             pass
     parent = os.getpid()
-    ours, theirs = socket.socketpair()  # one pickled message back, framed by pgcopy.channel
+    ours, theirs = socket.socketpair()  # one pickle back, streamed (see _child)
     pid = os.fork()
     if pid == 0:
         ours.close()
         _child(req, log, theirs, parent)  # never returns
     theirs.close()
     try:
-        kind, value, warnings = channel.recv(ours)
-    except (EOFError, OSError):
+        with ours.makefile("rb") as stream:  # objects made as the pickle arrives, no copy of it
+            kind, value, warnings = pickle.load(stream)
+    except (EOFError, OSError, pickle.UnpicklingError, ValueError):  # cut short: the child died
         raise PgcopyError(
             "the process reading the catalogs ended without a plan; nothing was changed"
         ) from None
@@ -167,7 +168,10 @@ def _child(req: PlanRequest, log: Logger, sock: socket.socket, parent: int) -> N
             payload = ("plan", plan, log.warnings[before:])
         except BaseException as exc:  # noqa: BLE001 - every failure goes to the coordinator
             payload = ("error", _portable(exc), log.warnings[before:])
-        channel.send(sock, payload)
+        # written as it is pickled: the whole pickle (7 MB at 160,000 tables) was held
+        # beside the plan, and received whole beside the objects made from it
+        with sock.makefile("wb") as stream:
+            pickle.dump(payload, stream, pickle.HIGHEST_PROTOCOL)
     except BaseException:
         code = 1
     finally:

@@ -473,9 +473,9 @@ def test_tasks_and_results_cross_the_line_without_filling_free_lists():
 
 
 def test_a_big_message_is_held_once_while_sent_and_whole_when_received():
-    """The planning sends its plan (7 MB at 160,000 tables) as one message: written after
-    its length, not joined to it (which held it twice), and received into one buffer.
-    Small messages, big ones and an end of file in the middle all read back as sent."""
+    """A big message on a worker's line is written after its length, not joined to it
+    (which held it twice), and received into one buffer.  Small messages, big ones and an
+    end of file in the middle all read back as sent."""
     import os
     import socket
     import threading
@@ -598,6 +598,28 @@ def test_the_plan_from_the_planning_process_is_the_plan_read_here(src, dst):
     assert there.warnings == here.warnings and any("no_such_table" in w for w in there.warnings)
     assert isinstance(got.tasks, Chunked) and isinstance(got.fkeys, Chunked)
     assert list(got.tasks) == list(expected.tasks) and list(got.fkeys) == list(expected.fkeys)
+
+
+def test_the_plan_is_handed_over_without_a_whole_copy_of_its_pickle(monkeypatch):
+    """The planning process streams its pickled plan and the coordinator makes the objects
+    as it arrives: a plan holding 8 MB arrives with 8 MB more in the coordinator, where a
+    message received whole held its pickle beside it (16 MB)."""
+    import tracemalloc
+
+    from pgcopy import planner
+    from pgcopy.log import Logger
+
+    big = 8 << 20
+    monkeypatch.setattr(planner, "read_plan", lambda req, log: bytearray(big))  # the child's
+    assert threading.active_count() == 1  # else plan_apart reads in this process, unforked
+    tracemalloc.start()
+    try:
+        got = planner.plan_apart(None, Logger(stream=None))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got == bytearray(big)
+    assert peak < 1.25 * big
 
 
 def test_big_catalog_reads_come_through_a_server_side_cursor(src, monkeypatch):
