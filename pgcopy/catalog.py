@@ -755,10 +755,11 @@ class Matviews:
     def __init__(self, cur):
         self._found: dict[Key, tuple[int, int]] = {}  # key -> (longest path, oid)
         cur.execute("SELECT oid FROM pg_class WHERE relkind = 'm' AND relispopulated")
-        self._populated = oid_array(r[0] for r in cur.fetchall())  # none, or a few
+        found = [r[0] for r in cur.fetchall()]  # none, or a few
+        self._populated = oid_array(found) if found else None  # None: nothing to look for
 
     def read(self, cur, loaded: list[int]) -> None:
-        if not loaded or self._populated == "{}":
+        if not loaded or self._populated is None:
             return
         oids = oid_array(loaded)
         cur.execute(MATVIEWS_SQL, (oids, oids, self._populated))
